@@ -1,0 +1,309 @@
+"""Time job statistics and manifest builds on PostgreSQL at scale: 1,000,000 synthetic labels in
+1,000 classes (top-10 storage, as a worker writes them beyond 100 classes), a labeled train split
+of 13 images per class, all through the real HTTP endpoints (in-process).
+
+    .venv/bin/python bench/label_store.py [--labels 1000000] [--classes 1000]
+
+Each endpoint is set against a baseline measured in the same run: for statistics, fetching
+(predicted, confidence) into numpy and aggregating there; for a manifest, a bare INSERT ... SELECT
+of the filtered labels into a table shaped like manifest_entries (the floor for writing the
+entries, without any ranking). Targets: stats < 1 s, manifest < 15 s. Uses a fresh database on
+NST_TEST_PG_ADMIN_URL's server, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TOP_K = 10
+
+
+def _timed(fn, repeat: int = 3) -> tuple[float, object]:
+    """The median of ``repeat`` runs, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def _copy(engine: sa.Engine, table: str, columns: list[str], rows) -> None:
+    raw = engine.raw_connection()
+    try:
+        with (
+            raw.driver_connection.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def _labels(rng: np.random.Generator, n: int, num_classes: int):
+    """Skewed classes (some far above any target, some short of it) and Beta confidences."""
+    weights = 1.0 / np.arange(1, num_classes + 1) ** 0.8
+    predicted = rng.choice(num_classes, size=n, p=weights / weights.sum())
+    confidence = rng.beta(2.0, 1.2, size=n).astype(np.float32)
+    others = rng.dirichlet(np.ones(TOP_K - 1), size=n).astype(np.float32) * (1 - confidence[:, None]) * 0.8
+    return predicted, confidence, others
+
+
+def populate(engine: sa.Engine, *, labels: int, num_classes: int, seed: int = 0) -> tuple[int, int]:
+    from service.core.db import session_scope
+    from service.crud.jobs import create_job
+    from service.models import Dataset, Shard, Teacher, utcnow
+
+    names = [f"class-{i:04d}" for i in range(num_classes)]
+    with session_scope() as session:
+        teacher = Teacher(
+            id="b" * 64,
+            name="bench",
+            architecture="resnet50",
+            class_names=names,
+            image_size=224,
+            channels=3,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            interpolation="bicubic",
+            crop_pct=0.875,
+            model_kwargs={},
+            generation=0,
+            metrics={},
+            status="ready",
+            file_path="/bench",
+            size_bytes=0,
+        )
+        pool = Dataset(
+            name="pool",
+            kind="unlabeled",
+            modality="image",
+            source_path="/bench/pool",
+            source_format="list",
+            item_count=labels,
+        )
+        labeled = Dataset(
+            name="labeled",
+            kind="labeled",
+            split="train",
+            modality="image",
+            source_path="/bench/labeled",
+            source_format="folder",
+            classes=names,
+            item_count=13 * num_classes,
+        )
+        session.add_all([teacher, pool, labeled])
+        session.flush()
+        pool_id, labeled_id = pool.id, labeled.id
+    _copy(
+        engine,
+        "items",
+        ["dataset_id", "ordinal", "uri", "label"],
+        ((pool_id, i, f"/bench/pool/{i:07d}.jpg", None) for i in range(labels)),
+    )
+    _copy(
+        engine,
+        "items",
+        ["dataset_id", "ordinal", "uri", "label"],
+        (
+            (labeled_id, i, f"/bench/labeled/{i % num_classes}/{i}.jpg", i % num_classes)
+            for i in range(13 * num_classes)
+        ),
+    )
+    with session_scope() as session:
+        options = {
+            "batch_size": 256,
+            "temperature": 1.0,
+            "top_k": TOP_K,
+            "full_distribution_max": 100,
+            "shard_size": 10_000,
+        }
+        job, _ = create_job(
+            session,
+            teacher_id="b" * 64,
+            dataset_id=pool_id,
+            items_total=labels,
+            num_classes=num_classes,
+            options=options,
+        )
+        session.execute(
+            sa.update(Shard)
+            .where(Shard.job_id == job.id)
+            .values(state="succeeded", attempts=1, started_at=utcnow(), finished_at=utcnow())
+        )
+        session.execute(sa.text("UPDATE shards SET items_done = end_ordinal - start_ordinal"))
+        job_id = job.id
+    with engine.connect() as conn:
+        first_item = conn.scalar(sa.text("SELECT min(id) FROM items WHERE dataset_id = :d"), {"d": pool_id})
+    rng = np.random.default_rng(seed)
+    predicted, confidence, others = _labels(rng, labels, num_classes)
+
+    def rows():
+        for i in range(labels):
+            c = int(predicted[i])
+            top = np.concatenate([[c], (c + 1 + np.arange(TOP_K - 1)) % num_classes]).astype(np.int32)
+            probs = np.concatenate([[confidence[i]], others[i]]).astype(np.float16)
+            rest = max(0.0, 1.0 - float(probs.astype(np.float32).sum()))
+            yield (job_id, first_item + i, c, float(confidence[i]), 1.0, probs.tobytes(), top.tobytes(), rest)
+
+    _copy(
+        engine,
+        "labels",
+        ["job_id", "item_id", "predicted", "confidence", "entropy", "probs", "top_indices", "rest_mass"],
+        rows(),
+    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE"))
+    return job_id, labeled_id
+
+
+def baseline_stats(engine: sa.Engine, job_id: int, num_classes: int) -> None:
+    """The same numbers the way one would without SQL aggregates: fetch, then numpy."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"SELECT predicted, confidence FROM labels WHERE job_id = {job_id}").all()
+    predicted, confidence = (np.asarray(column) for column in zip(*rows, strict=True))
+    np.bincount(predicted, minlength=num_classes)
+    np.bincount(predicted, weights=confidence >= 0.3, minlength=num_classes)
+    np.bincount(predicted, weights=confidence, minlength=num_classes)
+    np.histogram2d(predicted, confidence, bins=[num_classes, 10], range=[[0, num_classes], [0, 1]])
+
+
+def baseline_copy(engine: sa.Engine, job_id: int) -> None:
+    """Write the filtered labels into a table shaped like manifest_entries (same primary key,
+    logged), with no ranking: the floor for a build that keeps everything once."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE bench_copy (LIKE manifest_entries INCLUDING ALL)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO bench_copy SELECT 0, item_id, 'pseudo', job_id, predicted, 1, confidence "
+                "FROM labels WHERE job_id = :j AND confidence >= 0.3"
+            ),
+            {"j": job_id},
+        )
+        conn.execute(sa.text("DROP TABLE bench_copy"))
+
+
+def _time_build(client, engine, body: dict, repeat: int = 2) -> tuple[float, dict]:
+    """The median time to build the manifest afresh (201): each run first deletes the last one."""
+    times, manifest = [], None
+    for _ in range(repeat):
+        if manifest is not None:
+            with engine.begin() as conn:  # entries have no foreign key; the rest cascades
+                key = conn.scalar(sa.text("SELECT key FROM manifests WHERE id = :m"), {"m": manifest["id"]})
+                conn.execute(sa.text("DELETE FROM manifest_entries WHERE manifest_key = :k"), {"k": key})
+                conn.execute(sa.text("DELETE FROM manifests WHERE key = :k"), {"k": key})
+        start = time.perf_counter()
+        response = client.post("/manifests", json=body)
+        times.append(time.perf_counter() - start)
+        assert response.status_code == 201, response.text
+        manifest = response.json()
+    return statistics.median(times), manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=1000)
+    args = parser.parse_args()
+
+    name = f"nst_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(False)
+    os.environ["NST_DATABASE_URL"] = url
+    os.environ["NST_DATA_DIR"] = tempfile.mkdtemp(prefix="nst-bench-")
+    try:
+        _run(url, args)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _run(url: str, args) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.core.db import make_engine
+    from service.core.migrate import upgrade_head
+    from service.main import create_app
+
+    engine = make_engine(url)
+    upgrade_head(engine)
+    start = time.perf_counter()
+    job_id, labeled_id = populate(engine, labels=args.labels, num_classes=args.classes)
+    print(
+        f"PostgreSQL, {args.labels:,} labels in {args.classes:,} classes "
+        f"(written in {time.perf_counter() - start:.1f} s)\n"
+    )
+
+    with TestClient(create_app()) as client:
+        base, _ = _timed(lambda: baseline_stats(engine, job_id, args.classes))
+        took, stats = _timed(lambda: client.get(f"/jobs/{job_id}/stats", params={"threshold": 0.3}).json())
+        print(
+            f"stats         {took:6.2f} s   baseline (fetch + numpy) {base:6.2f} s   ratio {took / base:4.2f}"
+            f"   target < 1 s"
+        )
+        chart, _ = _timed(lambda: client.get(f"/jobs/{job_id}/stats/chart").content)
+        print(f"stats chart    {chart:6.2f} s")
+        print(
+            f"               {stats['totals']['above_threshold']:,} of {stats['totals']['pseudo_labeled']:,} "
+            f"at or above 0.3; imbalance {stats['imbalance_ratio_above_threshold']:.1f}\n"
+        )
+
+        base, _ = _timed(lambda: baseline_copy(engine, job_id))
+        print(f"{'baseline: copy the filtered labels':36s} {base:6.2f} s   (same key, no ranking)")
+        cases = {
+            "manifest, top-first": {"job_ids": [job_id], "labeled_dataset_ids": [labeled_id]},
+            "manifest, per-class thresholds": {
+                "job_ids": [job_id],
+                "labeled_dataset_ids": [labeled_id],
+                "per_class_thresholds": True,
+            },
+            "manifest, labeled distribution x100": {
+                "job_ids": [job_id],
+                "labeled_dataset_ids": [labeled_id],
+                "target_mode": "labeled_distribution",
+                "target_per_class": 100,
+            },
+            "manifest, no balancing": {
+                "job_ids": [job_id],
+                "labeled_dataset_ids": [labeled_id],
+                "balance": False,
+            },
+        }
+        for label, body in cases.items():
+            took, manifest = _time_build(client, engine, body)
+            totals = manifest["totals"]
+            print(
+                f"{label:36s} {took:6.2f} s   ratio {took / base:5.2f}   target < 15 s   "
+                f"{totals['entries']:,} entries, {totals['samples']:,} samples"
+            )
+
+        body = cases["manifest, top-first"]
+        client.post("/manifests", json=body)
+        again, _ = _timed(lambda: client.post("/manifests", json=body))
+        print(f"{'manifest, same request again (200)':36s} {again:6.2f} s")
+        manifest_id = client.post("/manifests", json=body).json()["id"]
+        page, _ = _timed(lambda: client.get(f"/manifests/{manifest_id}/entries", params={"limit": 5000}))
+        print(f"{'entries, one JSON page of 5,000 (soft)':36s} {page:6.2f} s")
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

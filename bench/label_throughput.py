@@ -1,0 +1,203 @@
+"""Labeling throughput: images per second from job submission to the last label committed,
+through the real stack (uvicorn API, Celery broker, one real Celery worker process), against a
+bare PyTorch loop over the same image files, measured in the same run.
+
+    .venv/bin/python bench/label_throughput.py [--images 3000] [--images-224 600]
+        [--models resnet18,efficientnet_b0] [--sizes 28,224] [--batch-size 64]
+        [--shard-size 1000] [--workers 2] [--threads 2]
+        [--database-url postgresql+psycopg://...] [--broker-url redis://...]
+
+The bare loop: a torch DataLoader (same num_workers as the worker's NST_DECODE_WORKERS) over the
+same PNG files, PIL decode + timm's eval transform (timm.data.create_transform with the teacher
+metadata's settings), the same model built with timm from the same safetensors file, the same
+batch size and torch threads; its clock runs from building the model to the last batch's logits.
+The service's clock runs from the create_job call until the job reads succeeded (polled every
+50 ms); the job's own throughput field (first shard start to last shard end) is shown too.
+Each job's teacher is fresh, so the worker loads the model inside the timed window, as the bare
+loop does. Target: service / bare >= 0.95. Default broker: kombu's SQLAlchemy transport on SQLite,
+database SQLite, both under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from timm.data import create_transform  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from nst import fashion_mnist  # noqa: E402
+from nst.checkpoint import default_metadata, save_teacher  # noqa: E402
+from nst.localstack import LocalStack  # noqa: E402
+
+
+class Files(Dataset):
+    def __init__(self, paths: list[str], transform, mode: str):
+        self.paths, self.transform, self.mode = paths, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert(self.mode))
+
+
+def write_images(root: Path, count: int) -> Path:
+    out = root / f"unlabeled-{count}"
+    if not out.exists():
+        images, labels = fashion_mnist.load("train")
+        fashion_mnist.write_unlabeled(out, images, labels, range(count))
+    return out
+
+
+def make_teacher(root: Path, architecture: str, size: int) -> tuple[Path, dict]:
+    metadata = default_metadata(
+        architecture, fashion_mnist.CLASSES, channels=1, image_size=size, crop_pct=1.0
+    )
+    metadata["name"] = f"bench-{architecture}-{size}"
+    torch.manual_seed(0)
+    model = timm.create_model(architecture, pretrained=False, num_classes=10, in_chans=1)
+    path = save_teacher(model.state_dict(), root / f"{architecture}-{size}.safetensors", metadata)
+    return path, metadata
+
+
+def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers: int) -> float:
+    """Seconds for load model + decode + forward over every file."""
+    start = time.perf_counter()
+    model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
+    model.load_state_dict(load_file(str(path)))
+    model.eval()
+    transform = create_transform(
+        input_size=(1, metadata["image_size"], metadata["image_size"]),
+        is_training=False,
+        interpolation=metadata["interpolation"],
+        mean=tuple(metadata["mean"]),
+        std=tuple(metadata["std"]),
+        crop_pct=metadata["crop_pct"],
+    )
+    loader = DataLoader(Files(files, transform, "L"), batch_size=batch_size, num_workers=workers)
+    seen = 0
+    with torch.inference_mode():
+        for images in loader:
+            seen += len(model(images))
+    assert seen == len(files)
+    return time.perf_counter() - start
+
+
+def service(client, teacher_id: str, dataset_id: int, args) -> tuple[float, dict]:
+    start = time.perf_counter()
+    job = client.create_job(
+        teacher_id=teacher_id, dataset_id=dataset_id, batch_size=args.batch_size, shard_size=args.shard_size
+    )
+    while (job := client.job(job["id"]))["state"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} is {job['state']}: {job}")
+    return seconds, job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000, help="images at 28 px")
+    parser.add_argument("--images-224", type=int, default=600, help="images at 224 px")
+    parser.add_argument("--models", default="resnet18,efficientnet_b0")
+    parser.add_argument("--sizes", default="28,224")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="decode workers, both sides")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--database-url", default="", help="default: SQLite in the bench folder")
+    parser.add_argument("--broker-url", default="", help="default: SQLAlchemy broker on SQLite")
+    parser.add_argument("--dir", type=Path, default=None, help="bench folder (default: a temp one)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-"))).resolve()
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        "NST_DATA_DIR": str(root / "nst"),
+        "NST_DATA_ROOTS": str(data),
+        "NST_WORKER_DEVICE": "cpu",
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+    }
+    if args.database_url:
+        env["NST_DATABASE_URL"] = args.database_url
+    if args.broker_url:
+        env["NST_BROKER_URL"] = args.broker_url
+    sizes = [int(s) for s in args.sizes.split(",")]
+    models = args.models.split(",")
+    counts = {size: args.images if size < 100 else args.images_224 for size in sizes}
+
+    rows = []
+    stack = LocalStack(root / "logs", env)
+    try:
+        client = stack.start_api()
+        stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
+        folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
+        datasets = {
+            n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
+            for n, folder in folders.items()
+        }
+        for architecture in models:
+            for size in sizes:
+                n = counts[size]
+                path, metadata = make_teacher(data, architecture, size)
+                teacher = client.upload_teacher(path)
+                client.wait_for_teacher(teacher["id"])
+                files = sorted(str(p) for p in folders[n].glob("*.png"))
+                bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                bare_s = bare(path, metadata, files, args.batch_size, args.workers)
+                service_s, job = service(client, teacher["id"], datasets[n], args)
+                bare_rate, service_rate = n / bare_s, n / service_s
+                rows.append(
+                    (
+                        architecture,
+                        size,
+                        n,
+                        bare_rate,
+                        service_rate,
+                        job["throughput_items_per_s"] or 0.0,
+                        service_rate / bare_rate,
+                    )
+                )
+                print(
+                    f"{architecture} {size}px: bare {bare_s:.1f} s, service {service_s:.1f} s",
+                    flush=True,
+                )
+    except Exception:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(
+        f"\nbroker: {args.broker_url or 'sqla+sqlite'}, database: {args.database_url or 'sqlite'}, "
+        f"batch {args.batch_size}, shard {args.shard_size}, decode workers {args.workers}, "
+        f"threads {args.threads}, cpu count {os.cpu_count()}\n"
+    )
+    print("| model | size | images | bare img/s | service img/s | job throughput img/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for architecture, size, n, b, s, t, ratio in rows:
+        print(f"| {architecture} | {size} px | {n} | {b:.1f} | {s:.1f} | {t:.1f} | {ratio:.2f} |")
+    print("\ntarget: ratio >= 0.95")
+
+
+if __name__ == "__main__":
+    main()

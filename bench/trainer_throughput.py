@@ -1,0 +1,165 @@
+"""Training throughput: images per second of ``trainer.train`` (manifest pulled over HTTP from a
+real uvicorn API) against a bare timm training loop, measured in the same run.
+
+    .venv/bin/python bench/trainer_throughput.py [--steps 60] [--models resnet18,efficientnet_b0]
+        [--image-size 28] [--batch-size 64] [--workers 2] [--threads 2] [--per-class 100]
+
+The manifest is labeled-only (a Fashion-MNIST ImageFolder train split, ``--per-class`` images per
+class), so each step is ``--batch-size`` images. The bare loop uses the same timm model (same
+dropout and drop path), the same transform (``trainer.data.train_transform``, RandAugment on),
+a DataLoader with the same workers over the same files, cross-entropy with the same label
+smoothing, the same optimizer (``timm.optim.create_optimizer_v2``) and the same EMA. Both clocks
+run the same way as the trainer's own ``images_per_s``: from the first batch request (the
+DataLoader workers' start included) to the end of the last step; model build, manifest fetch and
+the final checkpoint are outside both. Target: trainer / bare >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+from timm.utils import ModelEmaV3  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
+
+from nst import fashion_mnist  # noqa: E402
+from nst.localstack import LocalStack  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import train_transform  # noqa: E402
+from trainer.train import train  # noqa: E402
+
+
+class Files(Dataset):
+    def __init__(self, paths: list[str], targets: list[int], transform):
+        self.paths, self.targets, self.transform = paths, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("L")), self.targets[index]
+
+
+def bare(cfg: TrainConfig, paths: list[str], targets: list[int]) -> float:
+    """Images per second of a plain loop doing the trainer's work per step."""
+    torch.manual_seed(cfg.seed)
+    model = timm.create_model(
+        cfg.architecture,
+        pretrained=False,
+        num_classes=len(fashion_mnist.CLASSES),
+        in_chans=cfg.channels,
+        drop_rate=cfg.dropout,
+        drop_path_rate=cfg.drop_path or None,
+    )
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
+    dataset = Files(paths, targets, train_transform(cfg, noisy=cfg.randaugment))
+    sampler = RandomSampler(dataset, replacement=True, num_samples=cfg.steps * cfg.batch_size)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True
+    )
+    model.train()
+    start = time.perf_counter()
+    step = 0
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if ema is not None:
+            ema.update(model, step=step)
+    seconds = time.perf_counter() - start
+    assert step == cfg.steps
+    return step * cfg.batch_size / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--models", default="resnet18,efficientnet_b0")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both sides")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--per-class", type=int, default=100, help="labeled images per class")
+    parser.add_argument("--ema-decay", type=float, default=0.999, help="0: no EMA, both sides")
+    parser.add_argument("--dir", type=Path, default=None, help="bench folder (default: a temp one)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-train-"))).resolve()
+    data = root / "data"
+    labeled = data / f"labeled-{args.per_class}"
+    if not labeled.exists():
+        images, labels = fashion_mnist.load("train")
+        indices, _ = fashion_mnist.split_indices(labels, per_class=args.per_class, unlabeled=0, seed=0)
+        fashion_mnist.write_image_folder(labeled, images, labels, indices)
+    env = {"NST_DATA_DIR": str(root / "nst"), "NST_DATA_ROOTS": str(data)}
+
+    rows = []
+    stack = LocalStack(root / "logs", env)
+    try:
+        client = stack.start_api()
+        dataset = client.register_dataset(name="bench-labeled", kind="labeled", split="train", path=labeled)
+        manifest = client.create_manifest(labeled_dataset_ids=[dataset["id"]], job_ids=[])
+        items = list(client.items(dataset["id"]))
+        classes = fashion_mnist.CLASSES
+        paths = [item["uri"] for item in items]
+        names = dataset["classes"]  # an item's label indexes its dataset's (sorted) classes
+        targets = [classes.index(names[item["label"]]) for item in items]
+        for architecture in args.models.split(","):
+            cfg = TrainConfig(
+                manifest_id=manifest["id"],
+                api_url=stack.url,
+                out_dir=str(root / "runs" / architecture),
+                architecture=architecture,
+                image_size=args.image_size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                ema_decay=args.ema_decay,
+                checkpoint_every=0,
+                register=False,
+                progress=False,
+            )
+            bare_rate = bare(cfg, paths, targets)
+            result = train(dataclasses.replace(cfg), client)
+            rows.append((architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate))
+            print(f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s")
+    except Exception:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(
+        f"\nimage size {args.image_size}, batch {args.batch_size}, {args.steps} steps, "
+        f"workers {args.workers}, threads {args.threads}, EMA {args.ema_decay}, "
+        f"{len(paths)} labeled images (numpy {np.__version__}, torch {torch.__version__})\n"
+    )
+    print("| model | size | bare img/s | trainer img/s | ratio |")
+    print("|---|---|---|---|---|")
+    for architecture, b, t, ratio in rows:
+        print(f"| {architecture} | {args.image_size} px | {b:.1f} | {t:.1f} | {ratio:.2f} |")
+    print("\ntarget: ratio >= 0.95")
+
+
+if __name__ == "__main__":
+    main()

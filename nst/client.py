@@ -1,0 +1,269 @@
+"""Python client for the nst service, on httpx. The CLI, the trainer and the demo all use it.
+
+from nst.client import Client
+with Client("http://127.0.0.1:8000", token=None) as nst:
+    ds = nst.register_dataset(name="pool", kind="unlabeled", path="/data/pool")
+    job = nst.create_job(teacher_id=t["id"], dataset_id=ds["id"])
+    nst.wait_for_job(job["id"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+
+
+class NstError(Exception):
+    """The service answered with an error; ``detail`` is its message."""
+
+    def __init__(self, status_code: int, detail: Any, method: str, url: str):
+        self.status_code, self.detail = status_code, detail
+        super().__init__(f"{method} {url} -> {status_code}: {detail}")
+
+
+class NotFound(NstError):
+    pass
+
+
+class Conflict(NstError):
+    pass
+
+
+class InvalidRequest(NstError):
+    pass
+
+
+class Unauthorized(NstError):
+    pass
+
+
+class Unavailable(NstError):
+    pass
+
+
+_ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: InvalidRequest, 503: Unavailable}
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            error = _ERRORS.get(response.status_code, NstError)
+            raise error(response.status_code, detail, method, str(response.url))
+        return response
+
+    def _json(self, method: str, path: str, **kwargs) -> Any:
+        response = self._request(method, path, **kwargs)
+        return None if response.status_code == 204 else response.json()
+
+    def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
+        params = dict(params or {})
+        while True:
+            page = self._json("GET", path, params=params)
+            yield from page["data"]
+            if page.get("next_cursor") is None:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    # --- service -----------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        return self._json("GET", "/health")
+
+    def wait_until_up(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.health()
+                return
+            except (httpx.TransportError, NstError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    # --- datasets ----------------------------------------------------------------------------
+
+    def register_dataset(
+        self,
+        *,
+        name: str,
+        kind: str,
+        path: str | Path,
+        split: str | None = None,
+        classes: list[str] | None = None,
+    ) -> dict:
+        body = {"name": name, "kind": kind, "path": str(path), "split": split}
+        if classes is not None:
+            body["classes"] = classes
+        return self._json("POST", "/datasets", json=body)
+
+    def dataset(self, dataset_id: int) -> dict:
+        return self._json("GET", f"/datasets/{dataset_id}")
+
+    def datasets(self, **filters) -> list[dict]:
+        return self._json("GET", "/datasets", params=filters)["data"]
+
+    def items(self, dataset_id: int, page_size: int = 5000) -> Iterator[dict]:
+        return self._pages(f"/datasets/{dataset_id}/items", {"limit": page_size})
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        self._json("DELETE", f"/datasets/{dataset_id}")
+
+    # --- teachers ----------------------------------------------------------------------------
+
+    def register_teacher(self, path: str | Path, metadata: dict | None = None) -> dict:
+        """Register a safetensors file that lies under a data root (by path)."""
+        return self._json("POST", "/teachers", json={"path": str(path), "metadata": metadata})
+
+    def upload_teacher(self, path: str | Path, metadata: dict | None = None) -> dict:
+        path = Path(path)
+        data = {"metadata": json.dumps(metadata)} if metadata else {}
+        with path.open("rb") as handle:
+            files = {"file": (path.name, handle, "application/octet-stream")}
+            return self._json("POST", "/teachers/upload", files=files, data=data)
+
+    def teacher(self, teacher_id: str) -> dict:
+        return self._json("GET", f"/teachers/{teacher_id}")
+
+    def teachers(self, **filters) -> list[dict]:
+        return self._json("GET", "/teachers", params=filters)["data"]
+
+    def wait_for_teacher(self, teacher_id: str, timeout: float = 300.0) -> dict:
+        """Wait for a worker's verdict; raise ``InvalidRequest`` if the checkpoint is invalid."""
+        teacher = self._poll(
+            lambda: self.teacher(teacher_id),
+            lambda t: t["status"] != "pending",
+            timeout,
+            f"teacher {teacher_id}",
+        )
+        if teacher["status"] == "invalid":
+            raise InvalidRequest(
+                422,
+                f"teacher {teacher_id} is invalid: {teacher['status_reason']}",
+                "GET",
+                f"/teachers/{teacher_id}",
+            )
+        return teacher
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def create_job(self, *, teacher_id: str, dataset_id: int, **options) -> dict:
+        body = {"teacher_id": teacher_id, "dataset_id": dataset_id, **options}
+        return self._json("POST", "/jobs", json=body)
+
+    def job(self, job_id: int) -> dict:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def cancel_job(self, job_id: int) -> dict:
+        return self._json("POST", f"/jobs/{job_id}/cancel")
+
+    def resume_job(self, job_id: int) -> dict:
+        return self._json("POST", f"/jobs/{job_id}/resume")
+
+    def shards(self, job_id: int) -> list[dict]:
+        return self._json("GET", f"/jobs/{job_id}/shards")
+
+    def wait_for_job(
+        self, job_id: int, timeout: float = 3600.0, on_progress: Callable[[dict], None] | None = None
+    ) -> dict:
+        def fetch() -> dict:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            return job
+
+        return self._poll(fetch, lambda j: j["state"] in TERMINAL_JOB_STATES, timeout, f"job {job_id}")
+
+    def labels(self, job_id: int, page_size: int = 5000) -> Iterator[dict]:
+        return self._pages(f"/jobs/{job_id}/labels", {"limit": page_size})
+
+    def item_errors(self, job_id: int) -> Iterator[dict]:
+        return self._pages(f"/jobs/{job_id}/errors")
+
+    def export_labels(self, job_id: int, out: str | Path, fmt: str = "parquet") -> Path:
+        out = Path(out)
+        with self._http.stream("GET", f"/jobs/{job_id}/labels", params={"format": fmt}) as resp:
+            if resp.is_error:
+                resp.read()
+                self._request("GET", f"/jobs/{job_id}/labels", params={"format": fmt})
+            with out.open("wb") as handle:
+                for chunk in resp.iter_bytes():
+                    handle.write(chunk)
+        return out
+
+    @staticmethod
+    def _poll(
+        fetch: Callable[[], dict],
+        done: Callable[[dict], bool],
+        timeout: float,
+        what: str,
+        interval: float = 0.5,
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = fetch()
+            if done(value):
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} not finished after {timeout:.0f} s: {value}")
+            time.sleep(interval)
+
+    # --- statistics and manifests --------------------------------------------------------------
+
+    def job_stats(self, job_id: int, threshold: float = 0.3, **params) -> dict:
+        """Per-class counts, mean confidence and histograms; ``labeled_dataset_id=`` picks the
+        labeled dataset to compare with."""
+        return self._json("GET", f"/jobs/{job_id}/stats", params={"threshold": threshold, **params})
+
+    def job_stats_chart(
+        self, job_id: int, out_path: str | Path, threshold: float = 0.3, fmt: str = "png", **params
+    ) -> Path:
+        query = {"threshold": threshold, "format": fmt, **params}
+        out_path = Path(out_path)
+        out_path.write_bytes(self._request("GET", f"/jobs/{job_id}/stats/chart", params=query).content)
+        return out_path
+
+    def create_manifest(self, **body) -> dict:
+        """Build (201) or find (200) the manifest for these inputs; see ``ManifestCreate``."""
+        return self._json("POST", "/manifests", json=body)
+
+    def manifest(self, manifest_id: str) -> dict:
+        return self._json("GET", f"/manifests/{manifest_id}")
+
+    def manifests(self, **params) -> list[dict]:
+        return self._json("GET", "/manifests", params=params)["data"]
+
+    def manifest_entries(self, manifest_id: str, page_size: int = 5000) -> Iterator[dict]:
+        return self._pages(f"/manifests/{manifest_id}/entries", {"limit": page_size})

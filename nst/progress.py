@@ -1,0 +1,19 @@
+"""Progress bars fed by the service's own counters."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from nst.client import Client
+
+
+def wait_with_progress(client: Client, job: dict) -> dict:
+    """Wait for a labeling job, showing items done, state and failures."""
+    with tqdm(total=job["items_total"], desc=f"label job {job['id']}", unit="img") as bar:
+
+        def update(current: dict) -> None:
+            bar.n = current["items_done"] + current["items_failed"]
+            bar.set_postfix(state=current["state"], failed=current["items_failed"])
+            bar.refresh()
+
+        return client.wait_for_job(job["id"], on_progress=update)

@@ -1,0 +1,86 @@
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from service.api.deps import SessionDep, SettingsDep
+from service.crud import datasets as crud
+from service.models import Dataset
+from service.scan import ScanError, scan
+from service.schemas import DatasetCreate, DatasetPublic, DatasetsPublic, ItemsPage
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+def _get(session, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"dataset {dataset_id} not found")
+    return dataset
+
+
+def _public(session, dataset: Dataset) -> DatasetPublic:
+    public = DatasetPublic.model_validate(dataset)
+    public.class_counts = crud.class_counts(session, dataset=dataset)
+    return public
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def register_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep) -> DatasetPublic:
+    try:
+        result = scan(
+            body.path, labeled=body.kind == "labeled", roots=settings.data_roots, classes=body.classes
+        )
+    except ScanError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"path: {exc}") from None
+    dataset = crud.create_dataset(
+        session, name=body.name, kind=body.kind, split=body.split, modality=body.modality, scan=result
+    )
+    session.commit()
+    return _public(session, dataset)
+
+
+@router.get("")
+def list_datasets(
+    session: SessionDep,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    kind: str | None = None,
+    split: str | None = None,
+) -> DatasetsPublic:
+    rows, count = crud.list_datasets(session, offset=offset, limit=limit, kind=kind, split=split)
+    return DatasetsPublic(data=[_public(session, d) for d in rows], count=count)
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: int, session: SessionDep) -> DatasetPublic:
+    return _public(session, _get(session, dataset_id))
+
+
+@router.get("/{dataset_id}/items")
+def list_items(
+    dataset_id: int,
+    session: SessionDep,
+    cursor: int | None = Query(None, ge=0),
+    limit: int = Query(1000, ge=1, le=10000),
+) -> ItemsPage:
+    _get(session, dataset_id)
+    rows, next_cursor = crud.items_page(session, dataset_id=dataset_id, cursor=cursor, limit=limit)
+    return ItemsPage(data=rows, next_cursor=next_cursor)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(dataset_id: int, session: SessionDep) -> Response:
+    dataset = _get(session, dataset_id)
+    jobs = crud.dependent_job_ids(session, dataset_id=dataset_id)
+    if jobs:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"dataset {dataset_id} is used by labeling job(s) {jobs}; delete those first",
+        )
+    manifests = crud.dependent_manifest_ids(session, dataset_id=dataset_id)
+    if manifests:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"dataset {dataset_id} is part of manifest(s) {manifests}, which are immutable",
+        )
+    session.delete(dataset)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,200 @@
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import StreamingResponse
+
+from service.api.deps import SessionDep
+from service.crud import jobs as crud
+from service.export import labels_jsonl, labels_parquet
+from service.models import Dataset, Job, Teacher
+from service.queue import QueueUnavailable, enqueue_shards
+from service.schemas import (
+    ItemErrorPublic,
+    ItemErrorsPage,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    LabelPublic,
+    LabelsPage,
+    ShardPublic,
+)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def get_job_or_404(session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
+    return job
+
+
+def job_public(session, job: Job) -> JobPublic:
+    p = crud.progress(session, job=job)
+    return JobPublic(
+        id=job.id,
+        teacher_id=job.teacher_id,
+        dataset_id=job.dataset_id,
+        state=p.state,
+        batch_size=job.batch_size,
+        temperature=job.temperature,
+        top_k=job.top_k,
+        full_distribution_max=job.full_distribution_max,
+        shard_size=job.shard_size,
+        num_classes=job.num_classes,
+        items_total=job.items_total,
+        items_done=p.items_done,
+        items_failed=p.items_failed,
+        shards_total=job.shards_total,
+        shards_done=p.shards_done,
+        shards_failed=p.shards_failed,
+        errors=p.errors,
+        throughput_items_per_s=p.throughput,
+        eta_s=p.eta_s,
+        created_at=job.created_at,
+        started_at=p.started_at,
+        finished_at=p.finished_at,
+    )
+
+
+def _enqueue(job_id: int, shard_ids: list[int]) -> None:
+    try:
+        enqueue_shards(shard_ids)
+    except QueueUnavailable as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"job {job_id} is saved but not all its shards were enqueued: {exc}; "
+            f"retry with POST /jobs/{job_id}/resume",
+        ) from None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
+    teacher = session.get(Teacher, body.teacher_id)
+    if teacher is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"teacher_id: unknown teacher {body.teacher_id!r}"
+        )
+    if teacher.status != "ready":
+        reason = f" ({teacher.status_reason})" if teacher.status_reason else ""
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"teacher_id: teacher {teacher.id} is {teacher.status}{reason}, not ready",
+        )
+    dataset = session.get(Dataset, body.dataset_id)
+    if dataset is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"dataset_id: unknown dataset {body.dataset_id}"
+        )
+    num_classes = len(teacher.class_names)
+    if body.top_k > num_classes:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"top_k: {body.top_k} exceeds the teacher's {num_classes} classes",
+        )
+    options = body.model_dump(exclude={"teacher_id", "dataset_id"})
+    job, shards = crud.create_job(
+        session,
+        teacher_id=teacher.id,
+        dataset_id=dataset.id,
+        items_total=dataset.item_count,
+        num_classes=num_classes,
+        options=options,
+    )
+    session.commit()  # the shards exist before any worker can be told about them
+    _enqueue(job.id, [s.id for s in shards])
+    return job_public(session, job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
+) -> JobsPublic:
+    rows, count = crud.list_jobs(session, offset=offset, limit=limit)
+    return JobsPublic(data=[job_public(session, j) for j in rows], count=count)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: int, session: SessionDep) -> JobPublic:
+    return job_public(session, get_job_or_404(session, job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+    job = get_job_or_404(session, job_id)
+    state = crud.progress(session, job=job).state
+    if state in ("succeeded", "cancelled"):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is already {state}")
+    crud.cancel(session, job=job)
+    session.commit()
+    return job_public(session, job)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: int, session: SessionDep) -> JobPublic:
+    """Re-enqueue every unfinished or failed shard. Safe at any time: a shard that runs twice
+    writes each label once, and one that already finished returns at once."""
+    job = get_job_or_404(session, job_id)
+    if job.cancelled_at is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is cancelled")
+    shard_ids = crud.unfinished_shard_ids(session, job_id=job_id)
+    crud.reset_failed_shards(session, job_id=job_id)
+    session.commit()
+    _enqueue(job_id, shard_ids)
+    return job_public(session, job)
+
+
+@router.get("/{job_id}/labels", response_model=None)
+def get_labels(
+    job_id: int,
+    session: SessionDep,
+    format: Literal["json", "jsonl", "parquet"] = "json",
+    cursor: int | None = Query(None, ge=0, description="Next item ID (from next_cursor)"),
+    limit: int = Query(1000, ge=1, le=10000),
+) -> LabelsPage | StreamingResponse:
+    """A page of labels (JSON), or the whole job streamed as JSONL or Parquet."""
+    get_job_or_404(session, job_id)
+    if format == "jsonl":
+        return StreamingResponse(labels_jsonl(job_id), media_type="application/x-ndjson")
+    if format == "parquet":
+        return StreamingResponse(
+            labels_parquet(job_id),
+            media_type="application/vnd.apache.parquet",
+            headers={"Content-Disposition": f'attachment; filename="job-{job_id}-labels.parquet"'},
+        )
+    rows, next_cursor = crud.labels_page(session, job_id=job_id, cursor=cursor, limit=limit)
+    return LabelsPage(data=[label_public(label, uri) for label, uri in rows], next_cursor=next_cursor)
+
+
+def label_public(label, uri: str) -> LabelPublic:
+    probs, top = crud.decode_distribution(label)
+    return LabelPublic(
+        item_id=label.item_id,
+        uri=uri,
+        predicted=label.predicted,
+        confidence=label.confidence,
+        entropy=label.entropy,
+        probs=probs,
+        top_indices=top,
+        rest_mass=label.rest_mass,
+    )
+
+
+@router.get("/{job_id}/shards")
+def list_shards(job_id: int, session: SessionDep) -> list[ShardPublic]:
+    """Each shard's state, progress and delivery attempts (for operators)."""
+    get_job_or_404(session, job_id)
+    return crud.shards(session, job_id=job_id)
+
+
+@router.get("/{job_id}/errors")
+def get_item_errors(
+    job_id: int,
+    session: SessionDep,
+    cursor: int | None = Query(None, ge=0),
+    limit: int = Query(1000, ge=1, le=10000),
+) -> ItemErrorsPage:
+    get_job_or_404(session, job_id)
+    rows, next_cursor = crud.errors_page(session, job_id=job_id, cursor=cursor, limit=limit)
+    data = [ItemErrorPublic(item_id=e.item_id, uri=uri, message=e.message) for e, uri in rows]
+    return ItemErrorsPage(data=data, next_cursor=next_cursor)

@@ -1,0 +1,183 @@
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
+from pydantic import ValidationError
+
+from service import checkpoints
+from service.api.deps import SessionDep, SettingsDep
+from service.crud import teachers as crud
+from service.models import Teacher
+from service.queue import QueueUnavailable, enqueue_teacher_validation
+from service.scan import ScanError, resolve_under_roots
+from service.schemas import TeacherCreate, TeacherMetadata, TeacherPublic, TeachersPublic
+
+router = APIRouter(prefix="/teachers", tags=["teachers"])
+
+UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
+
+
+def _get(session, teacher_id: str) -> Teacher:
+    teacher = session.get(Teacher, teacher_id)
+    if teacher is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"teacher {teacher_id} not found")
+    return teacher
+
+
+def _describe(error: ValidationError, prefix: str) -> str:
+    return "; ".join(f"{'.'.join([prefix, *map(str, e['loc'])])}: {e['msg']}" for e in error.errors())
+
+
+def _register(
+    session,
+    settings,
+    response: Response,
+    *,
+    name: str,
+    chunks: Iterable[bytes],
+    metadata: TeacherMetadata | None,
+) -> TeacherPublic:
+    try:
+        sha, path, size, header = checkpoints.store(
+            chunks, name=name, store_dir=settings.artifact_dir / "teachers"
+        )
+    except checkpoints.CheckpointError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=f"file: {exc}") from None
+    existing = session.get(Teacher, sha)
+    if existing is not None:
+        response.status_code = status.HTTP_200_OK
+        return TeacherPublic.model_validate(existing)
+    try:
+        metadata = metadata or _embedded(header)
+        if metadata.parent_id is not None and session.get(Teacher, metadata.parent_id) is None:
+            raise HTTPException(
+                UNPROCESSABLE, detail=f"metadata.parent_id: unknown teacher {metadata.parent_id!r}"
+            )
+        teacher, _ = crud.create_teacher(session, sha=sha, path=path, size=size, metadata=metadata)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        path.unlink(missing_ok=True)  # no teacher row, so no stored file either
+        raise
+    try:
+        enqueue_teacher_validation(teacher.id)
+    except QueueUnavailable as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"teacher {sha} is registered but pending: {exc}; "
+            f"retry with POST /teachers/{sha}/validate",
+        ) from None
+    return TeacherPublic.model_validate(teacher)
+
+
+def _embedded(header: dict) -> TeacherMetadata:
+    try:
+        raw = checkpoints.embedded_metadata(header)
+    except checkpoints.CheckpointError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=f"metadata: {exc}") from None
+    if raw is None:
+        raise HTTPException(
+            UNPROCESSABLE,
+            detail="metadata: required; none was given and the file embeds none "
+            "(`nst teachers convert` embeds it)",
+        )
+    try:
+        return TeacherMetadata.model_validate(raw)
+    except ValidationError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=_describe(exc, "metadata")) from None
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def register_teacher_by_path(
+    body: TeacherCreate, session: SessionDep, settings: SettingsDep, response: Response
+) -> TeacherPublic:
+    """Register a safetensors file that lies under a data root; it is copied into the store."""
+    roots = [*settings.data_roots, settings.artifact_dir]
+    try:
+        path = resolve_under_roots(body.path, roots)
+    except ScanError as exc:
+        raise HTTPException(UNPROCESSABLE, detail=f"path: {exc}") from None
+    if not path.is_file():
+        raise HTTPException(UNPROCESSABLE, detail=f"path: {body.path!r} is not a file")
+    return _register(
+        session,
+        settings,
+        response,
+        name=path.name,
+        chunks=checkpoints.file_chunks(path),
+        metadata=body.metadata,
+    )
+
+
+@router.post("/upload", status_code=status.HTTP_201_CREATED)
+def upload_teacher(
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    file: UploadFile = File(description="A .safetensors checkpoint"),
+    metadata: str | None = Form(None, description="TeacherMetadata as JSON"),
+) -> TeacherPublic:
+    parsed = None
+    if metadata:
+        try:
+            parsed = TeacherMetadata.model_validate(json.loads(metadata))
+        except json.JSONDecodeError as exc:
+            raise HTTPException(UNPROCESSABLE, detail=f"metadata: not JSON ({exc})") from None
+        except ValidationError as exc:
+            raise HTTPException(UNPROCESSABLE, detail=_describe(exc, "metadata")) from None
+
+    def chunks() -> Iterable[bytes]:
+        while chunk := file.file.read(1 << 20):
+            yield chunk
+
+    return _register(
+        session,
+        settings,
+        response,
+        name=Path(file.filename or "upload").name,
+        chunks=chunks(),
+        metadata=parsed,
+    )
+
+
+@router.get("")
+def list_teachers(
+    session: SessionDep,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    status_: str | None = Query(None, alias="status"),
+) -> TeachersPublic:
+    rows, count = crud.list_teachers(session, offset=offset, limit=limit, status=status_)
+    return TeachersPublic(data=rows, count=count)
+
+
+@router.get("/{teacher_id}")
+def get_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
+    return _get(session, teacher_id)
+
+
+@router.post("/{teacher_id}/validate", status_code=status.HTTP_202_ACCEPTED)
+def revalidate_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
+    teacher = _get(session, teacher_id)
+    try:
+        enqueue_teacher_validation(teacher.id)
+    except QueueUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    return teacher
+
+
+@router.delete("/{teacher_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_teacher(teacher_id: str, session: SessionDep) -> Response:
+    teacher = _get(session, teacher_id)
+    blockers = crud.dependents(session, teacher_id=teacher_id)
+    if blockers:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"teacher {teacher_id} is used by {', '.join(blockers)}; delete those first",
+        )
+    path = Path(teacher.file_path)
+    session.delete(teacher)
+    session.commit()
+    path.unlink(missing_ok=True)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,113 @@
+"""Teacher checkpoint files: safetensors only, stored under their sha256, never unpickled.
+
+The API process reads the safetensors header itself (8-byte length, then JSON) so that it never
+needs torch; workers load the tensors later with ``safetensors.torch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"})
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+CONVERT_HINT = (
+    "nothing is ever unpickled here; convert it to safetensors with "
+    "`nst teachers convert STATE_DICT.pt --arch ARCH --classes ... --out teacher.safetensors` "
+    "(it loads the state dict with torch.load(weights_only=True))"
+)
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable safetensors checkpoint; the message says why."""
+
+
+def refuse_pickle(name: str, head: bytes) -> None:
+    suffix = Path(name).suffix.lower()
+    if suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """Parse and check a safetensors header; raise ``CheckpointError`` when it is not one."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        refuse_pickle(path.name, head)
+        if len(head) < 8:
+            raise CheckpointError(f"{path.name!r} is too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", head)
+        if length == 0 or length > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{path.name!r} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path.name!r} is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name!r} is not a safetensors file (header is not an object)")
+    data_size = size - 8 - length
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not tensors:
+        raise CheckpointError(f"{path.name!r} holds no tensors")
+    for key, info in tensors.items():
+        try:
+            start, end = info["data_offsets"]
+            info["dtype"], info["shape"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path.name!r}: tensor {key!r} has a malformed entry") from None
+        if not 0 <= start <= end <= data_size:
+            raise CheckpointError(f"{path.name!r}: tensor {key!r} lies outside the file")
+    return header
+
+
+def embedded_metadata(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The teacher metadata that ``nst teachers convert`` writes under ``__metadata__['nst']``."""
+    raw = (header.get("__metadata__") or {}).get("nst")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError("the file's embedded 'nst' metadata is not JSON") from None
+
+
+def store(chunks: Iterable[bytes], *, name: str, store_dir: Path) -> tuple[str, Path, int, dict]:
+    """Write ``chunks`` into the store under their sha256; return (sha, path, size, header).
+
+    The bytes go to a temporary file first and are renamed into place only once the header
+    checks out, so a failed or interrupted upload leaves nothing behind.
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                if size == 0:
+                    refuse_pickle(name, chunk[:8])
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise CheckpointError(f"{name!r} is empty")
+        header = read_header(tmp)
+        sha = digest.hexdigest()
+        final = store_dir / f"{sha}.safetensors"
+        os.replace(tmp, final)
+        return sha, final, size, header
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def file_chunks(path: Path, chunk_size: int = 1 << 20) -> Iterable[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk

@@ -1,0 +1,86 @@
+"""Dataset registry: data access only, no HTTP."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from service.models import Dataset, Item, Job, Manifest, ManifestInput
+from service.scan import ScanResult
+
+INSERT_CHUNK = 10_000
+
+
+def create_dataset(
+    session: Session, *, name: str, kind: str, split: str | None, modality: str, scan: ScanResult
+) -> Dataset:
+    """Insert the dataset and all its items in the caller's transaction (all or nothing)."""
+    dataset = Dataset(
+        name=name,
+        kind=kind,
+        split=split,
+        modality=modality,
+        source_path=str(scan.source_path),
+        source_format=scan.source_format,
+        classes=scan.classes,
+        item_count=len(scan.uris),
+    )
+    session.add(dataset)
+    session.flush()
+    rows = [
+        {"dataset_id": dataset.id, "ordinal": i, "uri": uri, "label": label}
+        for i, (uri, label) in enumerate(zip(scan.uris, scan.labels, strict=True))
+    ]
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(insert(Item), rows[start : start + INSERT_CHUNK])
+    return dataset
+
+
+def class_counts(session: Session, *, dataset: Dataset) -> dict[str, int] | None:
+    if dataset.classes is None:
+        return None
+    counts = dict(
+        session.execute(
+            select(Item.label, func.count()).where(Item.dataset_id == dataset.id).group_by(Item.label)
+        ).all()
+    )
+    return {name: counts.get(i, 0) for i, name in enumerate(dataset.classes)}
+
+
+def list_datasets(
+    session: Session, *, offset: int, limit: int, kind: str | None, split: str | None
+) -> tuple[list[Dataset], int]:
+    query = select(Dataset)
+    if kind:
+        query = query.where(Dataset.kind == kind)
+    if split:
+        query = query.where(Dataset.split == split)
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Dataset.id).offset(offset).limit(limit)).all()
+    return list(rows), count or 0
+
+
+def items_page(
+    session: Session, *, dataset_id: int, cursor: int | None, limit: int
+) -> tuple[list[Item], int | None]:
+    """Items by ordinal; the cursor is the next ordinal to return."""
+    query = select(Item).where(Item.dataset_id == dataset_id)
+    if cursor is not None:
+        query = query.where(Item.ordinal >= cursor)
+    rows = list(session.scalars(query.order_by(Item.ordinal).limit(limit + 1)))
+    next_cursor = rows[limit].ordinal if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def dependent_job_ids(session: Session, *, dataset_id: int) -> list[int]:
+    return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id)))
+
+
+def dependent_manifest_ids(session: Session, *, dataset_id: int) -> list[str]:
+    query = (
+        select(Manifest.id)
+        .join(ManifestInput, ManifestInput.manifest_key == Manifest.key)
+        .where(ManifestInput.dataset_id == dataset_id)
+        .distinct()
+    )
+    return sorted(session.scalars(query))

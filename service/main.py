@@ -1,0 +1,32 @@
+"""Builds the FastAPI app. Start-up applies the migrations, then serves."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from nst.config import get_settings
+from service.api.main import api_router
+from service.core.migrate import upgrade_head
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI):
+    get_settings().ensure_dirs()
+    upgrade_head()
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="nst",
+        summary="Noisy Student pseudo-label service: datasets, teachers, labeling jobs.",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    app.include_router(api_router)
+    return app
+
+
+app = create_app()

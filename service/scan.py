@@ -1,0 +1,175 @@
+"""Scan a folder tree or a list file into dataset items, refusing anything outside the data roots.
+
+Pure functions: they read the file system and return rows or raise ``ScanError`` whose message
+names the problem; they never touch the database, so a failed scan leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+LIST_SUFFIXES = frozenset({".csv", ".jsonl", ".txt"})
+
+
+class ScanError(ValueError):
+    """The request names data that cannot be registered; the message says why."""
+
+
+@dataclass
+class ScanResult:
+    source_path: Path
+    source_format: str  # folder | csv | jsonl | list
+    uris: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    classes: list[str] | None = None
+
+
+def resolve_under_roots(raw: str, roots: list[Path], *, what: str = "path") -> Path:
+    """Resolve ``raw`` (absolute, or relative to the first root) following every symlink and
+    ``..``, and require the result to lie under one of ``roots``."""
+    candidate = Path(raw).expanduser()
+    if not candidate.is_absolute():
+        candidate = roots[0] / candidate
+    real = candidate.resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise ScanError(f"{what} {raw!r} resolves to {str(real)!r}, outside the data roots ({allowed})")
+    if not real.exists():
+        raise ScanError(f"{what} {raw!r} does not exist")
+    return real
+
+
+def scan(raw_path: str, *, labeled: bool, roots: list[Path], classes: list[str] | None) -> ScanResult:
+    path = resolve_under_roots(raw_path, roots)
+    if path.is_dir():
+        if labeled:
+            return _scan_image_folder(path, roots, classes)
+        return _scan_tree(path, roots)
+    if path.suffix.lower() not in LIST_SUFFIXES:
+        raise ScanError(
+            f"path {raw_path!r} is a file but not a list (.csv, .jsonl or .txt); "
+            "give a folder or a list of files"
+        )
+    return _scan_list(path, roots, labeled=labeled, classes=classes)
+
+
+def _image_files(folder: Path, roots: list[Path]) -> list[Path]:
+    """Every image under ``folder``, sorted; a symlink that leads outside the roots is an error."""
+    found: list[Path] = []
+    seen_dirs: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = Path(dirpath).resolve()
+        _require_inside(real_dir, roots, shown=dirpath)
+        if real_dir in seen_dirs:  # a symlink loop
+            dirnames.clear()
+            continue
+        seen_dirs.add(real_dir)
+        for name in filenames:
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            file_path = Path(dirpath) / name
+            real = file_path.resolve()
+            _require_inside(real, roots, shown=str(file_path))
+            found.append(real)
+    return sorted(found)
+
+
+def _require_inside(real: Path, roots: list[Path], *, shown: str) -> None:
+    if not any(real.is_relative_to(root) for root in roots):
+        raise ScanError(f"{shown!r} is a symlink that leads outside the data roots (to {str(real)!r})")
+
+
+def _scan_tree(folder: Path, roots: list[Path]) -> ScanResult:
+    files = _image_files(folder, roots)
+    if not files:
+        raise ScanError(f"folder {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return ScanResult(folder, "folder", [str(f) for f in files], [None] * len(files))
+
+
+def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | None) -> ScanResult:
+    subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not subfolders:
+        raise ScanError(
+            f"folder {str(folder)!r} has no class sub-folders; a labeled folder needs one "
+            "sub-folder per class (ImageFolder layout)"
+        )
+    if classes is None:
+        classes = subfolders
+    elif sorted(classes) != subfolders:
+        raise ScanError(f"classes {classes} do not match the sub-folders of {str(folder)!r}: {subfolders}")
+    result = ScanResult(folder, "folder", classes=list(classes))
+    for index, name in enumerate(classes):
+        files = _image_files(folder / name, roots)
+        if not files:
+            raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
+        result.uris.extend(str(f) for f in files)
+        result.labels.extend([index] * len(files))
+    return result
+
+
+def _scan_list(list_path: Path, roots: list[Path], *, labeled: bool, classes: list[str] | None) -> ScanResult:
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScanError(f"list {str(list_path)!r} is unreadable: {exc}") from None
+    suffix = list_path.suffix.lower()
+    rows = list(_parse_rows(text, suffix, list_path))
+    if not rows:
+        raise ScanError(f"list {str(list_path)!r} names no files")
+    if labeled:
+        missing = [(n, p) for n, p, label in rows if label is None]
+        if missing:
+            line, _ = missing[0]
+            raise ScanError(f"list {list_path.name} line {line}: a labeled list needs a label")
+        if classes is None:
+            classes = sorted({label for _, _, label in rows})
+    index_of = {name: i for i, name in enumerate(classes or [])}
+    result = ScanResult(list_path, {"csv": "csv", "jsonl": "jsonl"}.get(suffix[1:], "list"))
+    result.classes = list(classes) if labeled else None
+    for line, raw, label in rows:
+        file_path = Path(raw) if Path(raw).is_absolute() else list_path.parent / raw
+        real = file_path.resolve()
+        _require_inside(real, roots, shown=raw)
+        if not real.is_file():
+            raise ScanError(f"list {list_path.name} line {line}: file {raw!r} does not exist")
+        if labeled and label not in index_of:
+            raise ScanError(
+                f"list {list_path.name} line {line}: unknown class {label!r} (classes: {classes})"
+            )
+        result.uris.append(str(real))
+        result.labels.append(index_of[label] if labeled else None)
+    return result
+
+
+def _parse_rows(text: str, suffix: str, list_path: Path):
+    """Yield (line number, path, label or None) from a CSV, JSONL or plain list."""
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                path, label = record["path"], record.get("label")
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                raise ScanError(
+                    f"list {list_path.name} line {number}: expected a JSON object with "
+                    '"path" (and "label" for labeled data)'
+                ) from None
+            yield number, str(path), None if label is None else str(label)
+    elif suffix == ".csv":
+        for number, row in enumerate(csv.reader(text.splitlines()), start=1):
+            if not row or not row[0].strip():
+                continue
+            if number == 1 and row[0].strip().lower() == "path":  # a header row
+                continue
+            label = row[1].strip() if len(row) > 1 and row[1].strip() else None
+            yield number, row[0].strip(), label
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield number, line.strip(), None

@@ -1,0 +1,383 @@
+"""Request and response bodies, named by role (``XCreate``, ``XPublic``, ``XsPublic``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+# Timestamps are stored as naive UTC; they leave the API marked as UTC.
+UtcDatetime = Annotated[
+    datetime, PlainSerializer(lambda d: d.replace(tzinfo=UTC).isoformat(), return_type=str)
+]
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["labeled", "unlabeled"]
+    split: Literal["train", "val", "test"] | None = None
+    path: str = Field(
+        min_length=1,
+        description="A folder (ImageFolder layout when labeled) or a .csv/.jsonl/.txt list, "
+        "absolute or relative to the first data root; it must lie under a data root.",
+    )
+    classes: list[str] | None = Field(
+        None, description="Class order for a labeled dataset; default: sorted names."
+    )
+    modality: Literal["image"] = "image"
+
+    @model_validator(mode="after")
+    def _split_and_classes(self) -> DatasetCreate:
+        if self.kind == "labeled" and self.split is None:
+            raise ValueError("split: a labeled dataset needs a split (train, val or test)")
+        if self.kind == "unlabeled" and self.classes is not None:
+            raise ValueError("classes: an unlabeled dataset has no classes")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes: class names must be unique")
+        return self
+
+
+class DatasetPublic(_Public):
+    id: int
+    name: str
+    kind: str
+    split: str | None
+    modality: str
+    source_path: str
+    source_format: str
+    classes: list[str] | None
+    item_count: int
+    created_at: UtcDatetime
+    class_counts: dict[str, int] | None = None
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class ItemPublic(_Public):
+    id: int
+    ordinal: int
+    uri: str
+    label: int | None
+
+
+class ItemsPage(BaseModel):
+    data: list[ItemPublic]
+    next_cursor: int | None
+
+
+# --- teachers -------------------------------------------------------------------------------
+
+
+class TeacherMetadata(BaseModel):
+    """Everything a worker needs to rebuild the model and its un-noised preprocessing."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str | None = Field(None, max_length=200)
+    architecture: str = Field(min_length=1, max_length=200, description="timm model name")
+    class_names: list[str] = Field(min_length=2, description="Output order of the classifier")
+    image_size: int = Field(ge=8, le=4096)
+    channels: Literal[1, 3] = 3
+    mean: list[float]
+    std: list[float]
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Resize to size/crop_pct, crop size")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    parent_id: str | None = None
+    manifest_id: str | None = None
+    generation: int = Field(0, ge=0)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("class names must be unique")
+        return names
+
+    @model_validator(mode="after")
+    def _normalisation_matches_channels(self) -> TeacherMetadata:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"{key}: needs {self.channels} values, one per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std: every value must be positive")
+        return self
+
+
+class TeacherCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="A .safetensors file under a data root")
+    metadata: TeacherMetadata | None = Field(
+        None, description="Default: the metadata the `nst teachers convert` command embedded"
+    )
+
+
+class TeacherPublic(_Public):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: str
+    name: str
+    architecture: str
+    class_names: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    crop_pct: float
+    model_kwargs: dict[str, Any]
+    parent_id: str | None
+    manifest_id: str | None
+    generation: int
+    metrics: dict[str, Any]
+    status: str
+    status_reason: str | None
+    size_bytes: int
+    created_at: UtcDatetime
+
+
+class TeachersPublic(BaseModel):
+    data: list[TeacherPublic]
+    count: int
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_id: str
+    dataset_id: int
+    batch_size: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="softmax(logits / T)")
+    top_k: int = Field(10, ge=1, le=1000, description="Classes kept when not storing them all")
+    full_distribution_max: int = Field(
+        100, ge=0, le=10000, description="Store the whole distribution up to this many classes"
+    )
+    shard_size: int = Field(1000, ge=1, le=1_000_000)
+
+
+class JobPublic(BaseModel):
+    id: int
+    teacher_id: str
+    dataset_id: int
+    state: JobState
+    batch_size: int
+    temperature: float
+    top_k: int
+    full_distribution_max: int
+    shard_size: int
+    num_classes: int
+    items_total: int
+    items_done: int
+    items_failed: int
+    shards_total: int
+    shards_done: int
+    shards_failed: int
+    errors: list[str]
+    throughput_items_per_s: float | None
+    eta_s: float | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class ShardPublic(_Public):
+    index: int
+    start_ordinal: int
+    end_ordinal: int
+    state: str
+    items_done: int
+    items_failed: int
+    attempts: int
+    error: str | None
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+
+
+class LabelPublic(BaseModel):
+    item_id: int
+    uri: str
+    predicted: int
+    confidence: float
+    entropy: float
+    probs: list[float] = Field(description="All classes, or the top-k of `top_indices`")
+    top_indices: list[int] | None
+    rest_mass: float | None
+
+
+class LabelsPage(BaseModel):
+    data: list[LabelPublic]
+    next_cursor: int | None
+
+
+class ItemErrorPublic(BaseModel):
+    item_id: int
+    uri: str
+    message: str
+
+
+class ItemErrorsPage(BaseModel):
+    data: list[ItemErrorPublic]
+    next_cursor: int | None
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+class ClassStats(BaseModel):
+    index: int
+    pseudo_labeled: int
+    above_threshold: int
+    mean_confidence: float | None = Field(description="null when the class has no labels")
+    histogram: list[int] = Field(description="Counts per confidence bin, see `bin_edges`")
+    labeled: int | None = Field(description="The labeled dataset's count; null without one")
+
+
+class StatsTotals(BaseModel):
+    pseudo_labeled: int
+    above_threshold: int
+    labeled: int | None
+
+
+class JobStats(BaseModel):
+    job_id: int
+    teacher_id: str
+    dataset_id: int
+    state: JobState
+    threshold: float
+    labeled_dataset_id: int | None
+    bin_edges: list[float] = Field(description="Bin i is [edges[i], edges[i+1]); the last is closed")
+    classes: dict[str, ClassStats] = Field(description="By class name, in the teacher's order")
+    totals: StatsTotals
+    imbalance_ratio: float | None = Field(
+        description="Largest over smallest pseudo-labeled class; null when a class has none"
+    )
+    imbalance_ratio_above_threshold: float | None
+    labeled_imbalance_ratio: float | None
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+
+class ManifestCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labeled_dataset_ids: list[int] = Field(
+        default_factory=list, description="Labeled train splits; may be empty only if jobs are given"
+    )
+    job_ids: list[int] = Field(
+        default_factory=list, description="Succeeded labeling jobs; empty for a labeled-only manifest"
+    )
+    threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep pseudo labels at or above")
+    target_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Pseudo-labeled images per class (with copies). Default: the filtered pool "
+        "spread evenly ('even') or split like the labeled set ('labeled_distribution'); with "
+        "'labeled_distribution' a number sets the mean per class",
+    )
+    target_mode: Literal["even", "labeled_distribution"] = "even"
+    balance: bool = Field(True, description="Cap and duplicate to the target; off: keep all once")
+    soft: bool = Field(True, description="Soft targets (the teacher's distribution) or hard (argmax)")
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Soft targets are p^(1/T), renormalised")
+    per_class_thresholds: bool = Field(
+        False,
+        description="Per class, the highest threshold on a 0.01 grid, at or above `threshold`, that "
+        "still leaves the target (the authors' code); the pool above it is then sampled to the target",
+    )
+    seed: int = Field(0, ge=0, lt=2**31, description="Seeds which images get the fractional copy")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ManifestCreate:
+        if not self.labeled_dataset_ids and not self.job_ids:
+            raise ValueError("labeled_dataset_ids: give labeled datasets, labeling jobs, or both")
+        if self.per_class_thresholds and not self.balance:
+            raise ValueError("per_class_thresholds: needs balance, which sets the target they leave")
+        if self.target_mode == "labeled_distribution" and not self.labeled_dataset_ids:
+            raise ValueError("target_mode: 'labeled_distribution' needs labeled_dataset_ids")
+        return self
+
+
+class ManifestProvenance(BaseModel):
+    teacher_ids: list[str]
+    job_ids: list[int]
+    labeled_dataset_ids: list[int]
+    unlabeled_dataset_ids: list[int]
+
+
+class ManifestClassCounts(BaseModel):
+    labeled: int
+    pseudo_unique: int
+    pseudo_with_copies: int
+    target: int | None = Field(description="Pseudo-labeled target; null with balancing off")
+    threshold: float | None = Field(description="The threshold applied to this class's pseudo labels")
+
+
+class ManifestTotals(BaseModel):
+    labeled: int
+    pseudo_unique: int
+    pseudo_with_copies: int
+    entries: int = Field(description="Entry rows: labeled + pseudo_unique")
+    samples: int = Field(description="Training samples per epoch: labeled + pseudo_with_copies")
+
+
+class ManifestPublic(BaseModel):
+    id: str = Field(description="sha256 of everything that determines the entries")
+    classes: list[str] = Field(description="Class names in target index order")
+    params: dict[str, Any] = Field(description="The canonical request; null where it cannot matter")
+    provenance: ManifestProvenance
+    class_counts: dict[str, ManifestClassCounts]
+    totals: ManifestTotals
+    created_at: UtcDatetime
+
+
+class ManifestsPublic(BaseModel):
+    data: list[ManifestPublic]
+    count: int
+
+
+class ManifestEntryPublic(BaseModel):
+    item_id: int
+    uri: str
+    source: Literal["labeled", "pseudo"]
+    target: int | list[float] = Field(
+        description="Class index (labeled, hard pseudo) or the soft distribution over `classes`"
+    )
+    copies: int = Field(ge=1)
+    confidence: float | None = Field(description="The teacher's top probability; null for labeled")
+
+
+class ManifestEntriesPage(BaseModel):
+    data: list[ManifestEntryPublic]
+    next_cursor: int | None

@@ -1,0 +1,142 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from nst.fashion_mnist import CLASSES
+
+
+def _roots() -> list[Path]:
+    return [Path(p) for p in os.environ["NST_DATA_ROOTS"].split(",")]
+
+
+def _register(client, **body):
+    body.setdefault("name", "ds")
+    return client.post("/datasets", json=body)
+
+
+def _count_datasets(client) -> int:
+    return client.get("/datasets").json()["count"]
+
+
+def test_register_image_folder_counts_every_class(client, fmnist):
+    response = _register(client, kind="labeled", split="train", path=str(fmnist / "labeled"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["classes"] == sorted(CLASSES)
+    assert body["item_count"] == 200
+    assert body["class_counts"] == {name: 20 for name in sorted(CLASSES)}
+    again = client.get(f"/datasets/{body['id']}").json()
+    assert again["class_counts"] == body["class_counts"]
+
+
+def test_register_keeps_the_given_class_order(client, fmnist):
+    response = _register(client, kind="labeled", split="train", path=str(fmnist / "labeled"), classes=CLASSES)
+    assert response.status_code == 201, response.text
+    assert response.json()["classes"] == CLASSES
+    items = client.get(f"/datasets/{response.json()['id']}/items", params={"limit": 500}).json()
+    assert all(Path(i["uri"]).parent.name == CLASSES[i["label"]] for i in items["data"])
+
+
+def test_register_unlabeled_tree_gives_stable_ordered_items(client, fmnist):
+    body = _register(client, kind="unlabeled", path=str(fmnist / "unlabeled")).json()
+    assert body["item_count"] == 300 and body["classes"] is None
+    page1 = client.get(f"/datasets/{body['id']}/items", params={"limit": 100}).json()
+    page2 = client.get(
+        f"/datasets/{body['id']}/items", params={"limit": 100, "cursor": page1["next_cursor"]}
+    ).json()
+    ordinals = [i["ordinal"] for i in page1["data"] + page2["data"]]
+    assert ordinals == list(range(200))
+    uris = [i["uri"] for i in page1["data"]]
+    assert uris == sorted(uris)
+
+
+def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
+    root = _roots()[0]
+    pngs = sorted((fmnist / "labeled").rglob("*.png"))[:30]
+    csv_path = root / "list.csv"
+    csv_path.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in pngs))
+    body = _register(client, kind="labeled", split="val", path=str(csv_path)).json()
+    assert body["item_count"] == 30 and body["source_format"] == "csv"
+    jsonl = root / "list.jsonl"
+    jsonl.write_text("".join(f'{{"path": "{p}"}}\n' for p in pngs))
+    body = _register(client, kind="unlabeled", path=str(jsonl)).json()
+    assert body["item_count"] == 30 and body["source_format"] == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("outside", "outside the data roots"),
+        ("dotdot", "outside the data roots"),
+        ("symlink_out", "symlink that leads outside"),
+        ("missing", "does not exist"),
+        ("empty", "no class sub-folders"),
+        ("empty_unlabeled", "holds no image files"),
+        ("unknown_class", "unknown class 'zebra'"),
+        ("missing_file_in_list", "line 2: file"),
+        ("unreadable_list", "unreadable"),
+        ("bad_jsonl", "line 1: expected a JSON object"),
+        ("not_a_list", "is a file but not a list"),
+        ("classes_mismatch", "do not match the sub-folders"),
+    ],
+)
+def test_bad_dataset_paths_get_422_and_register_nothing(client, fmnist, tmp_path, case, expected):
+    root = _roots()[0]
+    png = next((fmnist / "labeled").rglob("*.png"))
+    body = {"kind": "labeled", "split": "train"}
+    if case == "outside":
+        body["path"] = str(tmp_path)
+    elif case == "dotdot":
+        body["path"] = str(root / ".." / "..")
+    elif case == "symlink_out":
+        tree = root / "tree" / "cls"
+        tree.mkdir(parents=True)
+        (tree / "a.png").symlink_to(tmp_path.parent / "elsewhere.png")
+        (tmp_path.parent / "elsewhere.png").write_bytes(png.read_bytes())
+        body["path"] = str(root / "tree")
+    elif case == "missing":
+        body["path"] = str(root / "nope")
+    elif case == "empty":
+        (root / "empty").mkdir()
+        body["path"] = str(root / "empty")
+    elif case == "empty_unlabeled":
+        (root / "empty2").mkdir()
+        body = {"kind": "unlabeled", "path": str(root / "empty2")}
+    elif case == "unknown_class":
+        (root / "l.csv").write_text(f"{png},zebra\n")
+        body["path"], body["classes"] = str(root / "l.csv"), CLASSES
+    elif case == "missing_file_in_list":
+        (root / "l.csv").write_text(f"{png},coat\n{root / 'gone.png'},coat\n")
+        body["path"] = str(root / "l.csv")
+    elif case == "unreadable_list":
+        (root / "l.csv").write_bytes(b"\xff\xfe\x00bad")
+        body["path"] = str(root / "l.csv")
+    elif case == "bad_jsonl":
+        (root / "l.jsonl").write_text("[1, 2]\n")
+        body["path"] = str(root / "l.jsonl")
+    elif case == "not_a_list":
+        body["path"] = str(png)
+    elif case == "classes_mismatch":
+        body["path"], body["classes"] = str(fmnist / "labeled"), ["a", "b"]
+    response = _register(client, **body)
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+    assert response.json()["detail"].startswith("path:")
+    assert _count_datasets(client) == 0
+
+
+def test_request_field_errors_name_the_field(client, fmnist):
+    response = _register(client, kind="labeled", path=str(fmnist / "labeled"))
+    assert response.status_code == 422
+    assert "split" in str(response.json()["detail"])
+    response = _register(client, kind="sideways", path=str(fmnist / "labeled"))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "kind"]
+
+
+def test_delete_dataset_and_unknown_ids(client, fmnist):
+    body = _register(client, kind="unlabeled", path=str(fmnist / "unlabeled")).json()
+    assert client.delete(f"/datasets/{body['id']}").status_code == 204
+    assert client.get(f"/datasets/{body['id']}").status_code == 404
+    assert client.delete(f"/datasets/{body['id']}").status_code == 404

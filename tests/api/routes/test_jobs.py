@@ -1,0 +1,83 @@
+import pytest
+
+from tests.utils import factories
+
+LABEL = "workers.tasks.label_shard"
+
+
+@pytest.fixture
+def teacher(client, teacher_file):
+    return factories.ready_teacher(client, teacher_file)
+
+
+@pytest.fixture
+def pool(client, fmnist):
+    return factories.unlabeled_dataset(client, fmnist / "unlabeled")
+
+
+def test_job_is_split_into_shards_enqueued_after_commit(client, teacher, pool, enqueued):
+    enqueued.clear()
+    job = factories.job(client, teacher, pool, shard_size=128)
+    assert job["state"] == "queued"
+    assert (job["items_total"], job["shards_total"], job["items_done"]) == (300, 3, 0)
+    assert [name for name, _ in enqueued] == [LABEL] * 3
+    assert len({shard for _, shard in enqueued}) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        ({"teacher_id": "0" * 64}, 422, "teacher_id: unknown teacher"),
+        ({"dataset_id": 999}, 422, "dataset_id: unknown dataset"),
+        ({"top_k": 11}, 422, "top_k: 11 exceeds the teacher's 10 classes"),
+    ],
+)
+def test_bad_job_requests_name_the_problem(client, teacher, pool, change, status, message):
+    body = {"teacher_id": teacher["id"], "dataset_id": pool["id"], **change}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert client.get("/jobs").json()["count"] == 0
+
+
+@pytest.mark.parametrize("field", ["batch_size", "shard_size", "temperature"])
+def test_out_of_range_options_are_422_naming_the_field(client, teacher, pool, field):
+    body = {"teacher_id": teacher["id"], "dataset_id": pool["id"], field: 0}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+def test_teacher_that_is_not_ready_cannot_label(client, teacher_file, pool):
+    pending = client.post(
+        "/teachers/upload", files={"file": ("t.safetensors", teacher_file.read_bytes())}
+    ).json()
+    assert pending["status"] == "pending"  # no worker has validated it
+    response = client.post("/jobs", json={"teacher_id": pending["id"], "dataset_id": pool["id"]})
+    assert response.status_code == 409 and "pending" in response.json()["detail"]
+
+
+def test_cancel_settles_queued_shards(client, teacher, pool):
+    job = factories.job(client, teacher, pool, shard_size=100)
+    cancelled = client.post(f"/jobs/{job['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled" and cancelled["finished_at"] is not None
+    again = client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 409
+    assert client.post(f"/jobs/{job['id']}/resume").status_code == 409
+
+
+def test_dataset_in_use_cannot_be_deleted(client, teacher, pool):
+    job = factories.job(client, teacher, pool)
+    response = client.delete(f"/datasets/{pool['id']}")
+    assert response.status_code == 409 and f"[{job['id']}]" in response.json()["detail"]
+
+
+def test_unknown_job_is_404(client):
+    for method, path in [
+        ("get", "/jobs/5"),
+        ("post", "/jobs/5/cancel"),
+        ("get", "/jobs/5/labels"),
+        ("post", "/jobs/5/resume"),
+    ]:
+        response = getattr(client, method)(path)
+        assert response.status_code == 404 and "job 5 not found" in response.json()["detail"]

@@ -1,0 +1,265 @@
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.utils import synthetic
+from tests.utils.transport import in_process_client
+
+CLASSES = ["cat", "dog", "eel"]
+CAT, DOG, EEL = range(3)
+
+pytestmark = pytest.mark.usefixtures("backend")  # first, so that the app opens the right database
+
+
+@pytest.fixture
+def teacher(client):
+    return synthetic.teacher(CLASSES)
+
+
+@pytest.fixture
+def labeled(teacher):
+    return synthetic.labeled_dataset(CLASSES, [CAT, CAT, DOG, EEL])
+
+
+@pytest.fixture
+def job(teacher):
+    labels = [(CAT, 0.9), (CAT, 0.8), (CAT, 0.4), (DOG, 0.95), (DOG, 0.2), (EEL, 0.6)]
+    return synthetic.finished_job(teacher, labels)
+
+
+def post(client, **body):
+    return client.post("/manifests", json=body)
+
+
+def _manifest_count(client) -> int:
+    return client.get("/manifests").json()["count"]
+
+
+def test_a_manifest_reports_params_provenance_and_counts(client, teacher, labeled, job):
+    response = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id], target_per_class=4, seed=1)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert len(body["id"]) == 64 and int(body["id"], 16) >= 0
+    assert body["classes"] == CLASSES
+    assert (
+        body["params"] | {"threshold": 0.3, "target_per_class": 4, "soft": True, "seed": 1} == body["params"]
+    )
+    assert body["provenance"] == {
+        "teacher_ids": [teacher],
+        "job_ids": [job.id],
+        "labeled_dataset_ids": [labeled],
+        "unlabeled_dataset_ids": [job.dataset_id],
+    }
+    counts = {
+        name: [c["labeled"], c["pseudo_unique"], c["pseudo_with_copies"]]
+        for name, c in body["class_counts"].items()
+    }
+    assert counts == {"cat": [2, 3, 4], "dog": [1, 1, 4], "eel": [1, 1, 4]}
+    assert body["totals"] == {
+        "labeled": 4,
+        "pseudo_unique": 5,
+        "pseudo_with_copies": 12,
+        "entries": 9,
+        "samples": 16,
+    }
+    assert client.get(f"/manifests/{body['id']}").json() == body
+    assert [m["id"] for m in client.get("/manifests").json()["data"]] == [body["id"]]
+
+
+def test_the_same_request_gives_the_same_manifest_and_a_new_job_a_new_one(client, teacher, labeled, job):
+    request = {"labeled_dataset_ids": [labeled], "job_ids": [job.id], "seed": 5, "target_per_class": 3}
+    first = post(client, **request)
+    entries = client.get(f"/manifests/{first.json()['id']}/entries").json()["data"]
+    again = post(client, **request, temperature=1.0, threshold=0.3)  # the defaults, spelled out
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert client.get(f"/manifests/{again.json()['id']}/entries").json()["data"] == entries
+    assert _manifest_count(client) == 1
+
+    relabeled = synthetic.finished_job(teacher, [(CAT, 0.9)] * 6, dataset_id=job.dataset_id)
+    other = post(client, **request | {"job_ids": [relabeled.id]})
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    assert post(client, **request | {"seed": 6}).json()["id"] != first.json()["id"]
+
+
+def test_settings_that_cannot_change_the_entries_do_not_change_the_id(client, labeled, job):
+    hard = post(client, job_ids=[job.id], soft=False, temperature=2.0).json()
+    assert post(client, job_ids=[job.id, job.id], soft=False, temperature=0.5).json()["id"] == hard["id"]
+    assert hard["params"]["temperature"] is None
+    labeled_only = post(client, labeled_dataset_ids=[labeled]).json()
+    assert (
+        post(client, labeled_dataset_ids=[labeled], threshold=0.9, seed=3).json()["id"] == labeled_only["id"]
+    )
+
+
+def test_a_labeled_only_manifest_trains_the_first_teacher(client, labeled):
+    response = post(client, labeled_dataset_ids=[labeled])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["totals"] == {
+        "labeled": 4,
+        "pseudo_unique": 0,
+        "pseudo_with_copies": 0,
+        "entries": 4,
+        "samples": 4,
+    }
+    entries = client.get(f"/manifests/{body['id']}/entries").json()["data"]
+    assert [(e["source"], e["target"], e["copies"], e["confidence"]) for e in entries] == [
+        ("labeled", CAT, 1, None),
+        ("labeled", CAT, 1, None),
+        ("labeled", DOG, 1, None),
+        ("labeled", EEL, 1, None),
+    ]
+    assert body["provenance"]["teacher_ids"] == [] and body["class_counts"]["cat"]["threshold"] is None
+
+
+def test_soft_targets_follow_the_temperature(client, job):
+    manifest = post(client, job_ids=[job.id], balance=False, temperature=2.0).json()
+    entries = client.get(f"/manifests/{manifest['id']}/entries").json()["data"]
+    first = next(e for e in entries if e["item_id"] == job.item_ids[0])
+    stored = synthetic.distribution(CAT, 0.9, 3).astype(np.float16).astype(np.float64)
+    sharpened = stored**0.5 / (stored**0.5).sum()
+    assert first["target"] == pytest.approx(sharpened.tolist(), abs=1e-6)
+    assert (first["source"], first["copies"], first["confidence"]) == ("pseudo", 1, 0.9)
+
+
+def test_hard_targets_are_the_predicted_class(client, job):
+    manifest = post(client, job_ids=[job.id], balance=False, soft=False).json()
+    entries = client.get(f"/manifests/{manifest['id']}/entries").json()["data"]
+    assert [e["target"] for e in entries] == [CAT, CAT, CAT, DOG, EEL]
+
+
+def test_top_k_labels_spread_the_rest_mass_over_the_other_classes(client):
+    names = [f"c{i}" for i in range(6)]
+    teacher = synthetic.teacher(names, name="topk")
+    job = synthetic.finished_job(teacher, [(2, 0.5)], full_distribution_max=4)  # keeps the top 3
+    manifest = post(client, job_ids=[job.id], balance=False).json()
+    target = client.get(f"/manifests/{manifest['id']}/entries").json()["data"][0]["target"]
+    assert len(target) == 6 and sum(target) == pytest.approx(1.0, abs=1e-6)
+    assert target[2] == pytest.approx(0.5, abs=1e-3)
+    # Top 3: class 2 and the first two others (0.1 each); the rest 0.3 spread over three classes.
+    assert target[3:] == pytest.approx([0.1] * 3, abs=1e-3) and target[:2] == pytest.approx(
+        [0.1] * 2, abs=1e-3
+    )
+
+
+def test_entries_page_with_a_cursor_and_stream_as_jsonl_and_parquet(client, labeled, job):
+    manifest = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id], target_per_class=2).json()
+    url = f"/manifests/{manifest['id']}/entries"
+    pages, cursor = [], None
+    while True:
+        page = client.get(url, params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+        pages.append(page["data"])
+        if (cursor := page["next_cursor"]) is None:
+            break
+    paged = [entry for page in pages for entry in page]
+    assert len(pages) == 4 and len(paged) == manifest["totals"]["entries"] == 8
+    assert [e["item_id"] for e in paged] == sorted(e["item_id"] for e in paged)
+
+    lines = client.get(url, params={"format": "jsonl"}).text.splitlines()
+    assert [json.loads(line) for line in lines] == paged
+
+    response = client.get(url, params={"format": "parquet"})
+    table = pq.read_table(io.BytesIO(response.content))
+    assert table.column_names == [
+        "item_id",
+        "uri",
+        "source",
+        "target_class",
+        "target_probs",
+        "copies",
+        "confidence",
+    ]
+    rows = table.to_pylist()
+    for row, entry in zip(rows, paged, strict=True):
+        target = row["target_class"] if row["target_probs"] is None else row["target_probs"]
+        assert target == pytest.approx(entry["target"], abs=1e-6)
+        assert (row["item_id"], row["source"], row["copies"]) == (
+            entry["item_id"],
+            entry["source"],
+            entry["copies"],
+        )
+
+
+def test_the_client_creates_reads_and_pages_manifests(client, labeled, job):
+    with in_process_client(client) as nst:
+        created = nst.create_manifest(labeled_dataset_ids=[labeled], job_ids=[job.id], soft=False)
+        assert nst.manifest(created["id"]) == created
+        assert [m["id"] for m in nst.manifests()] == [created["id"]]
+        entries = list(nst.manifest_entries(created["id"], page_size=3))
+        assert len(entries) == created["totals"]["entries"]
+
+
+def test_a_dataset_in_a_manifest_cannot_be_deleted(client, labeled):
+    manifest = post(client, labeled_dataset_ids=[labeled]).json()
+    response = client.delete(f"/datasets/{labeled}")
+    assert response.status_code == 409 and manifest["id"] in response.json()["detail"]
+
+
+BAD_REQUESTS = [
+    ({"job_ids": [999]}, "job_ids: unknown job 999"),
+    ({"labeled_dataset_ids": [999]}, "labeled_dataset_ids: unknown dataset 999"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"threshold": -0.1}, "threshold"),
+    ({"target_per_class": 0}, "target_per_class"),
+    ({"target_per_class": -3}, "target_per_class"),
+    ({"job_ids": [], "labeled_dataset_ids": []}, "labeled_dataset_ids: give labeled datasets"),
+    ({"balance": False, "per_class_thresholds": True}, "per_class_thresholds: needs balance"),
+]
+
+
+def test_bad_manifest_requests_are_422_naming_the_problem(client, labeled, job):
+    for change, message in BAD_REQUESTS:  # one database for all: each one costs a setup
+        response = post(client, **{"labeled_dataset_ids": [labeled], "job_ids": [job.id], **change})
+        assert response.status_code == 422, (change, response.text)
+        assert message in str(response.json()["detail"]), change
+    assert _manifest_count(client) == 0
+
+
+def test_an_unfinished_job_is_a_conflict(client, teacher):
+    running = synthetic.finished_job(teacher, [(CAT, 0.9)], state="running")
+    response = post(client, job_ids=[running.id])
+    assert response.status_code == 409
+    assert response.json()["detail"] == f"job_ids: job {running.id} is running, not succeeded"
+    assert _manifest_count(client) == 0
+
+
+def test_class_lists_that_differ_name_both_lists(client, job):
+    other = synthetic.labeled_dataset(["cat", "eel", "dog"], [0, 1])
+    response = post(client, labeled_dataset_ids=[other], job_ids=[job.id])
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("job_ids: class lists differ (first difference at index 1)")
+    assert "['cat', 'dog', 'eel']" in detail and "['cat', 'eel', 'dog']" in detail
+    assert _manifest_count(client) == 0
+
+
+def test_only_labeled_train_splits_are_labeled_inputs(client, job):
+    val = synthetic.labeled_dataset(CLASSES, [0, 1], split="val")
+    response = post(client, labeled_dataset_ids=[val])
+    assert response.status_code == 422 and "labeled (val split)" in response.json()["detail"]
+    pool = post(client, labeled_dataset_ids=[job.dataset_id])
+    assert pool.status_code == 422 and "is unlabeled" in pool.json()["detail"]
+
+
+def test_a_failure_midway_leaves_no_manifest_behind(client, labeled, job, monkeypatch):
+    from service.crud import selection
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(selection, "insert_pseudo_entries", broken)
+    with pytest.raises(RuntimeError):
+        post(client, labeled_dataset_ids=[labeled], job_ids=[job.id])
+    assert _manifest_count(client) == 0
+    monkeypatch.undo()
+    assert post(client, labeled_dataset_ids=[labeled], job_ids=[job.id]).status_code == 201
+
+
+def test_unknown_manifest_is_404(client):
+    for path in ("/manifests/abc", "/manifests/abc/entries"):
+        response = client.get(path)
+        assert response.status_code == 404 and "manifest abc not found" in response.json()["detail"]

@@ -1,0 +1,135 @@
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from nst.checkpoint import save_teacher
+from tests.utils.teacher import metadata
+
+VALIDATE = "workers.tasks.validate_teacher"
+
+
+def _root() -> Path:
+    return Path(os.environ["NST_DATA_ROOTS"].split(",")[0])
+
+
+def _upload(client, path: Path, meta: dict | None = None, name: str | None = None):
+    data = {"metadata": json.dumps(meta)} if meta is not None else {}
+    with path.open("rb") as handle:
+        return client.post("/teachers/upload", files={"file": (name or path.name, handle)}, data=data)
+
+
+def _stored_files() -> list[Path]:
+    from nst.config import get_settings
+
+    folder = get_settings().artifact_dir / "teachers"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_upload_registers_pending_teacher_and_enqueues_validation(client, teacher_file, enqueued):
+    response = _upload(client, teacher_file)
+    assert response.status_code == 201, response.text
+    teacher = response.json()
+    assert teacher["status"] == "pending"
+    assert teacher["architecture"] == "resnet10t" and teacher["channels"] == 1
+    assert len(teacher["id"]) == 64
+    assert enqueued == [(VALIDATE, teacher["id"])]
+    assert [p.name for p in _stored_files()] == [f"{teacher['id']}.safetensors"]
+
+
+def test_same_file_twice_is_one_teacher(client, teacher_file, shared_root):
+    first = _upload(client, teacher_file)
+    second = client.post("/teachers", json={"path": str(teacher_file)})
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert client.get("/teachers").json()["count"] == 1
+
+
+def test_request_metadata_overrides_embedded(client, teacher_file):
+    response = _upload(client, teacher_file, metadata(name="mine", generation=2))
+    assert response.status_code == 201
+    assert response.json()["name"] == "mine" and response.json()["generation"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pkl"])
+def test_pickle_uploads_are_refused_with_conversion_hint(client, tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    torch.save({"w": torch.zeros(2)}, path)
+    response = _upload(client, path)
+    assert response.status_code == 422
+    assert "nst teachers convert" in response.json()["detail"]
+    assert _stored_files() == []
+
+
+def test_pickle_bytes_under_a_safetensors_name_are_refused(client, tmp_path):
+    path = tmp_path / "sneaky.safetensors"
+    path.write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
+    response = _upload(client, path)
+    assert response.status_code == 422 and "pickle" in response.json()["detail"]
+    assert _stored_files() == []
+
+
+def test_garbage_file_is_refused_and_nothing_stored(client, tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    response = _upload(client, path)
+    assert response.status_code == 422 and "not a safetensors file" in response.json()["detail"]
+    assert _stored_files() == []
+    assert client.get("/teachers").json()["count"] == 0
+
+
+def test_missing_metadata_is_named(client, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    response = _upload(client, path)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("metadata: required")
+    assert _stored_files() == []
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"mean": [0.1, 0.2]}, "mean"),
+        ({"std": [0.0]}, "std"),
+        ({"class_names": ["a", "a"]}, "class_names"),
+        ({"image_size": 2}, "image_size"),
+        ({"interpolation": "lanczos9"}, "interpolation"),
+        ({"parent_id": "f" * 64}, "parent_id"),
+    ],
+)
+def test_bad_metadata_names_the_field(client, teacher_file, override, field):
+    response = _upload(client, teacher_file, metadata(**override))
+    assert response.status_code == 422, response.text
+    assert f"metadata.{field}" in json.dumps(response.json()["detail"]) or field in str(
+        response.json()["detail"]
+    )
+    assert client.get("/teachers").json()["count"] == 0
+    assert _stored_files() == []
+
+
+def test_register_by_path_outside_roots_is_refused(client, tmp_path, teacher_file):
+    outside = tmp_path / "t.safetensors"
+    outside.write_bytes(teacher_file.read_bytes())
+    response = client.post("/teachers", json={"path": str(outside)})
+    assert response.status_code == 422 and "outside the data roots" in response.json()["detail"]
+
+
+def test_lineage_must_name_a_known_parent(client, teacher_file, tmp_path):
+    parent = _upload(client, teacher_file).json()
+    child_file = save_teacher(
+        {"w": torch.ones(3)}, _root() / "child.safetensors", metadata(parent_id=parent["id"], generation=1)
+    )
+    child = client.post("/teachers", json={"path": str(child_file)})
+    assert child.status_code == 201, child.text
+    assert child.json()["parent_id"] == parent["id"]
+    conflict = client.delete(f"/teachers/{parent['id']}")
+    assert conflict.status_code == 409 and "teacher" in conflict.json()["detail"]
+    assert client.delete(f"/teachers/{child.json()['id']}").status_code == 204
+    assert client.delete(f"/teachers/{parent['id']}").status_code == 204
+    assert _stored_files() == []

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+
+# No test may wait on a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+from tests.utils.env import clear_caches, postgres_database
+
+pytest_plugins = ["tests.utils.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(tmp_path, monkeypatch, shared_root):
+    """Every test gets its own data folder, embedded database and embedded broker."""
+    for key in list(os.environ):
+        if key.startswith("NST_"):
+            monkeypatch.delenv(key)
+    data_dir = tmp_path / "nst"
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    monkeypatch.setenv("NST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("NST_DATA_ROOTS", f"{roots},{shared_root}")
+    clear_caches()
+    yield
+    clear_caches()
+
+
+@pytest.fixture
+def pg_url():
+    with postgres_database() as url:
+        yield url

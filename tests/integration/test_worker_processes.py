@@ -1,0 +1,110 @@
+"""The real parts in real processes: uvicorn, `celery worker`, SQLite with the embedded broker,
+and PostgreSQL with Redis. Workers are killed with SIGKILL mid-shard; no label is lost or doubled.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+import redis
+
+from tests.utils import env as test_env
+from tests.utils.stack import Stack
+from tests.utils.teacher import direct_probs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(
+    params=["embedded", pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis])]
+)
+def stack(request, tmp_path):
+    extra = {}
+    if request.param == "postgres-redis":
+        extra = {"NST_DATABASE_URL": request.getfixturevalue("pg_url"), "NST_BROKER_URL": test_env.REDIS_URL}
+        redis.Redis.from_url(test_env.REDIS_URL).flushdb()
+    stack = Stack(tmp_path, extra)
+    stack.kind = request.param
+    stack.start_api()
+    yield stack
+    stack.stop()
+    if request.param == "postgres-redis":
+        redis.Redis.from_url(test_env.REDIS_URL).flushdb()
+
+
+def _setup(stack, fmnist, teacher_file, **job_options):
+    client = stack.client
+    teacher = client.upload_teacher(teacher_file)
+    dataset = client.register_dataset(name="pool", kind="unlabeled", path=fmnist / "unlabeled")
+    teacher = client.wait_for_teacher(teacher["id"], timeout=120)
+    return client, client.create_job(teacher_id=teacher["id"], dataset_id=dataset["id"], **job_options)
+
+
+def _wait_for_progress(client, job_id: int, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while (done := client.job(job_id)["items_done"]) < at_least:
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+    return done
+
+
+def _assert_exactly_once(client, job: dict, fmnist) -> list[dict]:
+    labels = list(client.labels(job["id"]))
+    item_ids = [label["item_id"] for label in labels]
+    assert len(item_ids) == len(set(item_ids)) == job["items_total"] == 300
+    assert {label["uri"] for label in labels} == {str(p) for p in (fmnist / "unlabeled").glob("*.png")}
+    return labels
+
+
+def test_a_real_worker_labels_like_a_direct_forward_pass(stack, fmnist, teacher_file):
+    stack.start_worker()
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=100, batch_size=64)
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    assert (job["items_done"], job["items_failed"], job["shards_done"]) == (300, 0, 3)
+    truth = direct_probs(teacher_file, fmnist / "unlabeled")
+    for label in _assert_exactly_once(client, job, fmnist):
+        expected = truth[label["uri"]]
+        assert label["predicted"] == int(expected.argmax())
+        assert label["confidence"] == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def test_sigkill_of_the_pool_process_mid_shard_loses_and_doubles_nothing(stack, fmnist, teacher_file):
+    worker = stack.start_worker()
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=150, batch_size=1)
+    done_at_kill = _wait_for_progress(client, job["id"], at_least=5)
+    os.kill(stack.pool_child(worker), signal.SIGKILL)  # what the OOM killer does to a pool process
+    assert done_at_kill < 300
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    _assert_exactly_once(client, job, fmnist)
+    assert max(s["attempts"] for s in client.shards(job["id"])) == 2
+
+
+def test_duplicate_deliveries_write_each_label_once(stack, fmnist, teacher_file):
+    stack.start_worker()
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=50, batch_size=16)
+    client.resume_job(job["id"])  # every unfinished shard is sent again, twice
+    client.resume_job(job["id"])
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    assert job["items_done"] == 300
+    _assert_exactly_once(client, job, fmnist)
+
+
+def test_sigkill_of_the_whole_worker_mid_shard_recovers(stack, fmnist, teacher_file):
+    """Redis redelivers after the visibility timeout; the embedded broker cannot know the
+    consumer died, so there the operator (or a supervisor) resumes the job."""
+    worker = stack.start_worker(NST_VISIBILITY_TIMEOUT_S="4")
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=150, batch_size=1)
+    _wait_for_progress(client, job["id"], at_least=5)
+    stack.kill_worker(worker)
+    partial = client.job(job["id"])
+    assert partial["items_done"] < 300 and partial["state"] == "running"
+    stack.start_worker(NST_VISIBILITY_TIMEOUT_S="4")
+    if stack.kind == "embedded":
+        client.resume_job(job["id"])
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    _assert_exactly_once(client, job, fmnist)

@@ -1,0 +1,31 @@
+import pytest
+
+from nst.config import SettingsError, get_settings
+from tests.utils.env import clear_caches
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("NST_DATA_ROOTS", "/no/such/folder", "NST_DATA_ROOTS"),
+        ("NST_DATABASE_URL", "not a url", "NST_DATABASE_URL"),
+        ("NST_WORKER_DEVICE", "tpu", "NST_WORKER_DEVICE"),
+        ("NST_VISIBILITY_TIMEOUT_S", "0", "NST_VISIBILITY_TIMEOUT_S"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_variable(monkeypatch, key, value, message):
+    monkeypatch.setenv(key, value)
+    clear_caches()
+    with pytest.raises(SettingsError, match=message):
+        get_settings()
+
+
+def test_defaults_are_embedded(monkeypatch, tmp_path):
+    monkeypatch.delenv("NST_DATA_ROOTS")
+    monkeypatch.setenv("NST_DATA_DIR", str(tmp_path))
+    clear_caches()
+    settings = get_settings()
+    assert settings.database_url == f"sqlite:///{tmp_path / 'nst.db'}"
+    assert settings.broker_url.startswith("sqla+sqlite:///")
+    assert settings.data_roots == [tmp_path / "datasets"]
+    assert settings.api_token is None

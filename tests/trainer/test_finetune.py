@@ -1,0 +1,45 @@
+"""The resolution fix: shallow layers frozen, deep layers and classifier tuned at the new size."""
+
+import numpy as np
+import torch
+
+from nst.fashion_mnist import CLASSES
+from trainer.config import TrainConfig
+from trainer.data import Split
+from trainer.finetune import finetune_resolution, freeze_shallow
+from trainer.train import build_model
+
+
+def test_freeze_shallow_takes_the_stem_first():
+    model = build_model(TrainConfig(manifest_id="m", architecture="resnet10t"), 10)
+    frozen = freeze_shallow(model, 0.5)
+    names = [name for name, _ in model.named_parameters()]
+    assert frozen == names[: len(names) // 2] and frozen[0].startswith("conv1")
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n in frozen)
+    assert model.fc.weight.requires_grad
+
+
+def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
+    paths = sorted((fmnist / "labeled").rglob("*.png"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
+    cfg = TrainConfig(
+        manifest_id="m",
+        architecture="resnet10t",
+        finetune_steps=3,
+        finetune_image_size=36,
+        batch_size=16,
+        workers=0,
+        finetune_lr=1e-2,
+    )
+    model = build_model(cfg, 10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, tuned_cfg = finetune_resolution(model, split, cfg, torch.device("cpu"))
+    assert tuned_cfg.image_size == 36 and cfg.image_size == 28
+    names = [name for name, _ in tuned.named_parameters()]
+    shallow, deep = names[: len(names) // 2], names[len(names) // 2 :]
+    after = tuned.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in shallow)
+    assert any(not torch.equal(before[n], after[n]) for n in deep)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
+    assert tuned(torch.zeros(2, 1, 36, 36)).shape == (2, 10)

@@ -1,0 +1,244 @@
+"""The trainer through the real service: a tiny timm student on real images, a few steps."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from nst.fashion_mnist import CLASSES
+from tests.utils.stack import Stack
+from trainer import train as train_module
+from trainer.config import TrainConfig
+from trainer.state import load_state
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, shared_root, fmnist, teacher_file):
+    """API and worker processes, the Fashion-MNIST sets registered, a labeling job and a
+    manifest built from it, shared by the module's tests."""
+    base = tmp_path_factory.mktemp("trainer-service")
+    stack = Stack(base / "logs", {"NST_DATA_DIR": str(base / "nst"), "NST_DATA_ROOTS": str(shared_root)})
+    client = stack.start_api()
+    stack.start_worker()
+    try:
+        labeled = client.register_dataset(
+            name="labeled", kind="labeled", split="train", path=fmnist / "labeled", classes=CLASSES
+        )
+        pool = client.register_dataset(name="pool", kind="unlabeled", path=fmnist / "unlabeled")
+        test = client.register_dataset(
+            name="test", kind="labeled", split="test", path=fmnist / "test", classes=labeled["classes"]
+        )
+        teacher = client.wait_for_teacher(client.upload_teacher(teacher_file)["id"], timeout=120)
+        job = client.wait_for_job(
+            client.create_job(teacher_id=teacher["id"], dataset_id=pool["id"])["id"], timeout=300
+        )
+        assert job["state"] == "succeeded", stack.logs()
+        manifest = client.create_manifest(
+            labeled_dataset_ids=[labeled["id"]], job_ids=[job["id"]], threshold=0.0
+        )
+        yield SimpleNamespace(
+            stack=stack,
+            client=client,
+            labeled=labeled,
+            pool=pool,
+            test=test,
+            teacher=teacher,
+            job=job,
+            manifest=manifest,
+        )
+    finally:
+        stack.stop()
+
+
+def _cfg(service, tmp_path, **overrides) -> TrainConfig:
+    values = dict(
+        manifest_id=service.manifest["id"],
+        api_url=service.stack.url,
+        out_dir=str(tmp_path / "run"),
+        architecture="resnet10t",
+        steps=6,
+        batch_size=8,
+        pseudo_ratio=3,
+        workers=0,
+        warmup_steps=2,
+        progress=False,
+        checkpoint_every=3,
+        register=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_a_student_trains_from_a_manifest_and_registers_with_lineage(service, tmp_path):
+    cfg = _cfg(
+        service,
+        tmp_path,
+        register=True,
+        eval_dataset_id=service.test["id"],
+        parent_id=service.teacher["id"],
+        generation=1,
+        workers=1,
+        finetune_steps=2,  # the resolution fix: the registered student labels at 32 px
+        finetune_image_size=32,
+    )
+    result = train_module.train(cfg)
+    student = service.client.teacher(result["teacher_id"])
+    assert student["status"] == "ready"
+    assert student["parent_id"] == service.teacher["id"]
+    assert (student["manifest_id"], student["generation"]) == (service.manifest["id"], 1)
+    assert student["architecture"] == "resnet10t" and student["image_size"] == 32
+    assert student["class_names"] == service.manifest["classes"]
+    metrics = student["metrics"]
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["count"] == 100
+    assert len(metrics["per_class"]) == 10
+    state = load_state(tmp_path / "run" / "state.safetensors")
+    assert state["step"] == 6 and state["config"]["manifest_id"] == service.manifest["id"]
+    assert "api_token" not in state["config"]
+
+
+def test_resume_continues_exactly_like_an_unbroken_run(service, tmp_path, monkeypatch):
+    unbroken = train_module.train(_cfg(service, tmp_path / "a"))
+    assert unbroken["steps"] == 6
+
+    real_step, calls = train_module._step, []
+
+    def crash_on_the_fifth_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("machine lost")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_step", crash_on_the_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(_cfg(service, tmp_path / "b"))
+    monkeypatch.setattr(train_module, "_step", real_step)
+    assert load_state(tmp_path / "b" / "run" / "state.safetensors")["step"] == 3
+    resumed = train_module.train(_cfg(service, tmp_path / "b", resume=True))
+    assert resumed["steps"] == 6
+
+    a = load_state(tmp_path / "a" / "run" / "state.safetensors")
+    b = load_state(tmp_path / "b" / "run" / "state.safetensors")
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for index, values in a["optimizer"]["state"].items():
+        for name, value in values.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][name]))
+    assert a["scheduler"] == b["scheduler"]
+
+
+def test_ddp_with_two_cpu_processes(service, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "trainer",
+        "--manifest",
+        service.manifest["id"],
+        "--api",
+        service.stack.url,
+        "--out-dir",
+        str(out),
+        "--architecture",
+        "resnet10t",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--checkpoint-every",
+        "0",
+        "--register",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads(chunk) for chunk in _json_objects(done.stdout)]
+    assert len(results) == 2 and all(r["steps"] == 4 for r in results)
+    registered = [r["teacher_id"] for r in results if "teacher_id" in r]
+    assert len(registered) == 1  # only rank 0 writes and registers the student
+    weights = load_file(str(out / "student.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def _json_objects(text: str) -> list[str]:
+    objects, depth, start = [], 0, None
+    for i, char in enumerate(text):
+        if char == "{":
+            depth, start = depth + 1, i if depth == 0 else start
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                objects.append(text[start : i + 1])
+    return objects
+
+
+def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp_path, fmnist):
+    from nst.cli import cli
+
+    out = tmp_path / "loop"
+    args = [
+        "iterate",
+        "--api",
+        service.stack.url,
+        "--labeled",
+        str(service.labeled["id"]),
+        "--unlabeled",
+        str(service.pool["id"]),
+        "--eval",
+        str(service.test["id"]),
+        "--generations",
+        "2",
+        "--teacher-arch",
+        "resnet10t",
+        "--students",
+        "resnet10t,resnet14t",
+        "--teacher-steps",
+        "4",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--truth",
+        str(fmnist / "unlabeled-truth.csv"),
+        "--threshold",
+        "0.0",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = json.loads((out / "iterate.json").read_text())["rows"]
+    assert [r["generation"] for r in rows] == [0, 1, 2]
+    assert [r["student_arch"] for r in rows] == ["resnet10t", "resnet10t", "resnet14t"]
+    client = service.client
+    for previous, row in zip(rows, rows[1:], strict=False):
+        student = client.teacher(row["student"])
+        assert student["parent_id"] == previous["student"] == row["teacher"]
+        assert student["generation"] == row["generation"]
+        assert student["manifest_id"] == row["manifest"]
+        assert 0.0 <= row["pseudo_acc_all"] <= 1.0 and row["pseudo_unique"] > 0
+    assert (out / "generations.md").read_text().count("\n") == 2 + 3
+    assert (out / "generations.png").stat().st_size > 0
+    again = CliRunner().invoke(cli, args)  # finished: continues from the last generation
+    assert again.exit_code == 0 and "continuing after generation 2" in again.output
+    assert len(json.loads((out / "iterate.json").read_text())["rows"]) == 3

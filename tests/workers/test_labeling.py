@@ -1,0 +1,203 @@
+"""The labeling logic, run in-process (no broker), on SQLite and on PostgreSQL."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+from safetensors.torch import load_file
+from sqlalchemy import func, select
+
+from nst.checkpoint import save_teacher
+from service.core.db import session_scope
+from service.models import Label, Shard
+from tests.utils import factories
+from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
+from workers import labeling
+
+LABEL = "workers.tasks.label_shard"
+
+
+def _run_enqueued(enqueued) -> list[labeling.ShardResult]:
+    results = [labeling.label_shard(arg) for name, arg in enqueued if name == LABEL]
+    enqueued.clear()
+    return results
+
+
+def _label_count(job_id: int) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(Label).where(Label.job_id == job_id))
+
+
+@pytest.fixture
+def pool(client, fmnist):
+    return factories.unlabeled_dataset(client, fmnist / "unlabeled")
+
+
+def test_labels_match_a_direct_forward_pass(backend, client, enqueued, teacher_file, pool, fmnist):
+    teacher = factories.ready_teacher(client, teacher_file)
+    assert teacher["status"] == "ready", teacher["status_reason"]
+    job = factories.job(client, teacher, pool, shard_size=128, batch_size=50)
+    results = _run_enqueued(enqueued)
+    assert [r.state for r in results] == ["succeeded"] * 3
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["shards_done"]) == ("succeeded", 300, 3)
+    assert done["throughput_items_per_s"] > 0 and done["eta_s"] is None
+
+    truth = direct_probs(teacher_file, fmnist / "unlabeled")
+    labels = client.get(f"/jobs/{job['id']}/labels", params={"limit": 1000}).json()["data"]
+    assert len(labels) == 300
+    for label in labels:
+        expected = truth[label["uri"]]
+        assert label["predicted"] == int(expected.argmax())
+        assert label["confidence"] == pytest.approx(float(expected.max()), abs=1e-4)
+        assert np.allclose(label["probs"], expected.numpy(), atol=1e-3)  # float16 storage
+        entropy = float(-(expected * expected.log()).sum())
+        assert label["entropy"] == pytest.approx(entropy, abs=1e-3)
+    assert len({lab["predicted"] for lab in labels}) > 3  # a real teacher, not a constant
+
+
+def test_a_shard_run_twice_writes_each_label_once(backend, client, enqueued, teacher_file, pool):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    labeling.label_shard(shard_id)
+    with session_scope() as session:  # a redelivered message finds the shard as it was
+        session.get(Shard, shard_id).state = "running"
+    again = labeling.label_shard(shard_id)
+    assert again.state == "succeeded" and again.labeled == 300
+    assert _label_count(job["id"]) == 300
+    with session_scope() as session:
+        assert session.get(Shard, shard_id).attempts == 2
+
+
+def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    shard_id = enqueued[-1][1]
+    real_commit, commits = labeling._commit_batch, []
+
+    def crash_after_three(*args, **kwargs):
+        if len(commits) == 3:
+            raise SystemExit("worker killed")
+        commits.append(1)
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(labeling, "_commit_batch", crash_after_three)
+    with pytest.raises(SystemExit):
+        labeling.label_shard(shard_id)
+    assert _label_count(job["id"]) == 96
+    partial = client.get(f"/jobs/{job['id']}").json()
+    assert (partial["state"], partial["items_done"]) == ("running", 96)
+    assert partial["eta_s"] is not None
+
+    monkeypatch.setattr(labeling, "_commit_batch", real_commit)
+    assert labeling.label_shard(shard_id).state == "succeeded"
+    assert _label_count(job["id"]) == 300
+    assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
+
+
+def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqueued, teacher_file, fmnist):
+    root = Path(os.environ["NST_DATA_ROOTS"].split(",")[0]) / "mixed"
+    root.mkdir()
+    for png in sorted((fmnist / "unlabeled").glob("*.png"))[:20]:
+        shutil.copy(png, root)
+    (root / "zz-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "zz-empty.jpg").write_bytes(b"")
+    dataset = factories.unlabeled_dataset(client, root)
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, dataset, batch_size=8)
+    assert [r.state for r in _run_enqueued(enqueued)] == ["succeeded"]
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 2)
+    errors = client.get(f"/jobs/{job['id']}/errors").json()["data"]
+    assert sorted(Path(e["uri"]).name for e in errors) == ["zz-corrupt.png", "zz-empty.jpg"]
+    assert all("Error" in e["message"] for e in errors)
+
+
+def test_cancel_stops_a_running_shard_at_its_next_batch(client, enqueued, teacher_file, pool, monkeypatch):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300, batch_size=50)
+    real_commit, commits = labeling._commit_batch, []
+
+    def cancel_after_two(*args, **kwargs):
+        if len(commits) == 2:
+            client.post(f"/jobs/{job['id']}/cancel")
+        commits.append(1)
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(labeling, "_commit_batch", cancel_after_two)
+    assert _run_enqueued(enqueued)[0].state == "cancelled"
+    assert _label_count(job["id"]) == 100
+    assert client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+
+
+def test_many_classes_keep_top_k_and_the_rest_mass(client, enqueued, pool):
+    names = [f"c{i}" for i in range(120)]
+    model = timm.create_model(TEACHER_ARCH, num_classes=120, in_chans=1)
+    path = save_teacher(
+        model.state_dict(),
+        Path(os.environ["NST_DATA_ROOTS"].split(",")[0]) / "big.safetensors",
+        metadata(class_names=names),
+    )
+    teacher = factories.ready_teacher(client, path)
+    job = factories.job(client, teacher, pool, top_k=5)
+    _run_enqueued(enqueued)
+    label = client.get(f"/jobs/{job['id']}/labels", params={"limit": 1}).json()["data"][0]
+    assert len(label["probs"]) == 5 and len(label["top_indices"]) == 5
+    assert label["top_indices"][0] == label["predicted"]
+    assert label["probs"] == sorted(label["probs"], reverse=True)
+    assert sum(label["probs"]) + label["rest_mass"] == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("arch", "classes", "reason"),
+    [
+        ("resnet10t", 7, "shape mismatch"),
+        ("resnet18", 10, "missing tensor"),
+        ("no_such_net", 10, "does not build"),
+    ],
+)
+def test_checkpoints_that_do_not_fit_become_invalid_with_the_reason(
+    client, teacher_file, tmp_path, arch, classes, reason
+):
+    from tests.utils.teacher import CLASSES
+
+    names = (CLASSES + ["x", "y"])[:classes]
+    path = Path(os.environ["NST_DATA_ROOTS"].split(",")[0]) / f"{arch}-{classes}.safetensors"
+    save_teacher(load_file(str(teacher_file)), path, metadata(architecture=arch, class_names=names))
+    teacher = factories.ready_teacher(client, path)
+    assert teacher["status"] == "invalid"
+    assert reason in teacher["status_reason"]
+
+
+def test_labels_export_as_jsonl_and_parquet_match_the_pages(backend, client, enqueued, teacher_file, pool):
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=100)
+    _run_enqueued(enqueued)
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 128, **({"cursor": cursor} if cursor is not None else {})}
+        page = client.get(f"/jobs/{job['id']}/labels", params=params).json()
+        pages += page["data"]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(pages) == 300 and len({p["item_id"] for p in pages}) == 300
+    jsonl = client.get(f"/jobs/{job['id']}/labels", params={"format": "jsonl"})
+    rows = [json.loads(line) for line in jsonl.text.splitlines()]
+    assert [r["item_id"] for r in rows] == [p["item_id"] for p in pages]
+    assert rows[7]["probs"] == pytest.approx(pages[7]["probs"])
+    parquet = client.get(f"/jobs/{job['id']}/labels", params={"format": "parquet"})
+    table = pq.read_table(io.BytesIO(parquet.content))
+    assert table.num_rows == 300
+    assert table.column("item_id").to_pylist() == [p["item_id"] for p in pages]
+    assert table.column("confidence").to_pylist()[3] == pytest.approx(pages[3]["confidence"])

@@ -1,0 +1,5 @@
+"""``python -m trainer --manifest ID ...`` (also ``nst train`` and under ``torchrun``)."""
+
+from trainer.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""Command line for the trainer: one option per ``TrainConfig`` field, so the dataclass stays
+the single source of truth (``--dropout 0``, ``--no-randaugment``, ``--drop-path 0`` are the
+paper's ablation switches)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+
+import click
+
+from trainer.config import TrainConfig
+
+_RENAMED = {"manifest_id": "manifest", "api_url": "api", "api_token": "token"}
+_ENV = {"api_url": "NST_API_URL", "api_token": "NST_API_TOKEN"}
+
+
+def _base_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _base_type(args[0])
+    return hint
+
+
+def _floats(_ctx, _param, value):
+    if value is None or isinstance(value, list):
+        return value
+    return [float(v) for v in value.split(",")]
+
+
+def config_options(command=None, *, exclude: frozenset[str] = frozenset()):
+    """Decorate a click command with an option for every TrainConfig field not excluded."""
+    if command is None:
+        return lambda c: config_options(c, exclude=exclude)
+    hints = typing.get_type_hints(TrainConfig)
+    for field in reversed(dataclasses.fields(TrainConfig)):
+        if field.name in exclude:
+            continue
+        name = _RENAMED.get(field.name, field.name).replace("_", "-")
+        base = _base_type(hints[field.name])
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = (
+            None
+            if required
+            else (
+                field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            )
+        )
+        kwargs = {
+            "default": default,
+            "show_default": True,
+            "required": required,
+            "envvar": _ENV.get(field.name),
+        }
+        if base is bool:
+            decls = [f"--{name}/--no-{name}"]
+        elif typing.get_origin(base) is list:
+            decls = [f"--{name}"]
+            kwargs.update(type=str, callback=_floats, default=",".join(map(str, default or [])))
+        else:
+            decls = [f"--{name}"]
+            kwargs["type"] = base
+        command = click.option(*decls, field.name, **kwargs)(command)
+    return command
+
+
+@click.command("train")
+@config_options
+def train_command(**values) -> None:
+    """Train a noisy student from a manifest (pulled over HTTP) and register it as a teacher."""
+    from trainer.train import train
+
+    result = train(TrainConfig(**values))
+    click.echo(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    train_command()
+
+
+# Fields `nst iterate` sets itself for every model it trains.
+_ITERATE_SETS = frozenset(
+    {
+        "manifest_id",
+        "architecture",
+        "generation",
+        "parent_id",
+        "eval_dataset_id",
+        "register",
+        "resume",
+        "out_dir",
+        "seed",
+        "name",
+    }
+)
+
+
+@click.command("iterate")
+@click.option("--labeled", "labeled_dataset_id", type=int, required=True, help="Labeled train dataset ID.")
+@click.option(
+    "--unlabeled", "unlabeled_dataset_id", type=int, required=True, help="Unlabeled pool dataset ID."
+)
+@click.option("--eval", "eval_dataset_id", type=int, help="Labeled test dataset ID.")
+@click.option("--generations", default=2, show_default=True)
+@click.option("--teacher", "teacher_id", help="Start from this teacher (default: train one).")
+@click.option("--teacher-arch", "teacher_architecture", default="resnet18", show_default=True)
+@click.option("--teacher-steps", type=int, help="Steps for the first teacher (default --steps).")
+@click.option(
+    "--students",
+    default="resnet18",
+    show_default=True,
+    help="Comma-separated architectures per generation; the last one repeats.",
+)
+@click.option("--out", "out_dir", default="runs/iterate", show_default=True)
+@click.option("--truth", "truth_csv", help="CSV path,label of the pool, to score pseudo labels.")
+@click.option("--threshold", default=0.3, show_default=True)
+@click.option("--soft/--hard", default=True, show_default=True)
+@click.option("--balance/--no-balance", default=True, show_default=True)
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--target-per-class", type=int)
+@click.option("--label-batch-size", default=256, show_default=True)
+@click.option("--shard-size", default=2000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@config_options(exclude=_ITERATE_SETS)
+def iterate_command(**values) -> None:
+    """Run the Noisy Student loop for N generations through the service."""
+    from nst.client import Client
+    from trainer.iterate import IterateConfig, iterate
+    from trainer.report import format_table
+
+    iterate_fields = {f.name for f in dataclasses.fields(IterateConfig)}
+    loop = {k: v for k, v in values.items() if k in iterate_fields}
+    train_values = {k: v for k, v in values.items() if k not in iterate_fields}
+    loop["students"] = loop["students"].split(",")
+    cfg = IterateConfig(**loop, train=TrainConfig(manifest_id="", **train_values))
+    with Client(train_values["api_url"], token=train_values["api_token"]) as client:
+        rows = iterate(cfg, client)
+    click.echo(format_table(rows))

@@ -1,0 +1,257 @@
+"""The teacher-to-student loop (METHOD.md step 6), driven entirely through the HTTP API:
+label the pool with the teacher, read the stats, build the manifest, train the student,
+register it, and go again with the student as the teacher.
+
+Progress is saved after every generation in ``out_dir/iterate.json``; running the same command
+again continues from the last finished generation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nst.client import Client
+from nst.progress import wait_with_progress
+from trainer.config import TrainConfig
+from trainer.report import plot_generations, write_table
+
+
+@dataclass
+class IterateConfig:
+    labeled_dataset_id: int
+    unlabeled_dataset_id: int
+    eval_dataset_id: int | None = None
+    generations: int = 2
+    teacher_id: str | None = None  # None: train the first teacher on the labeled data
+    teacher_architecture: str = "resnet18"
+    students: list[str] = field(default_factory=lambda: ["resnet18"])
+    out_dir: str = "runs/iterate"
+    truth_csv: str | None = None  # path,label of the unlabeled images, to score pseudo labels
+    # manifest
+    threshold: float = 0.3
+    soft: bool = True
+    balance: bool = True
+    temperature: float = 1.0
+    target_per_class: int | None = None
+    # labeling
+    label_batch_size: int = 256
+    shard_size: int = 2000
+    # training: a template for every model (teacher_steps for generation 0)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(manifest_id=""))
+    teacher_steps: int | None = None
+    seed: int = 0
+
+    def student_for(self, generation: int) -> str:
+        return self.students[min(generation - 1, len(self.students) - 1)]
+
+
+def _say(message: str) -> None:
+    print(f"[nst iterate] {message}", flush=True)
+
+
+def _state_path(cfg: IterateConfig) -> Path:
+    return Path(cfg.out_dir) / "iterate.json"
+
+
+def _load_rows(cfg: IterateConfig) -> list[dict]:
+    path = _state_path(cfg)
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def _save(cfg: IterateConfig, rows: list[dict]) -> None:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.asdict(cfg)
+    config["train"] = cfg.train.to_dict()
+    partial = _state_path(cfg).with_suffix(".part")
+    partial.write_text(json.dumps({"config": config, "rows": rows}, indent=2))
+    partial.replace(_state_path(cfg))
+    write_table(rows, out / "generations.md")
+    plot_generations(rows, out / "generations.png")
+
+
+def _train(
+    cfg: IterateConfig,
+    client: Client,
+    *,
+    manifest_id: str,
+    architecture: str,
+    generation: int,
+    parent_id: str | None,
+    steps: int | None,
+) -> dict:
+    train_cfg = dataclasses.replace(
+        cfg.train,
+        manifest_id=manifest_id,
+        architecture=architecture,
+        generation=generation,
+        parent_id=parent_id,
+        eval_dataset_id=cfg.eval_dataset_id,
+        register=True,
+        resume=True,
+        out_dir=str(Path(cfg.out_dir) / f"gen{generation}-{architecture}"),
+        seed=cfg.seed + generation,
+        steps=steps or cfg.train.steps,
+        name=f"gen{generation}-{architecture}",
+    )
+    from trainer.train import train
+
+    return train(train_cfg, client)
+
+
+def _first_teacher(cfg: IterateConfig, client: Client) -> dict:
+    """Generation 0: a supervised teacher from a manifest of labeled images only."""
+    started = time.perf_counter()
+    manifest = client.create_manifest(labeled_dataset_ids=[cfg.labeled_dataset_id], job_ids=[], seed=cfg.seed)
+    _say(
+        f"generation 0: training teacher {cfg.teacher_architecture} on "
+        f"{manifest['totals']['labeled']} labeled images"
+    )
+    result = _train(
+        cfg,
+        client,
+        manifest_id=manifest["id"],
+        architecture=cfg.teacher_architecture,
+        generation=0,
+        parent_id=None,
+        steps=cfg.teacher_steps,
+    )
+    return {
+        "generation": 0,
+        "teacher": None,
+        "student": result["teacher_id"],
+        "student_arch": cfg.teacher_architecture,
+        "manifest": manifest["id"],
+        "labeled": manifest["totals"]["labeled"],
+        "pseudo_unique": 0,
+        "pseudo_with_copies": 0,
+        "pseudo_acc_all": None,
+        "pseudo_acc_kept": None,
+        "teacher_top1": None,
+        "student_top1": result["metrics"].get("top1"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _generation(
+    cfg: IterateConfig, client: Client, generation: int, teacher_id: str, truth: dict[str, str] | None
+) -> dict:
+    started = time.perf_counter()
+    teacher = client.teacher(teacher_id)
+    _say(f"generation {generation}: labeling the pool with {teacher['name']}")
+    job = client.create_job(
+        teacher_id=teacher_id,
+        dataset_id=cfg.unlabeled_dataset_id,
+        batch_size=cfg.label_batch_size,
+        shard_size=cfg.shard_size,
+    )
+    job = wait_with_progress(client, job)
+    if job["state"] != "succeeded":
+        raise RuntimeError(f"labeling job {job['id']} ended {job['state']}: {job['errors']}")
+    stats = client.job_stats(job["id"], threshold=cfg.threshold)
+    client.job_stats_chart(
+        job["id"], Path(cfg.out_dir) / f"gen{generation}-balance.png", threshold=cfg.threshold
+    )
+    _say(f"generation {generation}: {stats['totals']} (imbalance {stats.get('imbalance_ratio')})")
+    manifest = client.create_manifest(
+        labeled_dataset_ids=[cfg.labeled_dataset_id],
+        job_ids=[job["id"]],
+        threshold=cfg.threshold,
+        balance=cfg.balance,
+        soft=cfg.soft,
+        temperature=cfg.temperature,
+        target_per_class=cfg.target_per_class,
+        seed=cfg.seed,
+    )
+    architecture = cfg.student_for(generation)
+    _say(
+        f"generation {generation}: training student {architecture} on manifest "
+        f"{manifest['id'][:12]} ({manifest['totals']})"
+    )
+    result = _train(
+        cfg,
+        client,
+        manifest_id=manifest["id"],
+        architecture=architecture,
+        generation=generation,
+        parent_id=teacher_id,
+        steps=None,
+    )
+    acc_all, acc_kept = _pseudo_accuracy(client, job, manifest, truth) if truth else (None, None)
+    return {
+        "generation": generation,
+        "teacher": teacher_id,
+        "student": result["teacher_id"],
+        "student_arch": architecture,
+        "manifest": manifest["id"],
+        "job": job["id"],
+        "labeled": manifest["totals"]["labeled"],
+        "pseudo_unique": manifest["totals"]["pseudo_unique"],
+        "pseudo_with_copies": manifest["totals"]["pseudo_with_copies"],
+        "pseudo_acc_all": acc_all,
+        "pseudo_acc_kept": acc_kept,
+        "teacher_top1": teacher["metrics"].get("top1"),
+        "student_top1": result["metrics"].get("top1"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _pseudo_accuracy(
+    client: Client, job: dict, manifest: dict, truth: dict[str, str]
+) -> tuple[float | None, float | None]:
+    """How often the teacher's argmax is right: over the whole pool, and over what the
+    manifest kept (weighted by copies, as the student sees it)."""
+    classes = manifest["classes"]
+    labels = [(lab["uri"], classes[lab["predicted"]]) for lab in client.labels(job["id"])]
+    scored = [(uri, name) for uri, name in labels if uri in truth]
+    acc_all = sum(truth[u] == n for u, n in scored) / len(scored) if scored else None
+    right = total = 0
+    for entry in client.manifest_entries(manifest["id"]):
+        if entry["source"] != "pseudo" or entry["uri"] not in truth:
+            continue
+        target = entry["target"]
+        predicted = target if isinstance(target, int) else max(range(len(target)), key=target.__getitem__)
+        right += entry["copies"] * (classes[predicted] == truth[entry["uri"]])
+        total += entry["copies"]
+    return acc_all, (right / total if total else None)
+
+
+def read_truth(path: str | None) -> dict[str, str] | None:
+    if not path:
+        return None
+    with open(path, newline="") as handle:
+        return {row["path"]: row["label"] for row in csv.DictReader(handle)}
+
+
+def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
+    rows = _load_rows(cfg)
+    if rows:
+        _say(f"continuing after generation {rows[-1]['generation']} ({_state_path(cfg)})")
+    truth = read_truth(cfg.truth_csv)
+    if not rows:
+        if cfg.teacher_id is None:
+            rows.append(_first_teacher(cfg, client))
+        else:
+            metrics = client.teacher(cfg.teacher_id)["metrics"]
+            rows.append(
+                {
+                    "generation": 0,
+                    "student": cfg.teacher_id,
+                    "student_top1": metrics.get("top1"),
+                    "teacher": None,
+                }
+            )
+        _save(cfg, rows)
+    for generation in range(rows[-1]["generation"] + 1, cfg.generations + 1):
+        rows.append(_generation(cfg, client, generation, rows[-1]["student"], truth))
+        _save(cfg, rows)
+        _say(
+            f"generation {generation}: student top-1 {rows[-1]['student_top1']} "
+            f"(teacher {rows[-1]['teacher_top1']})"
+        )
+    return rows

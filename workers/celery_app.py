@@ -1,0 +1,63 @@
+"""The Celery application. Importing it loads no model code, so the API can enqueue with it."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+from nst.config import get_settings
+
+# The embedded broker (kombu's SQLAlchemy transport) polls an idle queue once a second, so a
+# worker that finished a shard sat up to a second before fetching the next one (measured: about
+# 1 s per shard in bench/label_throughput.py). Its `polling_interval` cannot be set the
+# documented way, as a transport option, because the transport hands every option on to
+# create_engine; the class attribute is the setting.
+kombu_sqlalchemy.Transport.polling_interval = 0.05
+
+LABEL_SHARD = "workers.tasks.label_shard"
+VALIDATE_TEACHER = "workers.tasks.validate_teacher"
+
+
+def _transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
+    # Redis (and SQS) redeliver an unacknowledged message after this long, so it must exceed
+    # the time one shard takes. kombu's SQLAlchemy transport has no such option: it would pass
+    # it on to create_engine and fail.
+    if broker_url.split(":", 1)[0] in ("redis", "rediss", "sentinel", "sqs"):
+        return {"visibility_timeout": visibility_timeout_s}
+    return {}
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    settings.ensure_dirs()
+    app = Celery("nst", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue="nst",
+        # Exactly-once labels rest on these: a message is acknowledged only after its shard has
+        # committed, a pool process that dies (SIGKILL, OOM) gets its message requeued, and each
+        # process reserves one message at a time so a crash strands nothing else.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=_transport_options(settings.broker_url, settings.visibility_timeout_s),
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery()
+
+
+@worker_process_init.connect
+def _allow_decoder_processes(**_) -> None:
+    # Celery's pool processes are daemonic and Python forbids daemons to have children, but the
+    # labeling DataLoader decodes images in child processes. Clearing the flag is safe: the
+    # DataLoader's workers watch their parent and exit when it dies.
+    multiprocessing.current_process()._config["daemon"] = False
