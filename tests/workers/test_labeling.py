@@ -79,7 +79,8 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
     shard_id = enqueued[-1][1]
-    real_commit, commits = labeling._commit_batch, []
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 1)  # a transaction per batch
+    real_commit, commits = labeling._commit, []
 
     def crash_after_three(*args, **kwargs):
         if len(commits) == 3:
@@ -87,7 +88,7 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
         commits.append(1)
         return real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(labeling, "_commit_batch", crash_after_three)
+    monkeypatch.setattr(labeling, "_commit", crash_after_three)
     with pytest.raises(SystemExit):
         labeling.label_shard(shard_id)
     assert _label_count(job["id"]) == 96
@@ -95,8 +96,28 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     assert (partial["state"], partial["items_done"]) == ("running", 96)
     assert partial["eta_s"] is not None
 
-    monkeypatch.setattr(labeling, "_commit_batch", real_commit)
+    monkeypatch.setattr(labeling, "_commit", real_commit)
     assert labeling.label_shard(shard_id).state == "succeeded"
+    assert _label_count(job["id"]) == 300
+    assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
+
+
+def test_small_batches_are_written_in_larger_transactions(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 100)
+    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)
+    real_commit, sizes = labeling._commit, []
+
+    def record(shard_id, job, rows, bad):
+        sizes.append(len(rows) + len(bad))
+        return real_commit(shard_id, job, rows, bad)
+
+    monkeypatch.setattr(labeling, "_commit", record)
+    assert _run_enqueued(enqueued)[0].state == "succeeded"
+    assert sizes == [128, 128, 44]  # four batches of 32 per transaction, then the rest
     assert _label_count(job["id"]) == 300
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
@@ -122,7 +143,8 @@ def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqu
 def test_cancel_stops_a_running_shard_at_its_next_batch(client, enqueued, teacher_file, pool, monkeypatch):
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=50)
-    real_commit, commits = labeling._commit_batch, []
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 1)  # a transaction per batch
+    real_commit, commits = labeling._commit, []
 
     def cancel_after_two(*args, **kwargs):
         if len(commits) == 2:
@@ -130,7 +152,7 @@ def test_cancel_stops_a_running_shard_at_its_next_batch(client, enqueued, teache
         commits.append(1)
         return real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(labeling, "_commit_batch", cancel_after_two)
+    monkeypatch.setattr(labeling, "_commit", cancel_after_two)
     assert _run_enqueued(enqueued)[0].state == "cancelled"
     assert _label_count(job["id"]) == 100
     assert client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"

@@ -1,0 +1,301 @@
+"""The accuracy study (docs/RESULTS.md): does the loop make students beat their teachers on real
+data, and does each ingredient of the paper matter?
+
+    .venv/bin/python bench/accuracy_study.py [--seeds 0,1,2] [--generations 3]
+        [--unlabeled 20000] [--teacher-steps 1500] [--steps 1000] [--dir study]
+
+Fashion-MNIST written as PNG files (100 labeled images per class, an unlabeled pool drawn from
+the rest of the training split, the 10,000 test images), registered with a real API under
+uvicorn with a real Celery worker (the embedded defaults: SQLite and the SQLAlchemy broker).
+For each seed, ``trainer.iterate`` (what ``nst iterate`` runs) trains the supervised teacher and
+``--generations`` noisy students; then each ablation runs one generation from that same teacher
+with one ingredient removed, so it compares with generation 1 of the full method:
+
+    no-noise     no RandAugment, no dropout, no stochastic depth (crop and flip stay)
+    hard         hard pseudo labels instead of soft
+    no-balance   no per-class balancing
+    no-filter    confidence threshold 0 (every pseudo label kept)
+
+Everything is saved under ``--dir`` as it finishes; running the command again continues where it
+stopped. At the end it writes ``results.md`` (tables: mean and standard deviation over seeds)
+and ``results.png`` into ``--dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nst import fashion_mnist  # noqa: E402
+from nst.localstack import LocalStack  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.iterate import IterateConfig, iterate  # noqa: E402
+
+# What each ablation changes in the loop and in the student's training.
+ABLATIONS: dict[str, dict] = {
+    "no-noise": {"train": {"randaugment": False, "dropout": 0.0, "drop_path": 0.0}},
+    "hard": {"loop": {"soft": False}},
+    "no-balance": {"loop": {"balance": False}},
+    "no-filter": {"loop": {"threshold": 0.0}},
+}
+
+
+def _say(message: str) -> None:
+    print(f"[study] {message}", flush=True)
+
+
+def _datasets(client, work: Path, images: dict) -> dict:
+    """Register the three datasets once; later runs reuse them (the service state is kept)."""
+    saved = work / "datasets.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    labeled = client.register_dataset(name="labeled", kind="labeled", split="train", path=images["labeled"])
+    pool = client.register_dataset(name="unlabeled", kind="unlabeled", path=images["unlabeled"])
+    test = client.register_dataset(
+        name="test", kind="labeled", split="test", path=images["test"], classes=labeled["classes"]
+    )
+    ids = {
+        "labeled": labeled["id"],
+        "unlabeled": pool["id"],
+        "test": test["id"],
+        "classes": labeled["classes"],
+    }
+    saved.write_text(json.dumps(ids))
+    return ids
+
+
+def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConfig:
+    train = TrainConfig(
+        manifest_id="",
+        api_url=client.base_url,
+        image_size=28,
+        channels=1,
+        mean=[0.286],
+        std=[0.353],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        pseudo_ratio=args.pseudo_ratio,
+        randaugment_magnitude=args.magnitude,
+        workers=1,
+        checkpoint_every=200,
+        progress=False,
+    )
+    return IterateConfig(
+        labeled_dataset_id=ids["labeled"],
+        unlabeled_dataset_id=ids["unlabeled"],
+        eval_dataset_id=ids["test"],
+        generations=args.generations,
+        teacher_architecture=args.teacher_arch,
+        students=args.students.split(","),
+        out_dir=str(args.dir / f"seed{seed}" / "main"),
+        truth_csv=str(truth),
+        teacher_steps=args.teacher_steps,
+        train=train,
+        seed=seed,
+    )
+
+
+def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path) -> IterateConfig:
+    change = ABLATIONS[name]
+    return dataclasses.replace(
+        main,
+        teacher_id=teacher_id,
+        generations=1,
+        out_dir=str(out),
+        train=dataclasses.replace(main.train, **change.get("train", {})),
+        **change.get("loop", {}),
+    )
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _per_class(client, teacher_id: str) -> list[float]:
+    return client.teacher(teacher_id)["metrics"].get("per_class") or []
+
+
+def report(results: dict, client, classes: list[str], out: Path) -> str:
+    """Markdown tables over seeds: generations, ablations, per-class accuracy, timings."""
+    seeds = sorted(results)
+    mains = [results[s]["main"] for s in seeds]
+    generations = min(len(rows) for rows in mains)
+    lines = [f"Seeds: {', '.join(map(str, seeds))} (mean ± standard deviation over seeds).", ""]
+    lines += [
+        "| generation | model | test top-1 (%) | test error (%) | pseudo-label acc, all (%) | "
+        "pseudo-label acc, kept (%) | pseudo (unique) | pseudo (with copies) | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in range(generations):
+        rows = [m[g] for m in mains]
+        top1 = [r["student_top1"] for r in rows]
+        error = [1 - t for t in top1]
+        minutes = [r["seconds"] / 60 for r in rows]
+        lines.append(
+            f"| {g} | {rows[0]['student_arch']} | {_mean_std(top1)} | {_mean_std(error)} | "
+            f"{_mean_std([r.get('pseudo_acc_all') for r in rows])} | "
+            f"{_mean_std([r.get('pseudo_acc_kept') for r in rows])} | "
+            f"{rows[0].get('pseudo_unique', 0)} | {rows[0].get('pseudo_with_copies', 0)} | "
+            f"{statistics.mean(minutes):.1f} |"
+        )
+    teacher_err = [1 - m[0]["student_top1"] for m in mains]
+    last_err = [1 - m[generations - 1]["student_top1"] for m in mains]
+    reduction = [1 - last / first for first, last in zip(teacher_err, last_err, strict=True)]
+    lines += [
+        "",
+        f"Relative test-error reduction, generation {generations - 1} vs the teacher: "
+        f"{_mean_std(reduction)} % (per seed: {', '.join(f'{100 * r:.1f}' for r in reduction)}).",
+        "",
+        "Ablations, one generation from the same teacher (compare with generation 1):",
+        "",
+        "| student | test top-1 (%) | change vs full method (points) | pseudo-label acc, kept (%) |",
+        "|---|---|---|---|",
+    ]
+    full = [m[1]["student_top1"] for m in mains]
+    lines.append(
+        f"| full method (generation 1) | {_mean_std(full)} | 0 | {_mean_std([m[1]['pseudo_acc_kept'] for m in mains])} |"
+    )
+    for name in ABLATIONS:
+        rows = [results[s]["ablations"].get(name) for s in seeds]
+        if any(r is None for r in rows):
+            continue
+        top1 = [r["student_top1"] for r in rows]
+        delta = [a - b for a, b in zip(top1, full, strict=True)]
+        lines.append(
+            f"| {name} | {_mean_std(top1)} | {_mean_std(delta)} | {_mean_std([r['pseudo_acc_kept'] for r in rows])} |"
+        )
+    final = [_per_class(client, m[generations - 1]["student"]) for m in mains]
+    first = [_per_class(client, m[0]["student"]) for m in mains]
+    if all(final) and all(first):
+        lines += [
+            "",
+            f"Per-class test accuracy, teacher vs generation {generations - 1} student:",
+            "",
+            "| class | teacher (%) | student (%) |",
+            "|---|---|---|",
+        ]
+        for c, name in enumerate(classes):
+            lines.append(
+                f"| {name} | {_mean_std([p[c] for p in first])} | {_mean_std([p[c] for p in final])} |"
+            )
+    _plot(results, seeds, generations, out / "results.png")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for s in seeds:
+        rows = results[s]["main"][:generations]
+        left.plot(range(generations), [100 * r["student_top1"] for r in rows], marker="o", label=f"seed {s}")
+    left.set_xlabel("generation (0 = supervised teacher)")
+    left.set_ylabel("test top-1 (%)")
+    left.set_xticks(range(generations))
+    left.grid(alpha=0.3)
+    left.legend()
+    left.set_title("Noisy students per generation")
+    names = ["full", *ABLATIONS]
+    values = [[100 * results[s]["main"][1]["student_top1"] for s in seeds]]
+    values += [
+        [100 * results[s]["ablations"][n]["student_top1"] for s in seeds if n in results[s]["ablations"]]
+        for n in ABLATIONS
+    ]
+    right.bar(
+        names,
+        [statistics.mean(v) if v else 0 for v in values],
+        yerr=[statistics.pstdev(v) if v else 0 for v in values],
+        capsize=4,
+    )
+    right.axhline(
+        statistics.mean(100 * results[s]["main"][0]["student_top1"] for s in seeds),
+        color="k",
+        ls="--",
+        label="teacher",
+    )
+    low = min(min(v) for v in values if v) - 3
+    right.set_ylim(low, None)
+    right.set_ylabel("test top-1 (%)")
+    right.legend()
+    right.set_title("Ablations (generation 1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dir", type=Path, default=Path("study"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--labeled-per-class", type=int, default=100)
+    parser.add_argument("--unlabeled", type=int, default=20000)
+    parser.add_argument("--teacher-arch", default="regnetx_002")
+    parser.add_argument("--students", default="regnetx_004")
+    parser.add_argument("--teacher-steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per student")
+    parser.add_argument("--batch-size", type=int, default=32, help="labeled images per step")
+    parser.add_argument("--pseudo-ratio", type=float, default=3.0)
+    parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated; empty: none")
+    args = parser.parse_args()
+    args.dir = args.dir.resolve()
+    ablations = [a for a in args.ablations.split(",") if a]
+    unknown = set(ablations) - set(ABLATIONS)
+    if unknown:
+        parser.error(f"--ablations: unknown {sorted(unknown)}; choose from {sorted(ABLATIONS)}")
+
+    started = time.perf_counter()
+    images_dir = args.dir / "images"
+    _say(f"writing Fashion-MNIST PNGs into {images_dir} (skipped when there)")
+    paths = fashion_mnist.prepare(
+        images_dir, per_class=args.labeled_per_class, unlabeled=args.unlabeled, seed=0
+    )
+    truth = images_dir / f"unlabeled-{fashion_mnist.TRUTH_FILE}"
+    env = {
+        "NST_DATA_DIR": str(args.dir / "nst"),
+        "NST_DATA_ROOTS": str(images_dir),
+        "NST_DECODE_WORKERS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    results: dict[int, dict] = {}
+    with LocalStack(args.dir / "logs", env) as stack:
+        client = stack.start_api()
+        stack.start_worker()
+        ids = _datasets(client, args.dir, paths)
+        for seed in map(int, args.seeds.split(",")):
+            main_cfg = _main_config(args, client, ids, truth, seed)
+            _say(f"seed {seed}: teacher and {args.generations} generation(s) -> {main_cfg.out_dir}")
+            rows = iterate(main_cfg, client)
+            results[seed] = {"main": rows, "ablations": {}}
+            for name in ablations:
+                out = args.dir / f"seed{seed}" / name
+                _say(f"seed {seed}: ablation {name} -> {out}")
+                ablation_rows = iterate(_ablation_config(main_cfg, rows[0]["student"], name, out), client)
+                results[seed]["ablations"][name] = ablation_rows[-1]
+        text = report(results, client, ids["classes"], args.dir)
+    (args.dir / "results.md").write_text(text)
+    (args.dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
+    _say(f"done in {(time.perf_counter() - started) / 60:.1f} min; {args.dir / 'results.md'}, results.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Where a labeling job's time goes: the worker's own code (``workers.labeling.label_shard``),
+run in this process over every shard of a job, with each phase timed and cProfile over the
+whole, beside the bare loop of bench/label_throughput.py on the same files in the same run.
+
+    .venv/bin/python bench/label_profile.py [--images 3000] [--model resnet18] [--size 28]
+        [--batch-size 64] [--shard-size 1000] [--workers 2] [--threads 2] [--top 25]
+
+Phases: claiming the shard and listing its pending items (``start_shard``), building the model
+(``cached_teacher``, first shard only), the forward passes, the per-batch commits (labels and
+recounted progress), and the rest, which is the wait on the DataLoader (decode) plus its start.
+No broker, no API process: this isolates the worker's loop from the stack around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def _timed(table: dict, name: str, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            table[name] += time.perf_counter() - start
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="decode workers, both sides")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=25, help="cProfile rows to print")
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-profile-"))).resolve()
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ.update(NST_DATA_DIR=str(root / "nst"), NST_DATA_ROOTS=str(data))
+
+    # Settings are read at import: these imports come after the environment is set.
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    from bench.label_throughput import bare, make_teacher, write_images
+    from service.core.db import session_scope
+    from service.main import app
+    from service.models import Shard
+    from workers import labeling, tasks
+    from workers.teacher_model import cached_teacher
+
+    folder = write_images(data, args.images)
+    files = sorted(str(p) for p in folder.glob("*.png"))
+    path, metadata = make_teacher(data, args.model, args.size)
+    with TestClient(app) as client:
+        dataset = client.post("/datasets", json={"name": "profile", "kind": "unlabeled", "path": str(folder)})
+        with path.open("rb") as handle:
+            teacher = client.post("/teachers/upload", files={"file": (path.name, handle)}).json()
+        tasks.validate_teacher(teacher["id"])
+        job = client.post(
+            "/jobs",
+            json={
+                "teacher_id": teacher["id"],
+                "dataset_id": dataset.json()["id"],
+                "batch_size": args.batch_size,
+                "shard_size": args.shard_size,
+            },
+        ).json()
+    with session_scope() as session:
+        shard_ids = list(
+            session.scalars(select(Shard.id).where(Shard.job_id == job["id"]).order_by(Shard.index))
+        )
+
+    bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up, untimed
+    bare_s = bare(path, metadata, files, args.batch_size, args.workers)
+
+    phases: dict[str, float] = defaultdict(float)
+    labeling.start_shard = _timed(phases, "claim shard, list items", labeling.start_shard)
+    labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
+    labeling._forward = _timed(phases, "forward", labeling._forward)
+    labeling._commit = _timed(phases, "commit labels + progress", labeling._commit)
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for shard_id in shard_ids:
+        labeling.label_shard(shard_id, device="cpu", decode_workers=args.workers)
+    profiler.disable()
+    worker_s = time.perf_counter() - start
+
+    print(
+        f"{args.model} {args.size}px, {args.images} images, {len(shard_ids)} shard(s) of {args.shard_size}, "
+        f"batch {args.batch_size}, decode workers {args.workers}, threads {args.threads}\n"
+    )
+    print("| phase | seconds | share of worker time |\n|---|---|---|")
+    for name, seconds in phases.items():
+        print(f"| {name} | {seconds:.2f} | {seconds / worker_s:.0%} |")
+    rest = worker_s - sum(phases.values())
+    print(f"| rest (DataLoader start + waiting on decode) | {rest:.2f} | {rest / worker_s:.0%} |")
+    print(f"| **worker loop, all shards** | {worker_s:.2f} | {args.images / worker_s:.0f} img/s |")
+    print(f"| bare loop | {bare_s:.2f} | {args.images / bare_s:.0f} img/s |")
+    print(f"\nratio worker loop / bare: {bare_s / worker_s:.2f}\n")
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(args.top)
+    print(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()
