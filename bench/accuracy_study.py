@@ -164,18 +164,16 @@ def report(results: dict, client, classes: list[str], out: Path) -> str:
         "|---|---|---|---|",
     ]
     full = [m[1]["student_top1"] for m in mains]
-    lines.append(
-        f"| full method (generation 1) | {_mean_std(full)} | 0 | {_mean_std([m[1]['pseudo_acc_kept'] for m in mains])} |"
-    )
+    kept = _mean_std([m[1]["pseudo_acc_kept"] for m in mains])
+    lines.append(f"| full method (generation 1) | {_mean_std(full)} | 0 | {kept} |")
     for name in ABLATIONS:
         rows = [results[s]["ablations"].get(name) for s in seeds]
         if any(r is None for r in rows):
             continue
         top1 = [r["student_top1"] for r in rows]
         delta = [a - b for a, b in zip(top1, full, strict=True)]
-        lines.append(
-            f"| {name} | {_mean_std(top1)} | {_mean_std(delta)} | {_mean_std([r['pseudo_acc_kept'] for r in rows])} |"
-        )
+        kept = _mean_std([r["pseudo_acc_kept"] for r in rows])
+        lines.append(f"| {name} | {_mean_std(top1)} | {_mean_std(delta)} | {kept} |")
     final = [_per_class(client, m[generations - 1]["student"]) for m in mains]
     first = [_per_class(client, m[0]["student"]) for m in mains]
     if all(final) and all(first):

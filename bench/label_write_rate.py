@@ -7,12 +7,13 @@ measured in the same run.
 
 The worker's path is timed from a batch of logits (made beforehand; the forward pass is not a
 write) to the committed transaction: ``workers.labeling.soft_labels`` (softmax, confidence,
-entropy, float16 distribution or top-k), then ``ShardWriter`` (INSERT .. ON CONFLICT DO
-NOTHING of the labels with the shard's progress, one transaction per ``COMMIT_ROWS`` labels or
-``COMMIT_SECONDS``), shard after shard as a worker runs them. The bare load writes the very same rows once, in one transaction, with the
-fastest plain tool each database has: COPY on PostgreSQL (psycopg), ``executemany`` of a plain
-INSERT on SQLite (sqlite3). Target: at least 50,000 labels/s on PostgreSQL. PostgreSQL runs in a
-fresh database on NST_TEST_PG_ADMIN_URL's server, dropped afterwards; SQLite in a temp folder.
+entropy, float16 distribution or top-k), then ``ShardWriter`` (INSERT .. ON CONFLICT DO NOTHING
+of the labels with the shard's progress, one transaction per ``COMMIT_ROWS`` labels or
+``COMMIT_SECONDS``), shard after shard as a worker runs them. The bare load writes the very
+same rows once, in one transaction, with the fastest plain tool each database has: COPY on
+PostgreSQL (psycopg), ``executemany`` of a plain INSERT on SQLite (sqlite3). Target: at least
+50,000 labels/s on PostgreSQL. PostgreSQL runs in a fresh database on NST_TEST_PG_ADMIN_URL's
+server, dropped afterwards; SQLite in a temp folder.
 """
 
 from __future__ import annotations

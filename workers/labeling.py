@@ -24,7 +24,6 @@ from service.core.db import session_scope
 from service.models import Item, ItemError, Job, Label, Shard, Teacher, utcnow
 from workers.teacher_model import cached_teacher
 
-
 # Labels are committed in transactions of about this many rows, or at least this often: one
 # commit per small model batch made the database the bottleneck (bench/label_write_rate.py),
 # and a crash loses at most one such transaction's work, which the redelivered shard redoes.
