@@ -158,7 +158,7 @@ def test_cancel_stops_a_running_shard_at_its_next_batch(client, enqueued, teache
     assert client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
 
 
-def test_many_classes_keep_top_k_and_the_rest_mass(client, enqueued, pool):
+def test_many_classes_keep_top_k_and_the_rest_mass(backend, client, enqueued, pool):
     names = [f"c{i}" for i in range(120)]
     model = timm.create_model(TEACHER_ARCH, num_classes=120, in_chans=1)
     path = save_teacher(
