@@ -135,8 +135,8 @@ def _pending_items(session: Session, shard: Shard, job: Job) -> list[tuple[int, 
     return [tuple(row) for row in session.execute(query)]
 
 
-def _recount(session: Session, shard: Shard, job: Job) -> None:
-    """The shard's labels and item errors, counted exactly (once per shard, at its end)."""
+def _shard_counts(shard: Shard, job: Job):
+    """Scalar subqueries: the shard's labels and item errors, counted exactly."""
     in_shard = (
         Item.dataset_id == job.dataset_id,
         Item.ordinal >= shard.start_ordinal,
@@ -152,7 +152,29 @@ def _recount(session: Session, shard: Shard, job: Job) -> None:
             .scalar_subquery()
         )
 
-    shard.items_done, shard.items_failed = session.execute(select(count(Label), count(ItemError))).one()
+    return count(Label), count(ItemError)
+
+
+def _succeed(shard_id: int, job: Job) -> ShardResult:
+    """Finish the shard with its progress counted exactly, once, at its end.
+
+    The row lock (PostgreSQL; SQLite has one writer anyway) makes a copy of this shard that is
+    committing right now wait, and the count runs inside the UPDATE, so no copy's increment can
+    land between the count and the write and be lost.
+    """
+    with session_scope() as session:
+        shard = session.get(Shard, shard_id, with_for_update=True)
+        labels, errors = _shard_counts(shard, job)
+        done, failed = session.execute(
+            update(Shard)
+            .where(Shard.id == shard_id)
+            .values(
+                items_done=labels, items_failed=errors, state="succeeded", error=None, finished_at=utcnow()
+            )
+            .returning(Shard.items_done, Shard.items_failed)
+            .execution_options(synchronize_session=False)
+        ).one()
+    return ShardResult("succeeded", done, failed)
 
 
 def _finish(session: Session, shard: Shard, state: str, error: str | None = None) -> ShardResult:
@@ -207,10 +229,7 @@ def label_shard(shard_id: int, *, device: str = "cpu", decode_workers: int = 0) 
             return stopped
     if (stopped := writer.flush()) is not None:
         return stopped
-    with session_scope() as session:
-        shard = session.get(Shard, shard_id)
-        _recount(session, shard, job)
-        return _finish(session, shard, "succeeded")
+    return _succeed(shard_id, job)
 
 
 def _forward(model, images: torch.Tensor, device: str, on_gpu: bool) -> torch.Tensor:
@@ -260,15 +279,18 @@ def _commit(shard_id: int, job: Job, rows: list[dict], bad: list[dict]) -> Shard
     """
     with session_scope() as session:
         if session.scalar(select(Job.cancelled_at).where(Job.id == job.id)) is not None:
-            return _finish(session, session.get(Shard, shard_id), "cancelled")
+            shard = session.get(Shard, shard_id)
+            if shard.state == "succeeded":  # another copy of the shard finished it first
+                return ShardResult(shard.state, shard.items_done, shard.items_failed)
+            return _finish(session, shard, "cancelled")
         added = insert_ignoring_duplicates(session, Label, rows)
         failed = insert_ignoring_duplicates(session, ItemError, bad)
+        # No state here: a copy that lags behind must not reopen a shard another copy finished.
         session.execute(
             update(Shard)
             .where(Shard.id == shard_id)
-            .values(
-                items_done=Shard.items_done + added, items_failed=Shard.items_failed + failed, state="running"
-            )
+            .values(items_done=Shard.items_done + added, items_failed=Shard.items_failed + failed)
+            .execution_options(synchronize_session=False)
         )
     return None
 

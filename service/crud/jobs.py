@@ -1,7 +1,8 @@
 """Labeling jobs, their shards and their labels: data access only, no HTTP.
 
-A job's state and counters are derived from its shards on every read, so there is no stored
-counter for two workers to race on and nothing to repair after a crash.
+A job's state and counters are derived from its shards on every read. A shard's counters grow
+in SQL by what each commit really inserted and are recounted exactly when it ends
+(workers/labeling.py), so copies of a shard running at once never count an item twice.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def shards(session: Session, *, job_id: int) -> list[Shard]:
 
 def cancel(session: Session, *, job: Job) -> None:
     job.cancelled_at = utcnow()
-    # Queued shards are settled now; a running one stops at its next batch (the worker checks).
+    # Queued shards are settled now; a running one stops at its next commit (the worker checks).
     session.execute(
         update(Shard)
         .where(Shard.job_id == job.id, Shard.state == "queued")

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import timm
+import torch
 from safetensors.torch import load_file
 from sqlalchemy import func, select
 
 from nst.checkpoint import save_teacher
 from service.core.db import session_scope
-from service.models import Label, Shard
+from service.models import Item, Job, Label, Shard
 from tests.utils import factories
 from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
 from workers import labeling
@@ -122,6 +123,53 @@ def test_small_batches_are_written_in_larger_transactions(
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
 
+def test_a_slow_shard_still_commits_every_commit_seconds(client, enqueued, teacher_file, pool, monkeypatch):
+    teacher = factories.ready_teacher(client, teacher_file)
+    factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 10_000)
+    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 0.0)
+    real_commit, sizes = labeling._commit, []
+
+    def record(shard_id, job, rows, bad):
+        sizes.append(len(rows) + len(bad))
+        return real_commit(shard_id, job, rows, bad)
+
+    monkeypatch.setattr(labeling, "_commit", record)
+    assert _run_enqueued(enqueued)[0].state == "succeeded"
+    assert sizes == [32] * 9 + [12]
+
+
+def test_progress_grows_only_by_labels_a_commit_really_inserted(
+    backend, client, enqueued, teacher_file, pool
+):
+    teacher = factories.ready_teacher(client, teacher_file)
+    created = factories.job(client, teacher, pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:
+        job = session.get(Job, created["id"])
+        item_ids = list(
+            session.scalars(
+                select(Item.id).where(Item.dataset_id == pool["id"]).order_by(Item.ordinal).limit(12)
+            )
+        )
+    rows = labeling.soft_labels(torch.randn(10, 10), temperature=1.0, keep_all=True, top_k=5)
+    for row, item_id in zip(rows, item_ids, strict=False):
+        row.update(job_id=job.id, item_id=item_id)
+    bad = [{"job_id": job.id, "item_id": i, "message": "OSError: unreadable"} for i in item_ids[10:]]
+
+    def progress():
+        shard = client.get(f"/jobs/{job.id}/shards").json()[0]
+        return shard["items_done"], shard["items_failed"]
+
+    assert labeling._commit(shard_id, job, rows[:6], bad[:1]) is None
+    assert progress() == (6, 1)
+    labeling._commit(shard_id, job, rows[3:10], bad)  # 3 labels and 1 error already stored
+    assert progress() == (10, 2)
+    labeling._commit(shard_id, job, rows, bad)  # a whole redelivered batch: nothing new
+    assert progress() == (10, 2)
+    assert _label_count(job.id) == 10
+
+
 def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqueued, teacher_file, fmnist):
     root = Path(os.environ["NST_DATA_ROOTS"].split(",")[0]) / "mixed"
     root.mkdir()
@@ -140,7 +188,9 @@ def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqu
     assert all("Error" in e["message"] for e in errors)
 
 
-def test_cancel_stops_a_running_shard_at_its_next_batch(client, enqueued, teacher_file, pool, monkeypatch):
+def test_cancel_stops_a_running_shard_at_its_next_commit(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=50)
     monkeypatch.setattr(labeling, "COMMIT_ROWS", 1)  # a transaction per batch
