@@ -83,7 +83,7 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
         batch_size=args.batch_size,
         pseudo_ratio=args.pseudo_ratio,
         randaugment_magnitude=args.magnitude,
-        workers=1,
+        workers=args.workers,
         checkpoint_every=200,
         progress=False,
     )
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="labeled images per step")
     parser.add_argument("--pseudo-ratio", type=float, default=3.0)
     parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
+    parser.add_argument("--workers", type=int, default=1, help="data-loading processes (trainer and worker)")
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated; empty: none")
     args = parser.parse_args()
     args.dir = args.dir.resolve()
@@ -270,7 +271,7 @@ def main() -> None:
     env = {
         "NST_DATA_DIR": str(args.dir / "nst"),
         "NST_DATA_ROOTS": str(images_dir),
-        "NST_DECODE_WORKERS": "1",
+        "NST_DECODE_WORKERS": str(args.workers),
         "HF_HUB_OFFLINE": "1",
     }
     results: dict[int, dict] = {}
