@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0, le=100)
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     decode_workers: int = Field(2, ge=0, le=64)
+    # Labels commit in transactions of this many rows, or at least this often: small commits
+    # made the database the bottleneck (bench/label_write_rate.py); a crash loses at most one.
+    commit_rows: int = Field(1024, ge=1)
+    commit_seconds: float = Field(1.0, ge=0)
 
     @field_validator("data_roots", mode="before")
     @classmethod

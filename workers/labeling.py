@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from nst.config import get_settings
 from service.core.db import session_scope
 from service.models import Item, ItemError, Job, Label, Shard, Teacher, utcnow
 from workers.teacher_model import cached_teacher
@@ -27,8 +28,8 @@ from workers.teacher_model import cached_teacher
 # Labels are committed in transactions of about this many rows, or at least this often: one
 # commit per small model batch made the database the bottleneck (bench/label_write_rate.py),
 # and a crash loses at most one such transaction's work, which the redelivered shard redoes.
-COMMIT_ROWS = 1024
-COMMIT_SECONDS = 1.0
+COMMIT_ROWS = get_settings().commit_rows
+COMMIT_SECONDS = get_settings().commit_seconds
 
 
 @dataclass

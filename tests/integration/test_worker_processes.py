@@ -71,7 +71,7 @@ def test_a_real_worker_labels_like_a_direct_forward_pass(stack, fmnist, teacher_
 
 
 def test_sigkill_of_the_pool_process_mid_shard_loses_and_doubles_nothing(stack, fmnist, teacher_file):
-    worker = stack.start_worker()
+    worker = stack.start_worker(NST_COMMIT_ROWS="1")  # progress after every image: a kill lands mid-shard
     client, job = _setup(stack, fmnist, teacher_file, shard_size=150, batch_size=1)
     done_at_kill = _wait_for_progress(client, job["id"], at_least=5)
     os.kill(stack.pool_child(worker), signal.SIGKILL)  # what the OOM killer does to a pool process
@@ -96,7 +96,7 @@ def test_duplicate_deliveries_write_each_label_once(stack, fmnist, teacher_file)
 def test_sigkill_of_the_whole_worker_mid_shard_recovers(stack, fmnist, teacher_file):
     """Redis redelivers after the visibility timeout; the embedded broker cannot know the
     consumer died, so there the operator (or a supervisor) resumes the job."""
-    worker = stack.start_worker(NST_VISIBILITY_TIMEOUT_S="4")
+    worker = stack.start_worker(NST_VISIBILITY_TIMEOUT_S="4", NST_COMMIT_ROWS="1")
     client, job = _setup(stack, fmnist, teacher_file, shard_size=150, batch_size=1)
     _wait_for_progress(client, job["id"], at_least=5)
     stack.kill_worker(worker)
