@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.synthetic import placeholder_teacher  # noqa: E402
 from service.core.db import make_engine  # noqa: E402
 from service.core.migrate import upgrade_head  # noqa: E402
-from service.models import Dataset, Job, Label, Teacher  # noqa: E402
+from service.models import Dataset, Job, Label  # noqa: E402
 from workers.labeling import insert_ignoring_duplicates  # noqa: E402
 
 ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -72,26 +73,7 @@ def fill(engine, n: int, classes: int, keep_all: bool) -> None:
             )
         )
         session.flush()
-        session.add(
-            Teacher(
-                id="t",
-                name="t",
-                architecture="a",
-                class_names=[str(i) for i in range(classes)],
-                image_size=28,
-                channels=1,
-                mean=[0.0],
-                std=[1.0],
-                interpolation="bilinear",
-                crop_pct=1.0,
-                model_kwargs={},
-                generation=0,
-                metrics={},
-                status="ready",
-                file_path="/",
-                size_bytes=1,
-            )
-        )
+        session.add(placeholder_teacher("t", [str(i) for i in range(classes)]))
         session.flush()
         session.add(
             Job(

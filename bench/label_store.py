@@ -65,29 +65,23 @@ def _labels(rng: np.random.Generator, n: int, num_classes: int):
 
 
 def populate(engine: sa.Engine, *, labels: int, num_classes: int, seed: int = 0) -> tuple[int, int]:
+    from bench.synthetic import placeholder_teacher
     from service.core.db import session_scope
     from service.crud.jobs import create_job
-    from service.models import Dataset, Shard, Teacher, utcnow
+    from service.models import Dataset, Shard, utcnow
 
     names = [f"class-{i:04d}" for i in range(num_classes)]
     with session_scope() as session:
-        teacher = Teacher(
-            id="b" * 64,
-            name="bench",
+        teacher = placeholder_teacher(
+            "b" * 64,
+            names,
             architecture="resnet50",
-            class_names=names,
             image_size=224,
             channels=3,
             mean=[0.5] * 3,
             std=[0.5] * 3,
             interpolation="bicubic",
             crop_pct=0.875,
-            model_kwargs={},
-            generation=0,
-            metrics={},
-            status="ready",
-            file_path="/bench",
-            size_bytes=0,
         )
         pool = Dataset(
             name="pool",

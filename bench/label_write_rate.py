@@ -49,33 +49,15 @@ def _use_database(url: str) -> None:
 
 def _setup(num_items: int, num_classes: int, shard_size: int, jobs: int) -> tuple[list, list[int]]:
     """A teacher, a dataset of ``num_items`` items and ``jobs`` labeling jobs over it."""
+    from bench.synthetic import placeholder_teacher
     from service.core.db import get_engine, session_scope
     from service.core.migrate import upgrade_head
     from service.crud.jobs import create_job
-    from service.models import Dataset, Item, Job, Teacher
+    from service.models import Dataset, Item, Job
 
     upgrade_head(get_engine())
     with session_scope() as session:
-        session.add(
-            Teacher(
-                id="w" * 64,
-                name="bench",
-                architecture="resnet18",
-                class_names=[f"class-{c}" for c in range(num_classes)],
-                image_size=28,
-                channels=1,
-                mean=[0.5],
-                std=[0.5],
-                interpolation="bilinear",
-                crop_pct=1.0,
-                model_kwargs={},
-                generation=0,
-                metrics={},
-                status="ready",
-                file_path="/bench",
-                size_bytes=0,
-            )
-        )
+        session.add(placeholder_teacher("w" * 64, [f"class-{c}" for c in range(num_classes)]))
         pool = Dataset(
             name="pool", kind="unlabeled", modality="image", source_path="/bench", source_format="list"
         )

@@ -103,13 +103,8 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
 
-def test_small_batches_are_written_in_larger_transactions(
-    backend, client, enqueued, teacher_file, pool, monkeypatch
-):
-    teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 100)
-    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)
+def _record_commit_sizes(monkeypatch) -> list[int]:
+    """Rows (labels + item errors) per transaction, as the worker commits them."""
     real_commit, sizes = labeling._commit, []
 
     def record(shard_id, job, rows, bad):
@@ -117,6 +112,17 @@ def test_small_batches_are_written_in_larger_transactions(
         return real_commit(shard_id, job, rows, bad)
 
     monkeypatch.setattr(labeling, "_commit", record)
+    return sizes
+
+
+def test_small_batches_are_written_in_larger_transactions(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 100)
+    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)
+    sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued)[0].state == "succeeded"
     assert sizes == [128, 128, 44]  # four batches of 32 per transaction, then the rest
     assert _label_count(job["id"]) == 300
@@ -128,13 +134,7 @@ def test_a_slow_shard_still_commits_every_commit_seconds(client, enqueued, teach
     factories.job(client, teacher, pool, shard_size=300, batch_size=32)
     monkeypatch.setattr(labeling, "COMMIT_ROWS", 10_000)
     monkeypatch.setattr(labeling, "COMMIT_SECONDS", 0.0)
-    real_commit, sizes = labeling._commit, []
-
-    def record(shard_id, job, rows, bad):
-        sizes.append(len(rows) + len(bad))
-        return real_commit(shard_id, job, rows, bad)
-
-    monkeypatch.setattr(labeling, "_commit", record)
+    sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued)[0].state == "succeeded"
     assert sizes == [32] * 9 + [12]
 
