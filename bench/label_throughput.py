@@ -4,7 +4,7 @@ bare PyTorch loop over the same image files, measured in the same run.
 
     .venv/bin/python bench/label_throughput.py [--images 3000] [--images-224 600]
         [--models resnet18,efficientnet_b0] [--sizes 28,224] [--batch-size 64]
-        [--shard-size 1000] [--workers 2] [--threads 2]
+        [--shard-size 1000] [--workers 2] [--threads 2] [--repeats 3]
         [--database-url postgresql+psycopg://...] [--broker-url redis://...]
 
 The bare loop: a torch DataLoader (same num_workers as the worker's NST_DECODE_WORKERS) over the
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -64,14 +65,16 @@ def write_images(root: Path, count: int) -> Path:
     return out
 
 
-def make_teacher(root: Path, architecture: str, size: int) -> tuple[Path, dict]:
+def make_teacher(root: Path, architecture: str, size: int, variant: int) -> tuple[Path, dict]:
+    """A random-init teacher; each variant has other weights, so it is a new teacher to the
+    worker, which must load it inside the timed window as the bare loop does."""
     metadata = default_metadata(
         architecture, fashion_mnist.CLASSES, channels=1, image_size=size, crop_pct=1.0
     )
-    metadata["name"] = f"bench-{architecture}-{size}"
-    torch.manual_seed(0)
+    metadata["name"] = f"bench-{architecture}-{size}-{variant}"
+    torch.manual_seed(variant)
     model = timm.create_model(architecture, pretrained=False, num_classes=10, in_chans=1)
-    path = save_teacher(model.state_dict(), root / f"{architecture}-{size}.safetensors", metadata)
+    path = save_teacher(model.state_dict(), root / f"{architecture}-{size}-{variant}.safetensors", metadata)
     return path, metadata
 
 
@@ -130,6 +133,9 @@ def main() -> None:
     parser.add_argument(
         "--poll", type=float, default=0.25, help="seconds between job polls (each poll costs the API CPU)"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="bare and service runs, alternating; medians reported"
+    )
     parser.add_argument("--database-url", default="", help="default: SQLite in the bench folder")
     parser.add_argument("--broker-url", default="", help="default: SQLAlchemy broker on SQLite")
     parser.add_argument("--dir", type=Path, default=None, help="bench folder (default: a temp one)")
@@ -167,21 +173,29 @@ def main() -> None:
         for architecture in models:
             for size in sizes:
                 n = counts[size]
-                path, metadata = make_teacher(data, architecture, size)
-                teacher = client.upload_teacher(path)
-                client.wait_for_teacher(teacher["id"])
                 files = sorted(str(p) for p in folders[n].glob("*.png"))
-                bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                bare_s = bare(path, metadata, files, args.batch_size, args.workers)
-                service_s, wall_s, job = service(client, teacher["id"], datasets[n], args)
+                bare_runs, service_runs, wall_runs = [], [], []
+                # Bare and service alternate, so a slow spell of a shared machine hits both.
+                for repeat in range(args.repeats):
+                    path, metadata = make_teacher(data, architecture, size, repeat)
+                    teacher = client.upload_teacher(path)
+                    client.wait_for_teacher(teacher["id"])
+                    bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                    bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
+                    service_s, wall_s, job = service(client, teacher["id"], datasets[n], args)
+                    service_runs.append(service_s)
+                    wall_runs.append(wall_s)
+                    print(
+                        f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
+                        f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, client clock {wall_s:.2f} s",
+                        flush=True,
+                    )
+                bare_s, service_s, wall_s = (
+                    statistics.median(r) for r in (bare_runs, service_runs, wall_runs)
+                )
                 bare_rate, service_rate = n / bare_s, n / service_s
                 rows.append(
                     (architecture, size, n, bare_rate, service_rate, n / wall_s, service_rate / bare_rate)
-                )
-                print(
-                    f"{architecture} {size}px: bare {bare_s:.2f} s, service {service_s:.2f} s "
-                    f"(client clock {wall_s:.2f} s)",
-                    flush=True,
                 )
     except Exception:
         print(stack.logs(), file=sys.stderr)
@@ -194,7 +208,7 @@ def main() -> None:
     print(
         f"\nbroker: {args.broker_url or 'sqla+sqlite'}, database: {args.database_url or 'sqlite'}, "
         f"batch {args.batch_size}, shard {args.shard_size}, decode workers {args.workers}, "
-        f"threads {args.threads}, cpu count {os.cpu_count()}\n"
+        f"threads {args.threads}, cpu count {os.cpu_count()}, medians of {args.repeats} runs\n"
     )
     print(
         "| model | size | images | bare img/s | service img/s (submitted to last commit) "

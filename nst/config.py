@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0, le=100)
     worker_device: Literal["auto", "cpu", "cuda"] = "auto"
     decode_workers: int = Field(2, ge=0, le=64)
+    # Shard messages a worker process holds: the one it labels and the next, so the hand-off
+    # between shards skips a broker round trip (about 50 ms a shard on the embedded broker,
+    # bench/label_throughput.py). 1 holds no spare message, for very long shards across many workers.
+    worker_prefetch: int = Field(2, ge=1, le=16)
     # Labels commit in transactions of this many rows, or at least this often: small commits
     # made the database the bottleneck (bench/label_write_rate.py); a crash loses at most one.
     commit_rows: int = Field(1024, ge=1)

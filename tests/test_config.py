@@ -11,6 +11,7 @@ from tests.utils.env import clear_caches
         ("NST_DATABASE_URL", "not a url", "NST_DATABASE_URL"),
         ("NST_WORKER_DEVICE", "tpu", "NST_WORKER_DEVICE"),
         ("NST_VISIBILITY_TIMEOUT_S", "0", "NST_VISIBILITY_TIMEOUT_S"),
+        ("NST_WORKER_PREFETCH", "0", "NST_WORKER_PREFETCH"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_variable(monkeypatch, key, value, message):
@@ -29,3 +30,17 @@ def test_defaults_are_embedded(monkeypatch, tmp_path):
     assert settings.broker_url.startswith("sqla+sqlite:///")
     assert settings.data_roots == [tmp_path / "datasets"]
     assert settings.api_token is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 2), ("1", 1)])
+def test_worker_prefetch_reaches_celery(monkeypatch, value, expected):
+    from workers.celery_app import make_celery
+
+    if value is None:
+        monkeypatch.delenv("NST_WORKER_PREFETCH", raising=False)
+    else:
+        monkeypatch.setenv("NST_WORKER_PREFETCH", value)
+    clear_caches()
+    conf = make_celery().conf
+    assert conf.worker_prefetch_multiplier == expected
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost

@@ -37,11 +37,12 @@ def make_celery() -> Celery:
     app.conf.update(
         task_default_queue="nst",
         # Exactly-once labels rest on these: a message is acknowledged only after its shard has
-        # committed, a pool process that dies (SIGKILL, OOM) gets its message requeued, and each
-        # process reserves one message at a time so a crash strands nothing else.
+        # committed, and a pool process that dies (SIGKILL, OOM) gets its message requeued. A
+        # reserved but unstarted message is unacknowledged too: when the whole worker dies,
+        # Redis redelivers it after the visibility timeout, like the running one.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=settings.worker_prefetch,
         broker_transport_options=_transport_options(settings.broker_url, settings.visibility_timeout_s),
         task_ignore_result=True,
         task_serializer="json",
