@@ -72,7 +72,7 @@ def main() -> None:
 
     folder = write_images(data, args.images)
     files = sorted(str(p) for p in folder.glob("*.png"))
-    path, metadata = make_teacher(data, args.model, args.size)
+    path, metadata = make_teacher(data, args.model, args.size, 0)
     with TestClient(app) as client:
         dataset = client.post("/datasets", json={"name": "profile", "kind": "unlabeled", "path": str(folder)})
         with path.open("rb") as handle:

@@ -57,36 +57,73 @@ class _Images(TorchDataset):
             return torch.zeros(self.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]
 
 
-class _ShardKeys(Sampler):
-    """The keys of the shard being labeled; set before each pass over the loader."""
+class _ShardBatches(Sampler):
+    """The current shard's keys in decode batches; set before each pass over the loader.
 
-    def __init__(self):
+    A shard starts with an empty pipeline: the model waits until one decode process has made a
+    whole first batch. So the first batches ramp up (a quarter, a quarter, a half of the batch,
+    then whole ones) and the model starts after a quarter of the wait; ``label_shard`` joins
+    them back into model batches of the job's size, so what the model sees is unchanged.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
         self.keys: list[tuple[int, str]] = []
 
+    def sizes(self):
+        b = self.batch_size
+        yield from (s for s in (b // 4, b // 4, b - 2 * (b // 4)) if s)
+        while True:
+            yield b
+
     def __iter__(self):
-        return iter(self.keys)
+        start = 0
+        for size in self.sizes():
+            if start >= len(self.keys):
+                return
+            yield self.keys[start : start + size]
+            start += size
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return sum(1 for _ in self)
 
 
 @lru_cache(maxsize=4)
-def _decoder(teacher_id: str, device: str, batch_size: int, workers: int) -> tuple[DataLoader, _ShardKeys]:
+def _decoder(teacher_id: str, device: str, batch_size: int, workers: int) -> tuple[DataLoader, _ShardBatches]:
     """A DataLoader per teacher and batch size whose decode processes live as long as this
     worker process: starting them for every shard cost about 0.17 s a shard at 28 px
     (bench/label_profile.py), a fifth of a 1,000-image shard's time."""
     _, transform, spec = cached_teacher(teacher_id, device)
-    keys = _ShardKeys()
+    batches = _ShardBatches(batch_size)
     images = _Images(transform, spec.image_mode, (spec.channels, spec.image_size, spec.image_size))
     loader = DataLoader(
         images,
-        batch_size=batch_size,
-        sampler=keys,
+        batch_sampler=batches,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.startswith("cuda"),
     )
-    return loader, keys
+    return loader, batches
+
+
+def _model_batches(loader: DataLoader, batch_size: int):
+    """Decode batches joined into model batches of ``batch_size`` (see ``_ShardBatches``)."""
+    parts, count = [], 0
+    for part in loader:
+        parts.append(part)
+        count += len(part[1])
+        if count >= batch_size:
+            yield _join(parts)
+            parts, count = [], 0
+    if parts:
+        yield _join(parts)
+
+
+def _join(parts: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    if len(parts) == 1:
+        return parts[0]
+    images, item_ids, errors = zip(*parts, strict=True)
+    return torch.cat(images), torch.cat(item_ids), [e for batch in errors for e in batch]
 
 
 def soft_labels(logits: torch.Tensor, *, temperature: float, keep_all: bool, top_k: int) -> list[dict]:
@@ -240,14 +277,14 @@ def label_shard(shard_id: int, *, device: str = "cpu", decode_workers: int = 0) 
         return result
     model, _, _ = cached_teacher(job.teacher_id, device)
     on_gpu = device.startswith("cuda")
-    loader, keys = _decoder(job.teacher_id, device, job.batch_size, decode_workers)
-    keys.keys = items
+    loader, batches = _decoder(job.teacher_id, device, job.batch_size, decode_workers)
+    batches.keys = items
     writer = ShardWriter(shard_id, job)
-    for images, item_ids, errors in loader:
+    for images, item_ids, errors in _model_batches(loader, job.batch_size):
         ok = [i for i, e in enumerate(errors) if not e]
         rows: list[dict] = []
         if ok:
-            logits = _forward(model, images[ok], device, on_gpu)
+            logits = _forward(model, images if len(ok) == len(errors) else images[ok], device, on_gpu)
             rows = soft_labels(
                 logits, temperature=job.temperature, keep_all=job.stores_full_distribution, top_k=job.top_k
             )

@@ -273,3 +273,22 @@ def test_labels_export_as_jsonl_and_parquet_match_the_pages(backend, client, enq
     assert table.num_rows == 300
     assert table.column("item_id").to_pylist() == [p["item_id"] for p in pages]
     assert table.column("confidence").to_pylist()[3] == pytest.approx(pages[3]["confidence"])
+
+
+@pytest.mark.parametrize(("batch_size", "items"), [(64, 200), (64, 64), (3, 7), (1, 3), (64, 0)])
+def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
+    """A shard's first decode batches are smaller (the model starts sooner); the model still
+    sees every key once, in order, in batches of the job's size."""
+    keys = [(i, f"/x/{i}.png") for i in range(items)]
+    batches = labeling._ShardBatches(batch_size)
+    batches.keys = keys
+    decoded = [
+        (torch.zeros(len(part), 1), torch.tensor([k[0] for k in part]), [""] * len(part)) for part in batches
+    ]
+    if batch_size >= 4 and items > batch_size:
+        assert len(decoded[0][1]) == batch_size // 4
+    model_batches = list(labeling._model_batches(decoded, batch_size))
+    sizes = [len(ids) for _, ids, _ in model_batches]
+    assert all(s == batch_size for s in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_size)
+    assert [i for _, ids, _ in model_batches for i in ids.tolist()] == list(range(items))
+    assert all(len(images) == len(ids) == len(errors) for images, ids, errors in model_batches)
