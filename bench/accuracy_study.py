@@ -17,8 +17,12 @@ with one ingredient removed, so it compares with generation 1 of the full method
     no-filter    confidence threshold 0 (every pseudo label kept)
 
 Everything is saved under ``--dir`` as it finishes; running the command again continues where it
-stopped. At the end it writes ``results.md`` (tables: mean and standard deviation over seeds)
-and ``results.png`` into ``--dir``.
+stopped. A seed's results are written whole, when the seed is done, to ``--results`` (default
+``--dir``) as ``seed<N>.json``, with the budget they were run with; the report covers every
+seed file there that has the same budget. Pointing ``--results`` into the repository lets a
+study too long for one sitting run a seed at a time and still report over all of them. At the
+end it writes ``results.md`` (tables: mean and standard deviation over seeds) and
+``results.png`` into ``--dir``.
 """
 
 from __future__ import annotations
@@ -114,6 +118,33 @@ def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path)
     )
 
 
+def _budget(args) -> dict:
+    """What a seed's results depend on; seeds are only reported together when these agree."""
+    keys = [
+        "generations",
+        "labeled_per_class",
+        "unlabeled",
+        "teacher_arch",
+        "students",
+        "teacher_steps",
+        "steps",
+        "batch_size",
+        "pseudo_ratio",
+        "magnitude",
+    ]
+    return {k: getattr(args, k) for k in keys}
+
+
+def _load_results(results_dir: Path, budget: dict) -> dict[int, dict]:
+    results = {}
+    for path in sorted(results_dir.glob("seed*.json")):
+        data = json.loads(path.read_text())
+        if data.get("budget") != budget:
+            raise SystemExit(f"{path} was run with {data.get('budget')}, not {budget}: use another --results")
+        results[int(path.stem.removeprefix("seed"))] = data
+    return results
+
+
 def _mean_std(values: list[float]) -> str:
     values = [100 * v for v in values if v is not None]
     if not values:
@@ -127,7 +158,7 @@ def _per_class(client, teacher_id: str) -> list[float]:
     return client.teacher(teacher_id)["metrics"].get("per_class") or []
 
 
-def report(results: dict, client, classes: list[str], out: Path) -> str:
+def report(results: dict, classes: list[str], out: Path) -> str:
     """Markdown tables over seeds: generations, ablations, per-class accuracy, timings."""
     seeds = sorted(results)
     mains = [results[s]["main"] for s in seeds]
@@ -174,8 +205,8 @@ def report(results: dict, client, classes: list[str], out: Path) -> str:
         delta = [a - b for a, b in zip(top1, full, strict=True)]
         kept = _mean_std([r["pseudo_acc_kept"] for r in rows])
         lines.append(f"| {name} | {_mean_std(top1)} | {_mean_std(delta)} | {kept} |")
-    final = [_per_class(client, m[generations - 1]["student"]) for m in mains]
-    first = [_per_class(client, m[0]["student"]) for m in mains]
+    final = [results[s]["per_class"].get(str(generations - 1)) for s in seeds]
+    first = [results[s]["per_class"].get("0") for s in seeds]
     if all(final) and all(first):
         lines += [
             "",
@@ -253,6 +284,9 @@ def main() -> None:
     parser.add_argument("--pseudo-ratio", type=float, default=3.0)
     parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes (trainer and worker)")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="where each finished seed's JSON goes (default: --dir)"
+    )
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated; empty: none")
     args = parser.parse_args()
     args.dir = args.dir.resolve()
@@ -274,22 +308,34 @@ def main() -> None:
         "NST_DECODE_WORKERS": str(args.workers),
         "HF_HUB_OFFLINE": "1",
     }
-    results: dict[int, dict] = {}
+    # A seed's results are written whole when it finishes, to --results (which may live in the
+    # repository), so a study can run one seed per session and report over all of them.
+    results_dir = (args.results or args.dir).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    budget = _budget(args)
     with LocalStack(args.dir / "logs", env) as stack:
         client = stack.start_api()
         stack.start_worker()
         ids = _datasets(client, args.dir, paths)
         for seed in map(int, args.seeds.split(",")):
+            saved = results_dir / f"seed{seed}.json"
+            if saved.exists():
+                _say(f"seed {seed}: done before ({saved})")
+                continue
             main_cfg = _main_config(args, client, ids, truth, seed)
             _say(f"seed {seed}: teacher and {args.generations} generation(s) -> {main_cfg.out_dir}")
             rows = iterate(main_cfg, client)
-            results[seed] = {"main": rows, "ablations": {}}
+            result = {"main": rows, "ablations": {}}
             for name in ablations:
                 out = args.dir / f"seed{seed}" / name
                 _say(f"seed {seed}: ablation {name} -> {out}")
                 ablation_rows = iterate(_ablation_config(main_cfg, rows[0]["student"], name, out), client)
-                results[seed]["ablations"][name] = ablation_rows[-1]
-        text = report(results, client, ids["classes"], args.dir)
+                result["ablations"][name] = ablation_rows[-1]
+            result["per_class"] = {str(r["generation"]): _per_class(client, r["student"]) for r in rows}
+            result["budget"] = budget
+            saved.write_text(json.dumps(result, indent=2))
+    results = _load_results(results_dir, budget)
+    text = report(results, ids["classes"], args.dir)
     (args.dir / "results.md").write_text(text)
     (args.dir / "results.json").write_text(json.dumps(results, indent=2))
     print(text)
