@@ -239,12 +239,11 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
     left.grid(alpha=0.3)
     left.legend()
     left.set_title("Noisy students per generation")
-    names = ["full", *ABLATIONS]
+    # Only the ablations that were run: an empty bar would read as a measured zero.
+    ran = [n for n in ABLATIONS if all(n in results[s]["ablations"] for s in seeds)]
+    names = ["full", *ran]
     values = [[100 * results[s]["main"][1]["student_top1"] for s in seeds]]
-    values += [
-        [100 * results[s]["ablations"][n]["student_top1"] for s in seeds if n in results[s]["ablations"]]
-        for n in ABLATIONS
-    ]
+    values += [[100 * results[s]["ablations"][n]["student_top1"] for s in seeds] for n in ran]
     right.bar(
         names,
         [statistics.mean(v) if v else 0 for v in values],
