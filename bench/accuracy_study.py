@@ -246,8 +246,8 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
     values += [[100 * results[s]["ablations"][n]["student_top1"] for s in seeds] for n in ran]
     right.bar(
         names,
-        [statistics.mean(v) if v else 0 for v in values],
-        yerr=[statistics.pstdev(v) if v else 0 for v in values],
+        [statistics.mean(v) for v in values],
+        yerr=[statistics.pstdev(v) for v in values],
         capsize=4,
     )
     right.axhline(
@@ -256,7 +256,7 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
         ls="--",
         label="teacher",
     )
-    low = min(min(v) for v in values if v) - 3
+    low = min(min(v) for v in values) - 3
     right.set_ylim(low, None)
     right.set_ylabel("test top-1 (%)")
     right.legend()

@@ -88,7 +88,7 @@ class _ShardBatches(Sampler):
         return sum(1 for _ in self)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)  # as many as cached_teacher keeps models: idle decoders hold processes
 def _decoder(teacher_id: str, device: str, batch_size: int, workers: int) -> tuple[DataLoader, _ShardBatches]:
     """A DataLoader per teacher and batch size whose decode processes live as long as this
     worker process: starting them for every shard cost about 0.17 s a shard at 28 px
