@@ -145,6 +145,13 @@ def _load_results(results_dir: Path, budget: dict) -> dict[int, dict]:
     return results
 
 
+def _write_seed(path: Path, result: dict) -> None:
+    # Through a temporary file: an interrupted write must not leave half a JSON file behind.
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result, indent=2))
+    partial.replace(path)
+
+
 def _mean_std(values: list[float]) -> str:
     values = [100 * v for v in values if v is not None]
     if not values:
@@ -164,6 +171,10 @@ def report(results: dict, classes: list[str], out: Path) -> str:
     mains = [results[s]["main"] for s in seeds]
     generations = min(len(rows) for rows in mains)
     lines = [f"Seeds: {', '.join(map(str, seeds))} (mean ± standard deviation over seeds).", ""]
+    for s in seeds:
+        if not results[s].get("complete", True):
+            ran = ", ".join(results[s]["ablations"]) or "none"
+            lines += [f"Seed {s} is not finished: ablations run so far: {ran}.", ""]
     lines += [
         "| generation | model | test top-1 (%) | test error (%) | pseudo-label acc, all (%) | "
         "pseudo-label acc, kept (%) | pseudo (unique) | pseudo (with copies) | minutes |",
@@ -318,21 +329,30 @@ def main() -> None:
         ids = _datasets(client, args.dir, paths)
         for seed in map(int, args.seeds.split(",")):
             saved = results_dir / f"seed{seed}.json"
-            if saved.exists():
+            if saved.exists() and json.loads(saved.read_text()).get("complete", True):
                 _say(f"seed {seed}: done before ({saved})")
                 continue
             main_cfg = _main_config(args, client, ids, truth, seed)
             _say(f"seed {seed}: teacher and {args.generations} generation(s) -> {main_cfg.out_dir}")
             rows = iterate(main_cfg, client)
-            result = {"main": rows, "ablations": {}}
+            result = {
+                "main": rows,
+                "ablations": {},
+                "per_class": {str(r["generation"]): _per_class(client, r["student"]) for r in rows},
+                "budget": budget,
+                "complete": False,
+            }
+            # Written after the generations and again after each ablation, so a sitting that ends
+            # mid-seed still leaves what it measured (marked incomplete; the next run finishes it).
+            _write_seed(saved, result)
             for name in ablations:
                 out = args.dir / f"seed{seed}" / name
                 _say(f"seed {seed}: ablation {name} -> {out}")
                 ablation_rows = iterate(_ablation_config(main_cfg, rows[0]["student"], name, out), client)
                 result["ablations"][name] = ablation_rows[-1]
-            result["per_class"] = {str(r["generation"]): _per_class(client, r["student"]) for r in rows}
-            result["budget"] = budget
-            saved.write_text(json.dumps(result, indent=2))
+                _write_seed(saved, result)
+            result["complete"] = True
+            _write_seed(saved, result)
     results = _load_results(results_dir, budget)
     text = report(results, ids["classes"], args.dir)
     (args.dir / "results.md").write_text(text)
