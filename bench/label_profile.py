@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -49,8 +50,13 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="decode workers, both sides")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--top", type=int, default=25, help="cProfile rows to print")
+    parser.add_argument("--top", type=int, default=25, help="cProfile rows to print; 0: no cProfile")
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="leave the heap unfrozen (a Celery pool process freezes it at start: workers/celery_app.py)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -100,13 +106,47 @@ def main() -> None:
     labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
     labeling._forward = _timed(phases, "forward", labeling._forward)
     labeling._commit = _timed(phases, "commit labels + progress", labeling._commit)
-    profiler = cProfile.Profile()
+    waits: list[list[float]] = []
+    model_batches = labeling._model_batches
+
+    def timed_batches(loader, batch_size):
+        # The wait for each model batch of a shard, in order: where the decode pipeline stalls.
+        waits.append([])
+        batches = model_batches(loader, batch_size)
+        while True:
+            begin = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            waits[-1].append(time.perf_counter() - begin)
+            yield batch
+
+    labeling._model_batches = timed_batches
+    gc_started: list[float] = []
+
+    def gc_timer(phase: str, info: dict) -> None:
+        # Collections run inside whatever code allocates; timed apart, they show up as their own row.
+        if phase == "start":
+            gc_started.append(time.perf_counter())
+        else:
+            name = f"garbage collection, generation {info['generation']}"
+            phases[name] += time.perf_counter() - gc_started.pop()
+
+    if not args.no_freeze:
+        gc.freeze()  # as the worker's pool process does once its imports are done
+    gc.callbacks.append(gc_timer)
+    # cProfile slows every Python call (the forward's module calls too): --top 0 leaves it off.
+    profiler = cProfile.Profile() if args.top else None
     start = time.perf_counter()
-    profiler.enable()
+    if profiler:
+        profiler.enable()
     for shard_id in shard_ids:
         labeling.label_shard(shard_id, device="cpu", decode_workers=args.workers)
-    profiler.disable()
+    if profiler:
+        profiler.disable()
     worker_s = time.perf_counter() - start
+    gc.callbacks.remove(gc_timer)
 
     print(
         f"{args.model} {args.size}px, {args.images} images, {len(shard_ids)} shard(s) of {args.shard_size}, "
@@ -115,11 +155,18 @@ def main() -> None:
     print("| phase | seconds | share of worker time |\n|---|---|---|")
     for name, seconds in phases.items():
         print(f"| {name} | {seconds:.2f} | {seconds / worker_s:.0%} |")
-    rest = worker_s - sum(phases.values())
+    # Collections happen inside the other phases: their rows overlap, so they are not subtracted.
+    rest = worker_s - sum(v for k, v in phases.items() if not k.startswith("garbage"))
     print(f"| rest (DataLoader start + waiting on decode) | {rest:.2f} | {rest / worker_s:.0%} |")
     print(f"| **worker loop, all shards** | {worker_s:.2f} | {args.images / worker_s:.0f} img/s |")
     print(f"| bare loop | {bare_s:.2f} | {args.images / bare_s:.0f} img/s |")
     print(f"\nratio worker loop / bare: {bare_s / worker_s:.2f}\n")
+    by_position = [[w[i] for w in waits if i < len(w)] for i in range(max(len(w) for w in waits))]
+    means = ", ".join(f"{1000 * sum(p) / len(p):.0f}" for p in by_position)
+    print(f"waiting for each model batch of a shard, ms (mean over shards): {means}")
+    print()
+    if not profiler:
+        return
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(args.top)
     print(text.getvalue())

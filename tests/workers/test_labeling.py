@@ -282,13 +282,11 @@ def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
     keys = [(i, f"/x/{i}.png") for i in range(items)]
     batches = labeling._ShardBatches(batch_size)
     batches.keys = keys
-    decoded = [
-        (torch.zeros(len(part), 1), torch.tensor([k[0] for k in part]), [""] * len(part)) for part in batches
-    ]
+    decoded = [labeling._collate([(torch.zeros(1), item_id, "") for item_id, _ in part]) for part in batches]
     if batch_size >= 4 and items > batch_size:
         assert len(decoded[0][1]) == batch_size // 4
     model_batches = list(labeling._model_batches(decoded, batch_size))
     sizes = [len(ids) for _, ids, _ in model_batches]
     assert all(s == batch_size for s in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_size)
-    assert [i for _, ids, _ in model_batches for i in ids.tolist()] == list(range(items))
+    assert [i for _, ids, _ in model_batches for i in ids] == list(range(items))
     assert all(len(images) == len(ids) == len(errors) for images, ids, errors in model_batches)
