@@ -106,6 +106,8 @@ def main() -> None:
     labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
     labeling._forward = _timed(phases, "forward", labeling._forward)
     labeling._commit = _timed(phases, "commit labels + progress", labeling._commit)
+    labeling._succeed = _timed(phases, "finish shard (exact counts)", labeling._succeed)
+    labeling.soft_labels = _timed(phases, "soft labels (rows from logits)", labeling.soft_labels)
     waits: list[list[float]] = []
     model_batches = labeling._model_batches
 
@@ -141,8 +143,11 @@ def main() -> None:
     start = time.perf_counter()
     if profiler:
         profiler.enable()
+    shard_seconds = []
     for shard_id in shard_ids:
+        begin = time.perf_counter()
         labeling.label_shard(shard_id, device="cpu", decode_workers=args.workers)
+        shard_seconds.append(time.perf_counter() - begin)
     if profiler:
         profiler.disable()
     worker_s = time.perf_counter() - start
@@ -164,6 +169,8 @@ def main() -> None:
     by_position = [[w[i] for w in waits if i < len(w)] for i in range(max(len(w) for w in waits))]
     means = ", ".join(f"{1000 * sum(p) / len(p):.0f}" for p in by_position)
     print(f"waiting for each model batch of a shard, ms (mean over shards): {means}")
+    print("each shard, ms: " + ", ".join(f"{1000 * t:.0f}" for t in shard_seconds))
+    print("first shard's batch waits, ms: " + ", ".join(f"{1000 * t:.0f}" for t in waits[0]))
     print()
     if not profiler:
         return

@@ -186,11 +186,14 @@ def _insert_unnest(session: Session, table, rows: list[dict]) -> int:
 
     A multi-row VALUES statement has a placeholder per value, and psycopg parses a statement
     that long afresh on every call (measured: 60% of the write time at 1,024 rows per batch);
-    this one has a placeholder per column and is parsed once.
+    this one has a placeholder per column and is parsed once. The arrays travel in binary
+    (``%(name)b``): as text, psycopg quoted every element with a regular expression in Python,
+    and bench/label_write_rate.py measured 75,000-79,000 labels/s that way against
+    100,000-110,000 in binary.
     """
     columns = list(rows[0])
     dialect = session.get_bind().dialect
-    arrays = ", ".join(f"%({c})s::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
+    arrays = ", ".join(f"%({c})b::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
         "ON CONFLICT DO NOTHING"
