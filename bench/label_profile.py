@@ -105,8 +105,7 @@ def main() -> None:
     labeling.start_shard = _timed(phases, "claim shard, list items", labeling.start_shard)
     labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
     labeling._forward = _timed(phases, "forward", labeling._forward)
-    labeling._commit = _timed(phases, "commit labels + progress", labeling._commit)
-    labeling._succeed = _timed(phases, "finish shard (exact counts)", labeling._succeed)
+    labeling._commit = _timed(phases, "commit labels + progress (the last with the finish)", labeling._commit)
     labeling.soft_labels = _timed(phases, "soft labels (rows from logits)", labeling.soft_labels)
     waits: list[list[float]] = []
     model_batches = labeling._model_batches

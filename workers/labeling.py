@@ -239,25 +239,24 @@ def _shard_counts(shard: Shard, job: Job):
     return count(Label), count(ItemError)
 
 
-def _succeed(shard_id: int, job: Job) -> ShardResult:
+def _succeed(session: Session, shard_id: int, job: Job) -> ShardResult:
     """Finish the shard with its progress counted exactly, once, at its end.
 
     The row lock (PostgreSQL; SQLite has one writer anyway) makes a copy of this shard that is
     committing right now wait, and the count runs inside the UPDATE, so no copy's increment can
-    land between the count and the write and be lost.
+    land between the count and the write and be lost. It runs in the transaction of the shard's
+    last labels, after their inserts: every transaction takes the label rows before the shard's
+    row, so two copies cannot deadlock.
     """
-    with session_scope() as session:
-        shard = session.get(Shard, shard_id, with_for_update=True)
-        labels, errors = _shard_counts(shard, job)
-        done, failed = session.execute(
-            update(Shard)
-            .where(Shard.id == shard_id)
-            .values(
-                items_done=labels, items_failed=errors, state="succeeded", error=None, finished_at=utcnow()
-            )
-            .returning(Shard.items_done, Shard.items_failed)
-            .execution_options(synchronize_session=False)
-        ).one()
+    shard = session.get(Shard, shard_id, with_for_update=True)
+    labels, errors = _shard_counts(shard, job)
+    done, failed = session.execute(
+        update(Shard)
+        .where(Shard.id == shard_id)
+        .values(items_done=labels, items_failed=errors, state="succeeded", error=None, finished_at=utcnow())
+        .returning(Shard.items_done, Shard.items_failed)
+        .execution_options(synchronize_session=False)
+    ).one()
     return ShardResult("succeeded", done, failed)
 
 
@@ -308,9 +307,7 @@ def label_shard(shard_id: int, *, device: str = "cpu", decode_workers: int = 0) 
         bad = [{"job_id": job.id, "item_id": item_ids[i], "message": e} for i, e in enumerate(errors) if e]
         if (stopped := writer.add(rows, bad)) is not None:
             return stopped
-    if (stopped := writer.flush()) is not None:
-        return stopped
-    return _succeed(shard_id, job)
+    return writer.finish()
 
 
 def _forward(model, images: torch.Tensor, device: str, on_gpu: bool) -> torch.Tensor:
@@ -350,9 +347,17 @@ class ShardWriter:
         self.rows, self.bad, self.last_commit = [], [], time.monotonic()
         return stopped
 
+    def finish(self) -> ShardResult:
+        """The buffered rest and the shard's success in one transaction (one commit fewer a
+        shard on the labeling loop's path); cancelled instead if the job was cancelled."""
+        return _commit(self.shard_id, self.job, self.rows, self.bad, last=True)
 
-def _commit(shard_id: int, job: Job, rows: list[dict], bad: list[dict]) -> ShardResult | None:
+
+def _commit(
+    shard_id: int, job: Job, rows: list[dict], bad: list[dict], *, last: bool = False
+) -> ShardResult | None:
     """Write labels and the shard's progress in one transaction; stop if the job was cancelled.
+    With ``last``, the shard is finished in the same transaction (``_succeed``).
 
     Progress grows by what the inserts really added, in SQL (``items_done + n``), so a
     redelivered or concurrently running copy of the shard never counts an item twice; counting
@@ -366,6 +371,8 @@ def _commit(shard_id: int, job: Job, rows: list[dict], bad: list[dict]) -> Shard
             return _finish(session, shard, "cancelled")
         added = insert_ignoring_duplicates(session, Label, rows)
         failed = insert_ignoring_duplicates(session, ItemError, bad)
+        if last:
+            return _succeed(session, shard_id, job)
         # No state here: a copy that lags behind must not reopen a shard another copy finished.
         session.execute(
             update(Shard)

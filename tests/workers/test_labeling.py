@@ -103,13 +103,14 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
 
-def _record_commit_sizes(monkeypatch) -> list[int]:
-    """Rows (labels + item errors) per transaction, as the worker commits them."""
+def _record_commit_sizes(monkeypatch) -> list[tuple[int, bool]]:
+    """Rows (labels + item errors) per transaction, as the worker commits them, and whether the
+    transaction also finished the shard."""
     real_commit, sizes = labeling._commit, []
 
-    def record(shard_id, job, rows, bad):
-        sizes.append(len(rows) + len(bad))
-        return real_commit(shard_id, job, rows, bad)
+    def record(shard_id, job, rows, bad, *, last=False):
+        sizes.append((len(rows) + len(bad), last))
+        return real_commit(shard_id, job, rows, bad, last=last)
 
     monkeypatch.setattr(labeling, "_commit", record)
     return sizes
@@ -124,7 +125,8 @@ def test_small_batches_are_written_in_larger_transactions(
     monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)
     sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued)[0].state == "succeeded"
-    assert sizes == [128, 128, 44]  # four batches of 32 per transaction, then the rest
+    # Four batches of 32 per transaction, then the rest with the shard's finish: one transaction.
+    assert sizes == [(128, False), (128, False), (44, True)]
     assert _label_count(job["id"]) == 300
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
@@ -136,7 +138,8 @@ def test_a_slow_shard_still_commits_every_commit_seconds(client, enqueued, teach
     monkeypatch.setattr(labeling, "COMMIT_SECONDS", 0.0)
     sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued)[0].state == "succeeded"
-    assert sizes == [32] * 9 + [12]
+    # Every batch commits at once; the shard's finish then has no rows left to carry.
+    assert sizes == [(32, False)] * 9 + [(12, False), (0, True)]
 
 
 def test_progress_grows_only_by_labels_a_commit_really_inserted(
