@@ -10,7 +10,8 @@ bare PyTorch loop over the same image files, measured in the same run.
 The bare loop: a torch DataLoader (same num_workers as the worker's NST_DECODE_WORKERS) over the
 same PNG files, PIL decode + timm's eval transform (timm.data.create_transform with the teacher
 metadata's settings), the same model built with timm from the same safetensors file, the same
-batch size and torch threads; its clock runs from building the model to the last batch's logits.
+batch size and torch threads; its clock runs from building the model to the last batch's logits,
+while the stack's processes are stopped (SIGSTOP), so their idle polling does not slow it.
 The service's time runs from submission to the last label committed, by the job's own
 timestamps (created_at to finished_at); the client's clock (create_job call until a poll reads
 succeeded, polled every --poll seconds) is shown beside it.
@@ -180,8 +181,11 @@ def main() -> None:
                     path, metadata = make_teacher(data, architecture, size, repeat)
                     teacher = client.upload_teacher(path)
                     client.wait_for_teacher(teacher["id"])
-                    bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                    bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
+                    # The stack waits stopped meanwhile: its idle processes (the embedded broker
+                    # polls every 50 ms) would otherwise tax the bare loop, not the service.
+                    with stack.paused():
+                        bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                        bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
                     service_s, wall_s, job = service(client, teacher["id"], datasets[n], args)
                     service_runs.append(service_s)
                     wall_runs.append(wall_s)

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nst.client import Client
@@ -87,6 +89,20 @@ class LocalStack:
             f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
             for p in sorted(self.log_dir.glob("*.log"))
         )
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every process of the stack stopped (SIGSTOP to each process group: pool and decode
+        processes too) for the duration, then continued: a baseline measured meanwhile does not
+        share the cores with the stack's idle polling."""
+        groups = [p.pid for p in [*self.workers, self.api_process] if p is not None and p.poll() is None]
+        for group in groups:
+            os.killpg(group, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for group in groups:
+                os.killpg(group, signal.SIGCONT)
 
     def stop(self) -> None:
         self.client.close()

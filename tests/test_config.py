@@ -44,3 +44,20 @@ def test_worker_prefetch_reaches_celery(monkeypatch, value, expected):
     conf = make_celery().conf
     assert conf.worker_prefetch_multiplier == expected
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
+
+
+def test_pool_processes_freeze_the_heap_they_start_with():
+    """Full collections walked the imported heap with every few thousand labels (8% of the
+    labeling loop, bench/label_profile.py); a pool process freezes it at start."""
+    import gc
+
+    from celery.signals import worker_process_init
+
+    import workers.celery_app  # noqa: F401  (connects the handlers)
+
+    assert gc.get_freeze_count() == 0
+    try:
+        worker_process_init.send(sender=None)
+        assert gc.get_freeze_count() > 10_000  # torch and the rest, not a handful of objects
+    finally:
+        gc.unfreeze()
