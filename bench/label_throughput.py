@@ -102,6 +102,12 @@ def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers:
     return time.perf_counter() - start
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def service(client, teacher_id: str, dataset_id: int, args) -> tuple[float, float, dict]:
     """Seconds from submission to the last label committed, by the job's own timestamps
     (created_at, set when the API commits the job, to finished_at, the last shard's commit),
@@ -165,7 +171,7 @@ def main() -> None:
     stack = LocalStack(root / "logs", env)
     try:
         client = stack.start_api()
-        stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
+        worker = stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
         folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
         datasets = {
             n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
@@ -186,12 +192,20 @@ def main() -> None:
                     with stack.paused():
                         bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
                         bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
-                    service_s, wall_s, job = service(client, teacher["id"], datasets[n], args)
+                    # What the stack itself burns meanwhile, beside the labeling pool process:
+                    # the API answering polls, the worker's main process fetching messages.
+                    stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
+                    before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
+                    service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
+                    spent = ", ".join(
+                        f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
+                    )
                     service_runs.append(service_s)
                     wall_runs.append(wall_s)
                     print(
                         f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
-                        f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, client clock {wall_s:.2f} s",
+                        f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, client clock {wall_s:.2f} s "
+                        f"(CPU meanwhile: {spent})",
                         flush=True,
                     )
                 bare_s, service_s, wall_s = (
