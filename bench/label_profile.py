@@ -76,6 +76,9 @@ def main() -> None:
     from workers import labeling, tasks
     from workers.teacher_model import cached_teacher
 
+    if not args.no_freeze:
+        gc.freeze()  # as a worker's pool process does once its imports are done, before any model
+
     folder = write_images(data, args.images)
     files = sorted(str(p) for p in folder.glob("*.png"))
     path, metadata = make_teacher(data, args.model, args.size, 0)
@@ -134,8 +137,6 @@ def main() -> None:
             name = f"garbage collection, generation {info['generation']}"
             phases[name] += time.perf_counter() - gc_started.pop()
 
-    if not args.no_freeze:
-        gc.freeze()  # as the worker's pool process does once its imports are done
     gc.callbacks.append(gc_timer)
     # cProfile slows every Python call (the forward's module calls too): --top 0 leaves it off.
     profiler = cProfile.Profile() if args.top else None

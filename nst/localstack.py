@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from nst.client import Client
@@ -95,14 +95,17 @@ class LocalStack:
         """Every process of the stack stopped (SIGSTOP to each process group: pool and decode
         processes too) for the duration, then continued: a baseline measured meanwhile does not
         share the cores with the stack's idle polling."""
-        groups = [p.pid for p in [*self.workers, self.api_process] if p is not None and p.poll() is None]
-        for group in groups:
-            os.killpg(group, signal.SIGSTOP)
+        stopped = []
         try:
+            for process in [*self.workers, self.api_process]:
+                if process is not None and process.poll() is None:
+                    os.killpg(process.pid, signal.SIGSTOP)
+                    stopped.append(process.pid)
             yield
         finally:
-            for group in groups:
-                os.killpg(group, signal.SIGCONT)
+            for group in stopped:
+                with suppress(ProcessLookupError):  # the group ended meanwhile: nothing to continue
+                    os.killpg(group, signal.SIGCONT)
 
     def stop(self) -> None:
         self.client.close()

@@ -268,7 +268,9 @@ def _finish(session: Session, shard: Shard, state: str, error: str | None = None
 def start_shard(shard_id: int) -> tuple[ShardResult | None, list[tuple[int, str]], Job | None]:
     """Claim the shard; return a final result if there is nothing to do, else the work."""
     with session_scope() as session:
-        shard = session.get(Shard, shard_id)
+        # Locked: a copy of this shard finishing right now is waited for, so its "succeeded" is
+        # seen here and not turned back into "running".
+        shard = session.get(Shard, shard_id, with_for_update=True)
         if shard is None:
             return ShardResult("missing"), [], None
         job = session.get(Job, shard.job_id)
@@ -365,7 +367,8 @@ def _commit(
     """
     with session_scope() as session:
         if session.scalar(select(Job.cancelled_at).where(Job.id == job.id)) is not None:
-            shard = session.get(Shard, shard_id)
+            # Locked, so a copy finishing the shard right now is waited for and seen, not undone.
+            shard = session.get(Shard, shard_id, with_for_update=True)
             if shard.state == "succeeded":  # another copy of the shard finished it first
                 return ShardResult(shard.state, shard.items_done, shard.items_failed)
             return _finish(session, shard, "cancelled")
@@ -385,6 +388,6 @@ def _commit(
 
 def mark_failed(shard_id: int, error: str) -> None:
     with session_scope() as session:
-        shard = session.get(Shard, shard_id)
+        shard = session.get(Shard, shard_id, with_for_update=True)
         if shard is not None and shard.state not in ("succeeded", "cancelled"):
             _finish(session, shard, "failed", error[:2000])

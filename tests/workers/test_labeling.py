@@ -103,6 +103,34 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
 
+def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    """The shard's last labels and its finish share a transaction: dying between the inserts and
+    the finish rolls both back, and the redelivered shard writes them once."""
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    shard_id = enqueued[-1][1]
+    monkeypatch.setattr(labeling, "COMMIT_ROWS", 128)
+    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)  # commits by rows only
+    real_succeed = labeling._succeed
+
+    def die(*args, **kwargs):
+        raise SystemExit("worker killed after the last inserts")
+
+    monkeypatch.setattr(labeling, "_succeed", die)
+    with pytest.raises(SystemExit):
+        labeling.label_shard(shard_id)
+    assert _label_count(job["id"]) == 256  # two committed transactions; the last 44 rolled back
+    shard = client.get(f"/jobs/{job['id']}/shards").json()[0]
+    assert (shard["state"], shard["items_done"]) == ("running", 256)
+
+    monkeypatch.setattr(labeling, "_succeed", real_succeed)
+    again = labeling.label_shard(shard_id)
+    assert (again.state, again.labeled) == ("succeeded", 300)
+    assert _label_count(job["id"]) == 300
+
+
 def _record_commit_sizes(monkeypatch) -> list[tuple[int, bool]]:
     """Rows (labels + item errors) per transaction, as the worker commits them, and whether the
     transaction also finished the shard."""
