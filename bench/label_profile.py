@@ -128,14 +128,15 @@ def main() -> None:
 
     labeling._model_batches = timed_batches
     gc_started: list[float] = []
+    # Collections run inside whatever code allocates, so they overlap the phases: kept apart.
+    collections: dict[str, float] = defaultdict(float)
 
     def gc_timer(phase: str, info: dict) -> None:
-        # Collections run inside whatever code allocates; timed apart, they show up as their own row.
         if phase == "start":
             gc_started.append(time.perf_counter())
         else:
-            name = f"garbage collection, generation {info['generation']}"
-            phases[name] += time.perf_counter() - gc_started.pop()
+            name = f"garbage collection, generation {info['generation']} (inside the phases above)"
+            collections[name] += time.perf_counter() - gc_started.pop()
 
     gc.callbacks.append(gc_timer)
     # cProfile slows every Python call (the forward's module calls too): --top 0 leaves it off.
@@ -158,10 +159,9 @@ def main() -> None:
         f"batch {args.batch_size}, decode workers {args.workers}, threads {args.threads}\n"
     )
     print("| phase | seconds | share of worker time |\n|---|---|---|")
-    for name, seconds in phases.items():
+    for name, seconds in [*phases.items(), *collections.items()]:
         print(f"| {name} | {seconds:.2f} | {seconds / worker_s:.0%} |")
-    # Collections happen inside the other phases: their rows overlap, so they are not subtracted.
-    rest = worker_s - sum(v for k, v in phases.items() if not k.startswith("garbage"))
+    rest = worker_s - sum(phases.values())
     print(f"| rest (DataLoader start + waiting on decode) | {rest:.2f} | {rest / worker_s:.0%} |")
     print(f"| **worker loop, all shards** | {worker_s:.2f} | {args.images / worker_s:.0f} img/s |")
     print(f"| bare loop | {bare_s:.2f} | {args.images / bare_s:.0f} img/s |")
