@@ -24,7 +24,7 @@ from torch.utils.data import Dataset as TorchDataset
 from nst.config import get_settings
 from service.core.db import session_scope
 from service.models import Item, ItemError, Job, Label, Shard, Teacher, utcnow
-from workers.teacher_model import cached_teacher
+from workers.teacher_model import ImageFormat, cached_teacher, eval_transform
 
 # Labels are committed in transactions of about this many rows, or at least this often: one
 # commit per small model batch made the database the bottleneck (bench/label_write_rate.py),
@@ -41,24 +41,22 @@ class ShardResult:
 
 
 class _Images(TorchDataset):
-    """Decodes the image a key names, ``(item_id, uri)``: keyed rather than indexed, so one set
-    of decode processes serves every shard. An unreadable file becomes an error string."""
+    """Decodes the image a key names, ``(item_id, uri, image_format)``: keyed rather than
+    indexed, and the key says which teacher's transform applies, so one set of decode processes
+    serves every shard of every teacher. An unreadable file becomes an error string."""
 
-    def __init__(self, transform, mode: str, shape: tuple[int, ...]):
-        self.transform, self.mode, self.shape = transform, mode, shape
-
-    def __getitem__(self, key: tuple[int, str]):
-        item_id, uri = key
+    def __getitem__(self, key: tuple[int, str, ImageFormat]):
+        item_id, uri, image_format = key
         try:
             with Image.open(uri) as image:
-                tensor = self.transform(image.convert(self.mode))
+                tensor = eval_transform(image_format)(image.convert(image_format.mode))
             return tensor, item_id, ""
         except Exception as exc:  # any decode failure is recorded on the item
-            return torch.zeros(self.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]
+            return torch.zeros(image_format.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]
 
 
 class _ShardBatches(Sampler):
-    """The current shard's keys in decode batches; set before each pass over the loader.
+    """The current shard's keys in decode batches; ``start`` sets them before each pass.
 
     A shard starts with an empty pipeline: the model waits until one decode process has made a
     whole first batch. So the first batches ramp up (a quarter, a quarter, a half of the batch,
@@ -66,9 +64,13 @@ class _ShardBatches(Sampler):
     them back into model batches of the job's size, so what the model sees is unchanged.
     """
 
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    def __init__(self) -> None:
+        self.batch_size = 1
         self.keys: list[tuple[int, str]] = []
+        self.image_format: ImageFormat | None = None
+
+    def start(self, keys: list[tuple[int, str]], image_format: ImageFormat, batch_size: int) -> None:
+        self.keys, self.image_format, self.batch_size = keys, image_format, batch_size
 
     def sizes(self):
         b = self.batch_size
@@ -81,7 +83,8 @@ class _ShardBatches(Sampler):
         for size in self.sizes():
             if start >= len(self.keys):
                 return
-            yield self.keys[start : start + size]
+            # One format object for the whole batch: pickle sends it once, however many keys.
+            yield [(item_id, uri, self.image_format) for item_id, uri in self.keys[start : start + size]]
             start += size
 
     def __len__(self) -> int:
@@ -99,16 +102,19 @@ def _collate(samples: list) -> tuple[torch.Tensor, list[int], list[str]]:
     return default_collate(images), list(item_ids), list(errors)
 
 
-@lru_cache(maxsize=2)  # as many as cached_teacher keeps models: idle decoders hold processes
-def _decoder(teacher_id: str, device: str, batch_size: int, workers: int) -> tuple[DataLoader, _ShardBatches]:
-    """A DataLoader per teacher and batch size whose decode processes live as long as this
-    worker process: starting them for every shard cost about 0.17 s a shard at 28 px
-    (bench/label_profile.py), a fifth of a 1,000-image shard's time."""
-    _, transform, spec = cached_teacher(teacher_id, device)
-    batches = _ShardBatches(batch_size)
-    images = _Images(transform, spec.image_mode, (spec.channels, spec.image_size, spec.image_size))
+@lru_cache(maxsize=1)
+def _decoder(device: str, workers: int) -> tuple[DataLoader, _ShardBatches]:
+    """One DataLoader for the worker process's life, whose decode processes serve every teacher.
+
+    Starting them for every shard cost about 0.17 s a shard at 28 px (bench/label_profile.py), a
+    fifth of a 1,000-image shard's time. Starting them for every teacher (the loop makes a new
+    teacher each generation) cost each job a fork of the worker's whole heap and the
+    copy-on-write page faults after it: jobs with a new teacher each ran 5-8% slower than jobs
+    that reused one (bench/label_throughput.py with and without --reuse-teacher).
+    """
+    batches = _ShardBatches()
     loader = DataLoader(
-        images,
+        _Images(),
         batch_sampler=batches,
         collate_fn=_collate,
         num_workers=workers,
@@ -291,10 +297,10 @@ def label_shard(shard_id: int, *, device: str = "cpu", decode_workers: int = 0) 
     result, items, job = start_shard(shard_id)
     if result is not None:
         return result
-    model, _, _ = cached_teacher(job.teacher_id, device)
+    model, spec = cached_teacher(job.teacher_id, device)
     on_gpu = device.startswith("cuda")
-    loader, batches = _decoder(job.teacher_id, device, job.batch_size, decode_workers)
-    batches.keys = items
+    loader, batches = _decoder(device, decode_workers)
+    batches.start(items, spec.image_format, job.batch_size)
     writer = ShardWriter(shard_id, job)
     for images, item_ids, errors in _model_batches(loader, job.batch_size):
         ok = [i for i, e in enumerate(errors) if not e]

@@ -21,6 +21,28 @@ class InvalidCheckpoint(ValueError):
 
 
 @dataclass(frozen=True)
+class ImageFormat:
+    """How a teacher wants its images: the settings of its eval transform. Small and hashable,
+    so it travels with every decode batch, and decode processes keep a transform per format
+    rather than per teacher (a new teacher with the same format reuses them all)."""
+
+    channels: int
+    image_size: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+
+@dataclass(frozen=True)
 class TeacherSpec:
     architecture: str
     num_classes: int
@@ -49,8 +71,10 @@ class TeacherSpec:
         )
 
     @property
-    def image_mode(self) -> str:
-        return "L" if self.channels == 1 else "RGB"
+    def image_format(self) -> ImageFormat:
+        return ImageFormat(
+            self.channels, self.image_size, self.interpolation, self.mean, self.std, self.crop_pct
+        )
 
 
 def build_model(spec: TeacherSpec) -> nn.Module:
@@ -94,15 +118,16 @@ def _check_state(
         )
 
 
-def eval_transform(spec: TeacherSpec):
+@lru_cache(maxsize=8)
+def eval_transform(image_format: ImageFormat):
     """timm's eval pipeline: resize to size/crop_pct, centre crop, to tensor, normalise."""
     return create_transform(
-        input_size=(spec.channels, spec.image_size, spec.image_size),
+        input_size=image_format.shape,
         is_training=False,
-        interpolation=spec.interpolation,
-        mean=spec.mean,
-        std=spec.std,
-        crop_pct=spec.crop_pct,
+        interpolation=image_format.interpolation,
+        mean=image_format.mean,
+        std=image_format.std,
+        crop_pct=image_format.crop_pct,
     )
 
 
@@ -124,11 +149,11 @@ def resolve_device(setting: str) -> torch.device:
 
 
 @lru_cache(maxsize=2)
-def cached_teacher(teacher_id: str, device: str) -> tuple[nn.Module, object, TeacherSpec]:
+def cached_teacher(teacher_id: str, device: str) -> tuple[nn.Module, TeacherSpec]:
     """Loaded once per worker process (lazily, after the fork) and reused by every shard."""
     with session_scope() as session:
         spec = TeacherSpec.from_row(session.get(Teacher, teacher_id))
     model = build_model(spec).to(device)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
-    return model, eval_transform(spec), spec
+    return model, spec

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from sqlalchemy import func, select
 
@@ -17,6 +18,9 @@ from service.models import Item, Job, Label, Shard
 from tests.utils import factories
 from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
 from workers import labeling
+from workers.teacher_model import ImageFormat
+
+FORMAT_28 = ImageFormat(1, 28, "bilinear", (0.5,), (0.5,), 1.0)
 
 LABEL = "workers.tasks.label_shard"
 
@@ -311,9 +315,9 @@ def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
     """A shard's first decode batches are smaller (the model starts sooner); the model still
     sees every key once, in order, in batches of the job's size."""
     keys = [(i, f"/x/{i}.png") for i in range(items)]
-    batches = labeling._ShardBatches(batch_size)
-    batches.keys = keys
-    decoded = [labeling._collate([(torch.zeros(1), item_id, "") for item_id, _ in part]) for part in batches]
+    batches = labeling._ShardBatches()
+    batches.start(keys, FORMAT_28, batch_size)
+    decoded = [labeling._collate([(torch.zeros(1), key[0], "") for key in part]) for part in batches]
     if batch_size >= 4 and items > batch_size:
         assert len(decoded[0][1]) == batch_size // 4
     model_batches = list(labeling._model_batches(decoded, batch_size))
@@ -321,3 +325,25 @@ def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
     assert all(s == batch_size for s in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_size)
     assert [i for _, ids, _ in model_batches for i in ids] == list(range(items))
     assert all(len(images) == len(ids) == len(errors) for images, ids, errors in model_batches)
+
+
+def test_one_set_of_decode_processes_serves_teachers_of_different_formats(fmnist):
+    """A new teacher (each generation of the loop brings one) reuses the decode processes,
+    and its images come out in its own format, not the last teacher's."""
+    labeling._decoder.cache_clear()
+    loader, batches = labeling._decoder("cpu", 1)
+    files = sorted((fmnist / "unlabeled").rglob("*.png"))[:6]
+    keys = [(i, str(path)) for i, path in enumerate(files)] + [(99, str(fmnist / "missing.png"))]
+    seen = []
+    for image_format in (FORMAT_28, ImageFormat(3, 40, "bicubic", (0.4, 0.5, 0.6), (0.2, 0.2, 0.2), 0.875)):
+        batches.start(keys, image_format, batch_size=4)
+        images, item_ids, errors = labeling._join(list(labeling._model_batches(loader, 4)))
+        assert item_ids == [*range(6), 99]
+        assert errors[:6] == [""] * 6 and errors[6].startswith("FileNotFoundError")
+        expected = labeling.eval_transform(image_format)(Image.open(files[0]).convert(image_format.mode))
+        assert torch.equal(images[0], expected)
+        assert images.shape[1:] == image_format.shape
+        seen.append({w.pid for w in loader._iterator._workers})
+        assert labeling._decoder("cpu", 1) == (loader, batches)
+    assert seen[0] == seen[1]  # the same decode process, not a fresh one per teacher
+    labeling._decoder.cache_clear()
