@@ -103,10 +103,32 @@ def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers:
     return time.perf_counter() - start
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name, from the state on (Linux)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time a process has used so far."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid: int) -> int:
+    """Page faults served without disk so far: copy-on-write copies after a fork among them."""
+    return int(_stat(pid)[7])
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # ended while we looked
+    return found
 
 
 def service(client, teacher_id: str, dataset_id: int, args) -> tuple[float, float, dict]:
@@ -210,6 +232,8 @@ def main() -> None:
                     # the API answering polls, the worker's main process fetching messages.
                     stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
                     before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
+                    (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
+                    faults = minor_faults(pool_pid)
                     service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
                     spent = ", ".join(
                         f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
@@ -219,7 +243,8 @@ def main() -> None:
                     print(
                         f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
                         f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, client clock {wall_s:.2f} s "
-                        f"(CPU meanwhile: {spent})",
+                        f"(CPU meanwhile: {spent}; labeling process page faults "
+                        f"{minor_faults(pool_pid) - faults:,})",
                         flush=True,
                     )
                 bare_s, service_s, wall_s = (
