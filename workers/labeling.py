@@ -47,9 +47,10 @@ class _Images(TorchDataset):
 
     def __getitem__(self, key: tuple[int, str, ImageFormat]):
         item_id, uri, image_format = key
+        transform = eval_transform(image_format)  # outside the try: a bad format is no item's fault
         try:
             with Image.open(uri) as image:
-                tensor = eval_transform(image_format)(image.convert(image_format.mode))
+                tensor = transform(image.convert(image_format.mode))
             return tensor, item_id, ""
         except Exception as exc:  # any decode failure is recorded on the item
             return torch.zeros(image_format.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]

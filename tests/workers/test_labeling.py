@@ -334,16 +334,23 @@ def test_one_set_of_decode_processes_serves_teachers_of_different_formats(fmnist
     loader, batches = labeling._decoder("cpu", 1)
     files = sorted((fmnist / "unlabeled").rglob("*.png"))[:6]
     keys = [(i, str(path)) for i, path in enumerate(files)] + [(99, str(fmnist / "missing.png"))]
+    formats = (FORMAT_28, ImageFormat(3, 40, "bicubic", (0.4, 0.5, 0.6), (0.2, 0.2, 0.2), 0.875))
     seen = []
-    for image_format in (FORMAT_28, ImageFormat(3, 40, "bicubic", (0.4, 0.5, 0.6), (0.2, 0.2, 0.2), 0.875)):
-        batches.start(keys, image_format, batch_size=4)
-        images, item_ids, errors = labeling._join(list(labeling._model_batches(loader, 4)))
-        assert item_ids == [*range(6), 99]
-        assert errors[:6] == [""] * 6 and errors[6].startswith("FileNotFoundError")
-        expected = labeling.eval_transform(image_format)(Image.open(files[0]).convert(image_format.mode))
-        assert torch.equal(images[0], expected)
-        assert images.shape[1:] == image_format.shape
-        seen.append({w.pid for w in loader._iterator._workers})
-        assert labeling._decoder("cpu", 1) == (loader, batches)
-    assert seen[0] == seen[1]  # the same decode process, not a fresh one per teacher
-    labeling._decoder.cache_clear()
+    try:
+        for image_format, batch_size in zip(formats, (4, 3), strict=True):
+            batches.start(keys, image_format, batch_size)
+            model_batches = list(labeling._model_batches(loader, batch_size))
+            sizes = [len(ids) for _, ids, _ in model_batches]
+            assert sizes == [batch_size] * (7 // batch_size) + [7 % batch_size]  # this job's size
+            images, item_ids, errors = labeling._join(model_batches)
+            assert item_ids == [*range(6), 99]
+            assert errors[:6] == [""] * 6 and errors[6].startswith("FileNotFoundError")
+            with Image.open(files[0]) as image:
+                expected = labeling.eval_transform(image_format)(image.convert(image_format.mode))
+            assert torch.equal(images[0], expected)
+            assert images.shape[1:] == image_format.shape
+            seen.append({w.pid for w in loader._iterator._workers})
+            assert labeling._decoder("cpu", 1) == (loader, batches)
+        assert seen[0] == seen[1]  # the same decode process, not a fresh one per teacher
+    finally:
+        labeling._decoder.cache_clear()
