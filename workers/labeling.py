@@ -109,9 +109,9 @@ def _decoder(device: str, workers: int) -> tuple[DataLoader, _ShardBatches]:
 
     Starting them for every shard cost about 0.17 s a shard at 28 px (bench/label_profile.py), a
     fifth of a 1,000-image shard's time. Starting them for every teacher (the loop makes a new
-    teacher each generation) cost each job a fork of the worker's whole heap and the
-    copy-on-write page faults after it: jobs with a new teacher each ran 5-8% slower than jobs
-    that reused one (bench/label_throughput.py with and without --reuse-teacher).
+    teacher each generation) forked each job's decode processes from the worker's whole heap:
+    jobs with a new teacher each ran 5-8% slower than jobs that reused one
+    (bench/label_throughput.py with and without --reuse-teacher).
     """
     batches = _ShardBatches()
     loader = DataLoader(

@@ -46,34 +46,26 @@ class ImageFormat:
 class TeacherSpec:
     architecture: str
     num_classes: int
-    channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-    crop_pct: float
+    image_format: ImageFormat
     model_kwargs: tuple
     file_path: str
 
     @classmethod
     def from_row(cls, teacher: Teacher) -> TeacherSpec:
+        image_format = ImageFormat(
+            teacher.channels,
+            teacher.image_size,
+            teacher.interpolation,
+            tuple(teacher.mean),
+            tuple(teacher.std),
+            teacher.crop_pct,
+        )
         return cls(
             teacher.architecture,
             len(teacher.class_names),
-            teacher.channels,
-            teacher.image_size,
-            tuple(teacher.mean),
-            tuple(teacher.std),
-            teacher.interpolation,
-            teacher.crop_pct,
+            image_format,
             tuple(sorted(teacher.model_kwargs.items())),
             teacher.file_path,
-        )
-
-    @property
-    def image_format(self) -> ImageFormat:
-        return ImageFormat(
-            self.channels, self.image_size, self.interpolation, self.mean, self.std, self.crop_pct
         )
 
 
@@ -83,7 +75,7 @@ def build_model(spec: TeacherSpec) -> nn.Module:
             spec.architecture,
             pretrained=False,
             num_classes=spec.num_classes,
-            in_chans=spec.channels,
+            in_chans=spec.image_format.channels,
             **dict(spec.model_kwargs),
         )
     except (RuntimeError, TypeError, ValueError) as exc:  # timm: "Unknown model (...)"
@@ -114,7 +106,7 @@ def _check_state(
     if problems:
         raise InvalidCheckpoint(
             f"weights do not fit {spec.architecture} with {spec.num_classes} classes and "
-            f"{spec.channels} channel(s): " + "; ".join(problems)
+            f"{spec.image_format.channels} channel(s): " + "; ".join(problems)
         )
 
 
@@ -135,7 +127,7 @@ def validate(spec: TeacherSpec) -> None:
     """Raise ``InvalidCheckpoint`` unless the model builds, loads and outputs one score per class."""
     model = build_model(spec)
     with torch.inference_mode():
-        out = model(torch.zeros(1, spec.channels, spec.image_size, spec.image_size))
+        out = model(torch.zeros(1, *spec.image_format.shape))
     if out.shape != (1, spec.num_classes):
         raise InvalidCheckpoint(
             f"the model outputs shape {tuple(out.shape)}, expected (1, {spec.num_classes})"
