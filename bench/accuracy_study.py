@@ -103,6 +103,7 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
         teacher_steps=args.teacher_steps,
         train=train,
         seed=seed,
+        threshold=args.threshold,
     )
 
 
@@ -131,15 +132,22 @@ def _budget(args) -> dict:
         "batch_size",
         "pseudo_ratio",
         "magnitude",
+        "threshold",
     ]
     return {k: getattr(args, k) for k in keys}
+
+
+# Budget keys added after seeds were already committed: a seed file without one was run with
+# the value below (the study's default then), so it still reports beside newer files.
+_ADDED_BUDGET_KEYS = {"threshold": 0.3}
 
 
 def _load_results(results_dir: Path, budget: dict) -> dict[int, dict]:
     results = {}
     for path in sorted(results_dir.glob("seed*.json")):
         data = json.loads(path.read_text())
-        if data.get("budget") != budget:
+        data["budget"] = {**_ADDED_BUDGET_KEYS, **data.get("budget", {})}
+        if data["budget"] != budget:
             raise SystemExit(f"{path} was run with {data.get('budget')}, not {budget}: use another --results")
         results[int(path.stem.removeprefix("seed"))] = data
     return results
@@ -293,6 +301,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="labeled images per step")
     parser.add_argument("--pseudo-ratio", type=float, default=3.0)
     parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
+    parser.add_argument(
+        "--threshold", type=float, default=_ADDED_BUDGET_KEYS["threshold"], help="confidence threshold"
+    )
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes (trainer and worker)")
     parser.add_argument(
         "--results", type=Path, default=None, help="where each finished seed's JSON goes (default: --dir)"

@@ -1,6 +1,10 @@
 """Run the service's processes on this machine: the API under uvicorn and Celery workers, each
 a separate process in its own session, stopped cleanly (SIGTERM, then SIGKILL) at the end.
-The demo and the integration tests both use it."""
+The demo and the integration tests both use it.
+
+Each process runs in its own session, so nothing else stops them when their owner goes: the
+stack stops whole process groups (pool and decode processes too), and used as a context manager
+in the main thread it turns a SIGTERM of its owner into a normal exit, so that happens then too."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -118,9 +123,30 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        for process in [*self.workers, self.api_process]:
+            if process is None:
+                continue
+            # The group's leader has exited; a member it left behind (a pool or decode process
+            # that outlived it, or one that ignores SIGTERM) must not outlive the stack.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalStack:
+        # Signal handlers can only be set from the main thread; elsewhere the owner keeps its own.
+        self._handles_sigterm = threading.current_thread() is threading.main_thread()
+        if self._handles_sigterm:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *_exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            if self._handles_sigterm:
+                # None: the previous handler was not set from Python; the default is what it was.
+                signal.signal(signal.SIGTERM, self._previous_sigterm or signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, _frame) -> None:
+    # SystemExit unwinds through every `with` and `finally` above, LocalStack.__exit__ included.
+    raise SystemExit(128 + signum)

@@ -1,3 +1,5 @@
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,3 +44,74 @@ def test_paused_stops_every_process_of_the_stack_and_continues_them(tmp_path):
         assert _eventually(lambda: _state(worker.pid) != "T" and _state(child) != "T")
     finally:
         stack.stop()
+
+
+def _group_is_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+# A stand-in for a worker: its child ignores SIGTERM, as a pool or decode process busy elsewhere
+# may, and would outlive the parent that SIGTERM ends.
+_STUBBORN_CHILD = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(1, flush=True); time.sleep(120)"
+)
+_PARENT_WITH_STUBBORN_CHILD = (
+    "import subprocess, sys, time\n"
+    f"subprocess.Popen([sys.executable, '-c', {_STUBBORN_CHILD!r}])\n"
+    "time.sleep(120)\n"
+)
+
+
+def _start_stubborn_worker(stack: LocalStack) -> subprocess.Popen:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_WITH_STUBBORN_CHILD], start_new_session=True, stdout=subprocess.PIPE
+    )
+    ready = worker.stdout.readline().strip()
+    worker.stdout.close()
+    assert ready == b"1"  # the child has set its handler
+    stack.workers.append(worker)
+    return worker
+
+
+def test_stop_leaves_no_process_of_a_worker_group_behind(tmp_path):
+    stack = LocalStack(tmp_path)
+    worker = _start_stubborn_worker(stack)
+    stack.stop()
+    assert worker.poll() is not None
+    assert _eventually(lambda: _group_is_gone(worker.pid))
+
+
+def test_sigterm_of_the_owner_stops_the_stack(tmp_path):
+    """The demo or a study terminated with SIGTERM must not leave its API and workers running:
+    they are in their own sessions, so nothing else would stop them."""
+    owner_code = (
+        "import subprocess, sys, time\n"
+        "from pathlib import Path\n"
+        "from nst.localstack import LocalStack\n"
+        "with LocalStack(Path(sys.argv[1])) as stack:\n"
+        "    worker = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+        "    stack.workers.append(worker)\n"
+        "    print(worker.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", owner_code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    worker_pid = int(owner.stdout.readline())
+    owner.stdout.close()
+    try:
+        owner.terminate()
+        assert owner.wait(timeout=60) == 128 + signal.SIGTERM
+        assert _eventually(lambda: _group_is_gone(worker_pid))
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        if not _group_is_gone(worker_pid):
+            os.killpg(worker_pid, signal.SIGKILL)
