@@ -17,12 +17,15 @@ with one ingredient removed, so it compares with generation 1 of the full method
     no-filter    confidence threshold 0 (every pseudo label kept)
 
 Everything is saved under ``--dir`` as it finishes; running the command again continues where it
-stopped. A seed's results are written whole, when the seed is done, to ``--results`` (default
-``--dir``) as ``seed<N>.json``, with the budget they were run with; the report covers every
+stopped. A seed's results go to ``--results`` (default ``--dir``) as ``seed<N>.json``, with the
+budget they were run with, after its generations and again after each ablation (a temporary
+file, then a rename: never half written); the report covers every
 seed file there that has the same budget. Pointing ``--results`` into the repository lets a
-study too long for one sitting run a seed at a time and still report over all of them. At the
-end it writes ``results.md`` (tables: mean and standard deviation over seeds) and
-``results.png`` into ``--dir``.
+study too long for one sitting run a seed at a time and still report over all of them. A seed
+file with its generations but not every ablation asked for is continued in a later sitting even
+when ``--dir`` is gone: its teacher is trained again (refused unless it scores what the recorded
+one did) and only the missing ablations run. At the end it writes ``results.md`` (tables: mean
+and standard deviation over seeds) and ``results.png`` into ``--dir``.
 """
 
 from __future__ import annotations
@@ -119,6 +122,28 @@ def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path)
     )
 
 
+# How far a teacher trained again may score from the one the seed's generations started from
+# (CPU runs of the same seed and recipe have repeated it to 0.01 points across hosts).
+TEACHER_AGAIN_TOLERANCE = 0.003
+
+
+def _teacher_again(main: IterateConfig, client, first: dict) -> str:
+    """A seed whose generations finished in an earlier sitting, with its checkpoints and service
+    state gone since (they live outside the repository): train its teacher again, same seed and
+    recipe, for the ablations still to run, and refuse one that is not the same teacher."""
+    _say(f"seed {main.seed}: generations measured before; training its teacher again for the ablations")
+    # Its own folder: the seed's main folder must stay empty of progress, or the next run would
+    # take this teacher for generation 0 and train the generations again.
+    out = str(Path(main.out_dir).parent / "teacher-again")
+    (row,) = iterate(dataclasses.replace(main, generations=0, out_dir=out), client)
+    if abs(row["student_top1"] - first["student_top1"]) > TEACHER_AGAIN_TOLERANCE:
+        raise SystemExit(
+            f"seed {main.seed}: the teacher trained again scores {row['student_top1']:.4f}, the "
+            f"generations started from {first['student_top1']:.4f}: ablations would not compare"
+        )
+    return row["student"]
+
+
 def _budget(args) -> dict:
     """What a seed's results depend on; seeds are only reported together when these agree."""
     keys = [
@@ -142,14 +167,19 @@ def _budget(args) -> dict:
 _ADDED_BUDGET_KEYS = {"threshold": 0.3}
 
 
+def _checked(path: Path, budget: dict) -> dict:
+    """A seed file's results, refused if they were run with another budget."""
+    data = json.loads(path.read_text())
+    data["budget"] = {**_ADDED_BUDGET_KEYS, **data.get("budget", {})}
+    if data["budget"] != budget:
+        raise SystemExit(f"{path} was run with {data['budget']}, not {budget}: use another --results")
+    return data
+
+
 def _load_results(results_dir: Path, budget: dict) -> dict[int, dict]:
     results = {}
     for path in sorted(results_dir.glob("seed*.json")):
-        data = json.loads(path.read_text())
-        data["budget"] = {**_ADDED_BUDGET_KEYS, **data.get("budget", {})}
-        if data["budget"] != budget:
-            raise SystemExit(f"{path} was run with {data.get('budget')}, not {budget}: use another --results")
-        results[int(path.stem.removeprefix("seed"))] = data
+        results[int(path.stem.removeprefix("seed"))] = _checked(path, budget)
     return results
 
 
@@ -340,26 +370,33 @@ def main() -> None:
         ids = _datasets(client, args.dir, paths)
         for seed in map(int, args.seeds.split(",")):
             saved = results_dir / f"seed{seed}.json"
-            if saved.exists() and json.loads(saved.read_text()).get("complete", True):
+            result = _checked(saved, budget) if saved.exists() else None
+            if result and set(ablations) <= set(result["ablations"]):
                 _say(f"seed {seed}: done before ({saved})")
                 continue
             main_cfg = _main_config(args, client, ids, truth, seed)
-            _say(f"seed {seed}: teacher and {args.generations} generation(s) -> {main_cfg.out_dir}")
-            rows = iterate(main_cfg, client)
-            result = {
-                "main": rows,
-                "ablations": {},
-                "per_class": {str(r["generation"]): _per_class(client, r["student"]) for r in rows},
-                "budget": budget,
-                "complete": False,
-            }
+            if result and not Path(main_cfg.out_dir, "iterate.json").exists():
+                teacher_id = _teacher_again(main_cfg, client, result["main"][0])
+            else:
+                _say(f"seed {seed}: teacher and {args.generations} generation(s) -> {main_cfg.out_dir}")
+                rows = iterate(main_cfg, client)
+                result = {
+                    "main": rows,
+                    "ablations": (result or {}).get("ablations", {}),
+                    "per_class": {str(r["generation"]): _per_class(client, r["student"]) for r in rows},
+                    "budget": budget,
+                }
+                teacher_id = rows[0]["student"]
+            result["complete"] = False
             # Written after the generations and again after each ablation, so a sitting that ends
             # mid-seed still leaves what it measured (marked incomplete; the next run finishes it).
             _write_seed(saved, result)
             for name in ablations:
+                if name in result["ablations"]:
+                    continue
                 out = args.dir / f"seed{seed}" / name
                 _say(f"seed {seed}: ablation {name} -> {out}")
-                ablation_rows = iterate(_ablation_config(main_cfg, rows[0]["student"], name, out), client)
+                ablation_rows = iterate(_ablation_config(main_cfg, teacher_id, name, out), client)
                 result["ablations"][name] = ablation_rows[-1]
                 _write_seed(saved, result)
             result["complete"] = True
