@@ -114,22 +114,28 @@ class LocalStack:
 
     def stop(self) -> None:
         self.client.close()
-        for process in [*self.workers, self.api_process]:
-            if process is None or process.poll() is not None:
-                continue
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        for process in [*self.workers, self.api_process]:
-            if process is None:
-                continue
-            # The group's leader has exited; a member it left behind (a pool or decode process
-            # that outlived it, or one that ignores SIGTERM) must not outlive the stack.
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        processes = [p for p in [*self.workers, self.api_process] if p is not None]
+        try:
+            # All at once: the groups shut down side by side, and a worker finishing its shard
+            # does not hold up the API's exit.
+            running = [p for p in processes if p.poll() is None]
+            for process in running:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+            for process in running:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        finally:
+            # Even when something interrupts the waits (an owner's signal handler raising, as
+            # PyTorch's does when one of its loader processes dies), and once every leader has
+            # exited: no member of a group (a pool or decode process that outlived its leader,
+            # or one that ignores SIGTERM) outlives the stack.
+            for process in processes:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalStack:
         # Signal handlers can only be set from the main thread; elsewhere the owner keeps its own.

@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nst.localstack import LocalStack
 
 
@@ -115,3 +117,22 @@ def test_sigterm_of_the_owner_stops_the_stack(tmp_path):
             owner.kill()
         if not _group_is_gone(worker_pid):
             os.killpg(worker_pid, signal.SIGKILL)
+
+
+def test_stop_interrupted_while_waiting_still_kills_every_group(tmp_path, monkeypatch):
+    """A signal handler of the owner may raise inside stop()'s waits (PyTorch's does when one of
+    the owner's loader processes dies): the groups not yet waited for must still go."""
+    stack = LocalStack(tmp_path)
+    first = _start_stubborn_worker(stack)
+    second = _start_stubborn_worker(stack)
+
+    def interrupted(*_args, **_kwargs):
+        raise RuntimeError("a signal handler raised")
+
+    monkeypatch.setattr(first, "wait", interrupted)
+    with pytest.raises(RuntimeError):
+        stack.stop()
+    monkeypatch.undo()
+    first.wait(timeout=10)  # reaped here, as the owner would on exit: a zombie stays in its group
+    second.wait(timeout=10)
+    assert _eventually(lambda: _group_is_gone(first.pid) and _group_is_gone(second.pid))
