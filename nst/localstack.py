@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -114,28 +115,36 @@ class LocalStack:
 
     def stop(self) -> None:
         self.client.close()
-        processes = [p for p in [*self.workers, self.api_process] if p is not None]
+        # A second SIGTERM of the owner must not cut the stopping short; it is delivered after.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            # All at once: the groups shut down side by side, and a worker finishing its shard
-            # does not hold up the API's exit.
-            running = [p for p in processes if p.poll() is None]
+            self._stop_groups()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    def _stop_groups(self) -> None:
+        # Only groups whose leader is not reaped yet: a reaped leader's pid, which is its group's
+        # id, may already belong to an unrelated process. A leader that died and was reaped
+        # before (a test's SIGKILL of the whole group) has nothing left to stop.
+        running = [p for p in [*self.workers, self.api_process] if p is not None and p.poll() is None]
+        try:
+            # All at once: the groups shut down side by side.
             for process in running:
                 with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
             for process in running:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+                _wait_for_exit_unreaped(process, deadline)
         finally:
-            # Even when something interrupts the waits (an owner's signal handler raising, as
-            # PyTorch's does when one of its loader processes dies), and once every leader has
-            # exited: no member of a group (a pool or decode process that outlived its leader,
-            # or one that ignores SIGTERM) outlives the stack.
-            for process in processes:
-                with suppress(ProcessLookupError):
+            # Even when something interrupts the waits (a signal handler of the owner raising,
+            # as PyTorch's does when one of its loader processes dies): the leader, exited but
+            # not reaped, still holds its group's id, so the whole group (a pool or decode
+            # process that outlived the leader, or one that ignores SIGTERM) is killed, then the
+            # leader reaped.
+            for process in running:
+                with suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def __enter__(self) -> LocalStack:
         # Signal handlers can only be set from the main thread; elsewhere the owner keeps its own.
@@ -151,6 +160,14 @@ class LocalStack:
             if self._handles_sigterm:
                 # None: the previous handler was not set from Python; the default is what it was.
                 signal.signal(signal.SIGTERM, self._previous_sigterm or signal.SIG_DFL)
+
+
+def _wait_for_exit_unreaped(process: subprocess.Popen, deadline: float) -> None:
+    """Until the process has exited or the deadline passed, leaving it unreaped (WNOWAIT)."""
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+            return
+        time.sleep(0.05)
 
 
 def _exit_on_sigterm(signum: int, _frame) -> None:
