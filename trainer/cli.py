@@ -127,7 +127,7 @@ _ITERATE_SETS = frozenset(
 def iterate_command(**values) -> None:
     """Run the Noisy Student loop for N generations through the service."""
     from nst.client import Client
-    from trainer.iterate import IterateConfig, iterate
+    from trainer.iterate import IterateConfig, RecipeChanged, iterate
     from trainer.report import format_table
 
     iterate_fields = {f.name for f in dataclasses.fields(IterateConfig)}
@@ -136,5 +136,8 @@ def iterate_command(**values) -> None:
     loop["students"] = loop["students"].split(",")
     cfg = IterateConfig(**loop, train=TrainConfig(manifest_id="", **train_values))
     with Client(train_values["api_url"], token=train_values["api_token"]) as client:
-        rows = iterate(cfg, client)
+        try:
+            rows = iterate(cfg, client)
+        except RecipeChanged as error:
+            raise click.ClickException(str(error)) from error
     click.echo(format_table(rows))

@@ -58,16 +58,60 @@ def _state_path(cfg: IterateConfig) -> Path:
     return Path(cfg.out_dir) / "iterate.json"
 
 
+# Settings that may change between a run and its continuation: more generations, where things
+# are written, and how the work is spread over processes. Everything else is the recipe.
+_OPERATIONAL = {"generations", "out_dir", "truth_csv", "label_batch_size", "shard_size"}
+_OPERATIONAL_TRAIN = {
+    "api_url", "out_dir", "workers", "amp", "eval_every", "checkpoint_every", "resume",
+    "register", "progress",
+}  # fmt: skip
+
+
+class RecipeChanged(ValueError):
+    """The out_dir holds generations trained with other settings than those asked for now."""
+
+
+def _config_dict(cfg: IterateConfig) -> dict:
+    config = dataclasses.asdict(cfg)
+    config["train"] = cfg.train.to_dict()
+    return config
+
+
+def _recipe_changes(saved: dict, current: dict) -> list[str]:
+    """'field: saved -> current' for every recipe setting that differs; a setting the saved
+    file does not hold (written by an older version) is not compared."""
+    changes = []
+    for name, value in current.items():
+        if name in _OPERATIONAL or name == "train" or name not in saved or saved[name] == value:
+            continue
+        changes.append(f"{name}: {saved[name]!r} -> {value!r}")
+    saved_train = saved.get("train", {})
+    for name, value in current["train"].items():
+        if name in _OPERATIONAL_TRAIN or name not in saved_train or saved_train[name] == value:
+            continue
+        changes.append(f"train.{name}: {saved_train[name]!r} -> {value!r}")
+    return changes
+
+
 def _load_rows(cfg: IterateConfig) -> list[dict]:
     path = _state_path(cfg)
-    return json.loads(path.read_text())["rows"] if path.exists() else []
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    # JSON has no tuples; a round trip makes the current settings comparable with the saved ones.
+    changes = _recipe_changes(state.get("config", {}), json.loads(json.dumps(_config_dict(cfg))))
+    if changes:
+        raise RecipeChanged(
+            f"{path} holds generations trained with other settings ({'; '.join(changes)}); "
+            "run with the same settings to continue, or choose another out_dir"
+        )
+    return state["rows"]
 
 
 def _save(cfg: IterateConfig, rows: list[dict]) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.asdict(cfg)
-    config["train"] = cfg.train.to_dict()
+    config = _config_dict(cfg)
     partial = _state_path(cfg).with_suffix(".part")
     partial.write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     partial.replace(_state_path(cfg))

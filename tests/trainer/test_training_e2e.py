@@ -242,3 +242,7 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
     again = CliRunner().invoke(cli, args)  # finished: continues from the last generation
     assert again.exit_code == 0 and "continuing after generation 2" in again.output
     assert len(json.loads((out / "iterate.json").read_text())["rows"]) == 3
+    changed = [*args[: args.index("--steps") + 1], "5", *args[args.index("--steps") + 2 :]]
+    refused = CliRunner().invoke(cli, changed)  # other settings: refused, nothing trained
+    assert refused.exit_code == 1 and "train.steps: 4 -> 5" in refused.output
+    assert len(json.loads((out / "iterate.json").read_text())["rows"]) == 3
