@@ -28,9 +28,21 @@ class CheckpointError(ValueError):
     """The file is not a usable safetensors checkpoint; the message says why."""
 
 
+SNIFF_BYTES = 9  # a safetensors file: an 8-byte header length, then a JSON object
+
+
 def refuse_pickle(name: str, head: bytes) -> None:
-    suffix = Path(name).suffix.lower()
-    if suffix in PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+    """Refuse by name, or by the first SNIFF_BYTES bytes when they are not a safetensors start.
+
+    The header's first byte alone cannot tell: a safetensors header whose length is 128 modulo
+    256 also starts with 0x80 (pickle's PROTO opcode). The JSON object's opening brace, which
+    the format requires right after the length, can: no pickle or zip starts that way.
+    """
+    if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
+    if head[8:9] == b"{":
+        return
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
 
 
@@ -38,11 +50,12 @@ def read_header(path: Path) -> dict[str, Any]:
     """Parse and check a safetensors header; raise ``CheckpointError`` when it is not one."""
     size = path.stat().st_size
     with path.open("rb") as handle:
-        head = handle.read(8)
+        head = handle.read(SNIFF_BYTES)
         refuse_pickle(path.name, head)
-        if len(head) < 8:
+        if len(head) < SNIFF_BYTES:
             raise CheckpointError(f"{path.name!r} is too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", head)
+        (length,) = struct.unpack("<Q", head[:8])
+        handle.seek(8)
         if length == 0 or length > min(MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(f"{path.name!r} is not a safetensors file (bad header length)")
         try:
@@ -86,13 +99,16 @@ def store(chunks: Iterable[bytes], *, name: str, store_dir: Path) -> tuple[str, 
     store_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
+    head = b""  # the first SNIFF_BYTES bytes, sniffed before the rest of a large file is written
     fd, tmp_name = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
-                if size == 0:
-                    refuse_pickle(name, chunk[:8])
+                if len(head) < SNIFF_BYTES:
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                    if len(head) == SNIFF_BYTES:
+                        refuse_pickle(name, head)
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)

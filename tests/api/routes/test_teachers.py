@@ -72,6 +72,29 @@ def test_pickle_bytes_under_a_safetensors_name_are_refused(client, tmp_path):
     assert _stored_files() == []
 
 
+def test_safetensors_whose_header_length_starts_with_pickles_opcode_is_accepted(client, tmp_path):
+    """Found by bench/label_throughput.py: a header length of 128 modulo 256 puts 0x80 (pickle's
+    PROTO opcode) first; one safetensors file in every 32 (headers are padded to 8 bytes)."""
+    for pad in range(256):  # headers are padded to 8 bytes: 32 lengths modulo 256
+        tensors = {"w" * (pad + 1): torch.zeros(2)}
+        path = save_teacher(tensors, tmp_path / f"t{pad}.safetensors", metadata())
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding gave a header length of 128 modulo 256")
+    response = _upload(client, path)
+    assert response.status_code == 201, response.text
+    assert [p.name for p in _stored_files()] == [f"{response.json()['id']}.safetensors"]
+    # The store sniffs the first bytes however the upload is chunked.
+    from service.checkpoints import CheckpointError, file_chunks, store
+
+    assert store(file_chunks(path, chunk_size=3), name=path.name, store_dir=tmp_path / "s")[2] > 0
+    sneaky = tmp_path / "sneaky.safetensors"
+    sneaky.write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
+    with pytest.raises(CheckpointError, match="pickle"):
+        store(file_chunks(sneaky, chunk_size=3), name=sneaky.name, store_dir=tmp_path / "s")
+
+
 def test_garbage_file_is_refused_and_nothing_stored(client, tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
