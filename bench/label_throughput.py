@@ -204,63 +204,64 @@ def main() -> None:
     rows = []
     stack = LocalStack(root / "logs", env)
     try:
-        client = stack.start_api()
-        worker = stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
-        folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
-        datasets = {
-            n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
-            for n, folder in folders.items()
-        }
-        for architecture in models:
-            for size in sizes:
-                n = counts[size]
-                files = sorted(str(p) for p in folders[n].glob("*.png"))
-                bare_runs, service_runs, wall_runs = [], [], []
-                # Bare and service alternate, so a slow spell of a shared machine hits both.
-                teacher = None
-                for repeat in range(args.repeats):
-                    if teacher is None or not args.reuse_teacher:
-                        path, metadata = make_teacher(data, architecture, size, repeat)
-                        teacher = client.upload_teacher(path)
-                        client.wait_for_teacher(teacher["id"])
-                    # The stack waits stopped meanwhile: its idle processes (the embedded broker
-                    # polls every 50 ms) would otherwise tax the bare loop, not the service.
-                    with stack.paused():
-                        bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                        bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
-                    # What the stack itself burns meanwhile, beside the labeling pool process:
-                    # the API answering polls, the worker's main process fetching messages.
-                    stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
-                    before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
-                    (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
-                    faults = minor_faults(pool_pid)
-                    service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
-                    spent = ", ".join(
-                        f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
+        with stack:
+            client = stack.start_api()
+            worker = stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
+            folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
+            datasets = {
+                n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
+                for n, folder in folders.items()
+            }
+            for architecture in models:
+                for size in sizes:
+                    n = counts[size]
+                    files = sorted(str(p) for p in folders[n].glob("*.png"))
+                    bare_runs, service_runs, wall_runs = [], [], []
+                    # Bare and service alternate, so a slow spell of a shared machine hits both.
+                    teacher = None
+                    for repeat in range(args.repeats):
+                        if teacher is None or not args.reuse_teacher:
+                            path, metadata = make_teacher(data, architecture, size, repeat)
+                            teacher = client.upload_teacher(path)
+                            client.wait_for_teacher(teacher["id"])
+                        # The stack waits stopped meanwhile: its idle processes (the embedded broker
+                        # polls every 50 ms) would otherwise tax the bare loop, not the service.
+                        with stack.paused():
+                            bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                            bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
+                        # What the stack itself burns meanwhile, beside the labeling pool process:
+                        # the API answering polls, the worker's main process fetching messages.
+                        stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
+                        before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
+                        (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
+                        faults = minor_faults(pool_pid)
+                        service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
+                        spent = ", ".join(
+                            f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
+                        )
+                        service_runs.append(service_s)
+                        wall_runs.append(wall_s)
+                        print(
+                            f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
+                            f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, "
+                            f"client clock {wall_s:.2f} s "
+                            f"(CPU meanwhile: {spent}; labeling process page faults "
+                            f"{minor_faults(pool_pid) - faults:,})",
+                            flush=True,
+                        )
+                    bare_s, service_s, wall_s = (
+                        statistics.median(r) for r in (bare_runs, service_runs, wall_runs)
                     )
-                    service_runs.append(service_s)
-                    wall_runs.append(wall_s)
-                    print(
-                        f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
-                        f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, client clock {wall_s:.2f} s "
-                        f"(CPU meanwhile: {spent}; labeling process page faults "
-                        f"{minor_faults(pool_pid) - faults:,})",
-                        flush=True,
-                    )
-                bare_s, service_s, wall_s = (
-                    statistics.median(r) for r in (bare_runs, service_runs, wall_runs)
-                )
-                bare_rate, service_rate = n / bare_s, n / service_s
-                # Each run's own ratio too: a bare run and the service run right after it share
-                # the machine's mood of the moment, which varies by +-10% on a shared host.
-                pairs = [b / s for b, s in zip(bare_runs, service_runs, strict=True)]
-                ratios = (service_rate / bare_rate, statistics.median(pairs), min(pairs), max(pairs))
-                rows.append((architecture, size, n, bare_rate, service_rate, n / wall_s, *ratios))
+                    bare_rate, service_rate = n / bare_s, n / service_s
+                    # Each run's own ratio too: a bare run and the service run right after it share
+                    # the machine's mood of the moment, which varies by +-10% on a shared host.
+                    pairs = [b / s for b, s in zip(bare_runs, service_runs, strict=True)]
+                    ratios = (service_rate / bare_rate, statistics.median(pairs), min(pairs), max(pairs))
+                    rows.append((architecture, size, n, bare_rate, service_rate, n / wall_s, *ratios))
     except Exception:
         print(stack.logs(), file=sys.stderr)
         raise
     finally:
-        stack.stop()
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -114,38 +114,44 @@ def main() -> None:
     rows = []
     stack = LocalStack(root / "logs", env)
     try:
-        client = stack.start_api()
-        dataset = client.register_dataset(name="bench-labeled", kind="labeled", split="train", path=labeled)
-        manifest = client.create_manifest(labeled_dataset_ids=[dataset["id"]], job_ids=[])
-        items = list(client.items(dataset["id"]))
-        classes = fashion_mnist.CLASSES
-        paths = [item["uri"] for item in items]
-        names = dataset["classes"]  # an item's label indexes its dataset's (sorted) classes
-        targets = [classes.index(names[item["label"]]) for item in items]
-        for architecture in args.models.split(","):
-            cfg = TrainConfig(
-                manifest_id=manifest["id"],
-                api_url=stack.url,
-                out_dir=str(root / "runs" / architecture),
-                architecture=architecture,
-                image_size=args.image_size,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                ema_decay=args.ema_decay,
-                checkpoint_every=0,
-                register=False,
-                progress=False,
+        with stack:
+            client = stack.start_api()
+            dataset = client.register_dataset(
+                name="bench-labeled", kind="labeled", split="train", path=labeled
             )
-            bare_rate = bare(cfg, paths, targets)
-            result = train(dataclasses.replace(cfg), client)
-            rows.append((architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate))
-            print(f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s")
+            manifest = client.create_manifest(labeled_dataset_ids=[dataset["id"]], job_ids=[])
+            items = list(client.items(dataset["id"]))
+            classes = fashion_mnist.CLASSES
+            paths = [item["uri"] for item in items]
+            names = dataset["classes"]  # an item's label indexes its dataset's (sorted) classes
+            targets = [classes.index(names[item["label"]]) for item in items]
+            for architecture in args.models.split(","):
+                cfg = TrainConfig(
+                    manifest_id=manifest["id"],
+                    api_url=stack.url,
+                    out_dir=str(root / "runs" / architecture),
+                    architecture=architecture,
+                    image_size=args.image_size,
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    ema_decay=args.ema_decay,
+                    checkpoint_every=0,
+                    register=False,
+                    progress=False,
+                )
+                bare_rate = bare(cfg, paths, targets)
+                result = train(dataclasses.replace(cfg), client)
+                rows.append(
+                    (architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate)
+                )
+                print(
+                    f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s"
+                )
     except Exception:
         print(stack.logs(), file=sys.stderr)
         raise
     finally:
-        stack.stop()
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
 
