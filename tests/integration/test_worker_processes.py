@@ -3,6 +3,7 @@ and PostgreSQL with Redis. Workers are killed with SIGKILL mid-shard; no label i
 """
 
 import os
+import re
 import signal
 import time
 
@@ -14,6 +15,9 @@ from tests.utils.stack import Stack
 from tests.utils.teacher import direct_probs
 
 pytestmark = pytest.mark.slow
+
+# Celery's log line for a label_shard task: (time, "received" or "succeeded")
+TASK_EVENT = r"\[([-0-9: ,]+): INFO/[\w-]+\] Task workers\.tasks\.label_shard\[[0-9a-f-]+\] (\w+)"
 
 
 @pytest.fixture(
@@ -91,6 +95,36 @@ def test_duplicate_deliveries_write_each_label_once(stack, fmnist, teacher_file)
     assert job["state"] == "succeeded", stack.logs()
     assert job["items_done"] == 300
     _assert_exactly_once(client, job, fmnist)
+
+
+def _wait_until_ready(stack, workers: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while sum("ready." in p.read_text() for p in stack.log_dir.glob("worker*.log")) < workers:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.2)
+
+
+def test_two_workers_labeling_one_shard_at_once_write_each_label_once(stack, fmnist, teacher_file):
+    """Two copies of one shard run side by side in two worker processes (a redelivery while
+    the first still runs): each label is written once and the progress counts it once."""
+    for _ in range(2):  # one message each: neither prefetches the other's copy
+        stack.start_worker(NST_WORKER_PREFETCH="1", NST_COMMIT_ROWS="1")
+    _wait_until_ready(stack, workers=2)
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=300, batch_size=1)  # one slow shard
+    client.resume_job(job["id"])  # its second copy, for the idle worker
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    assert (job["items_done"], job["shards_done"]) == (300, 1)
+    _assert_exactly_once(client, job, fmnist)
+    assert [s["attempts"] for s in client.shards(job["id"])] == [2]
+    # Each worker took one copy, and both had it before either finished: they ran side by side.
+    events = [
+        re.findall(TASK_EVENT, text) for text in (p.read_text() for p in stack.log_dir.glob("worker*.log"))
+    ]
+    received = sorted(time for worker in events for time, what in worker if what == "received")
+    finished = sorted(time for worker in events for time, what in worker if what != "received")
+    assert [sum(what == "received" for _, what in worker) for worker in events] == [1, 1], stack.logs()
+    assert received[-1] < finished[0], stack.logs()
 
 
 def test_sigkill_of_the_whole_worker_mid_shard_recovers(stack, fmnist, teacher_file):
