@@ -64,7 +64,11 @@ _OPERATIONAL = {"generations", "out_dir", "truth_csv", "label_batch_size", "shar
 _OPERATIONAL_TRAIN = {
     "api_url", "out_dir", "workers", "amp", "eval_every", "checkpoint_every", "resume",
     "register", "progress",
+    # set by the loop for each model it trains, whatever the template holds
+    "manifest_id", "architecture", "generation", "parent_id", "eval_dataset_id", "name", "seed",
 }  # fmt: skip
+# How the first teacher is made: no longer part of the recipe once generation 0 is recorded.
+_FIRST_TEACHER = {"teacher_id", "teacher_architecture", "teacher_steps"}
 
 
 class RecipeChanged(ValueError):
@@ -74,47 +78,65 @@ class RecipeChanged(ValueError):
 def _config_dict(cfg: IterateConfig) -> dict:
     config = dataclasses.asdict(cfg)
     config["train"] = cfg.train.to_dict()
-    return config
+    if cfg.train.pretrained_path:  # the same file, named from another directory, is the same
+        config["train"]["pretrained_path"] = str(Path(cfg.train.pretrained_path).resolve())
+    # JSON has no tuples: what is compared is what a saved file would hold.
+    return json.loads(json.dumps(config))
 
 
-def _recipe_changes(saved: dict, current: dict) -> list[str]:
-    """'field: saved -> current' for every recipe setting that differs; a setting the saved
-    file does not hold (written by an older version) is not compared."""
-    changes = []
-    for name, value in current.items():
-        if name in _OPERATIONAL or name == "train" or name not in saved or saved[name] == value:
-            continue
-        changes.append(f"{name}: {saved[name]!r} -> {value!r}")
+def _students_used(students: list[str], last_generation: int) -> list[str]:
+    return [students[min(g - 1, len(students) - 1)] for g in range(1, last_generation + 1)]
+
+
+def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> list[str]:
+    """'field: saved -> current' for every recipe setting that differs, given the last recorded
+    generation (None: none yet). A setting the saved file does not hold (written by an older
+    version) is not compared; students only as far as the recorded generations used them."""
+    skip = _OPERATIONAL | {"train", "students"} | (_FIRST_TEACHER if last_generation is not None else set())
+    changes = [
+        f"{name}: {saved[name]!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in skip and name in saved and saved[name] != value
+    ]
+    if "students" in saved and last_generation:
+        used = _students_used(saved["students"], last_generation)
+        if used != _students_used(current["students"], last_generation):
+            changes.append(f"students: {saved['students']!r} -> {current['students']!r}")
     saved_train = saved.get("train", {})
-    for name, value in current["train"].items():
-        if name in _OPERATIONAL_TRAIN or name not in saved_train or saved_train[name] == value:
-            continue
-        changes.append(f"train.{name}: {saved_train[name]!r} -> {value!r}")
+    changes += [
+        f"train.{name}: {saved_train[name]!r} -> {value!r}"
+        for name, value in current["train"].items()
+        if name not in _OPERATIONAL_TRAIN and name in saved_train and saved_train[name] != value
+    ]
     return changes
 
 
 def _load_rows(cfg: IterateConfig) -> list[dict]:
+    """The recorded generations; refused when they were made with another recipe. A file with
+    no rows yet marks a first teacher in training (its checkpoints would be resumed)."""
     path = _state_path(cfg)
     if not path.exists():
         return []
     state = json.loads(path.read_text())
-    # JSON has no tuples; a round trip makes the current settings comparable with the saved ones.
-    changes = _recipe_changes(state.get("config", {}), json.loads(json.dumps(_config_dict(cfg))))
+    rows = state["rows"]
+    last = rows[-1]["generation"] if rows else None
+    changes = _recipe_changes(state.get("config", {}), _config_dict(cfg), last)
     if changes:
         raise RecipeChanged(
-            f"{path} holds generations trained with other settings ({'; '.join(changes)}); "
+            f"{path} holds a run made with other settings ({'; '.join(changes)}); "
             "run with the same settings to continue, or choose another out_dir"
         )
-    return state["rows"]
+    return rows
 
 
 def _save(cfg: IterateConfig, rows: list[dict]) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = _config_dict(cfg)
     partial = _state_path(cfg).with_suffix(".part")
-    partial.write_text(json.dumps({"config": config, "rows": rows}, indent=2))
+    partial.write_text(json.dumps({"config": _config_dict(cfg), "rows": rows}, indent=2))
     partial.replace(_state_path(cfg))
+    if not rows:
+        return
     write_table(rows, out / "generations.md")
     plot_generations(rows, out / "generations.png")
 
@@ -279,6 +301,7 @@ def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
     truth = read_truth(cfg.truth_csv)
     if not rows:
         if cfg.teacher_id is None:
+            _save(cfg, rows)  # the recipe is recorded before the first checkpoint
             rows.append(_first_teacher(cfg, client))
         else:
             metrics = client.teacher(cfg.teacher_id)["metrics"]

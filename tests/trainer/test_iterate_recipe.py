@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.iterate import IterateConfig, RecipeChanged, _config_dict, _load_rows
+from trainer.iterate import IterateConfig, RecipeChanged, _config_dict, _load_rows, iterate
 
-ROWS = [{"generation": 0, "student": "t0", "student_top1": 0.5}]
+ROWS = [
+    {"generation": 0, "student": "t0", "student_top1": 0.5},
+    {"generation": 1, "student": "t1", "student_top1": 0.6},
+]
 
 
 def _config(tmp_path, **changes) -> IterateConfig:
@@ -19,11 +22,11 @@ def _config(tmp_path, **changes) -> IterateConfig:
     return dataclasses.replace(base, **changes)
 
 
-def _write_state(cfg: IterateConfig, drop: tuple[str, ...] = ()) -> None:
+def _write_state(cfg: IterateConfig, rows=ROWS, drop: tuple[str, ...] = ()) -> None:
     config = _config_dict(cfg)
     for name in drop:
         config.pop(name)
-    state = {"config": config, "rows": ROWS}
+    state = {"config": config, "rows": rows}
     (Path(cfg.out_dir) / "iterate.json").write_text(json.dumps(state))
 
 
@@ -33,7 +36,9 @@ def test_same_recipe_with_other_operational_settings_continues(tmp_path):
         tmp_path,
         generations=5,
         shard_size=500,
-        train=TrainConfig(manifest_id="", steps=100, workers=0, amp=False, checkpoint_every=7),
+        students=["resnet18", "resnet34"],  # a new model for generation 2, not yet trained
+        teacher_id="t0",  # the first teacher is recorded: how it was made no longer matters
+        train=TrainConfig(manifest_id="m", steps=100, workers=0, amp=False, checkpoint_every=7, seed=9),
     )
     assert _load_rows(later) == ROWS
 
@@ -43,7 +48,7 @@ def test_same_recipe_with_other_operational_settings_continues(tmp_path):
     [
         ({"threshold": 0.5}, "threshold: 0.3 -> 0.5"),
         ({"soft": False}, "soft: True -> False"),
-        ({"students": ["resnet18", "resnet34"]}, "students: ['resnet18'] -> ['resnet18', 'resnet34']"),
+        ({"students": ["resnet34"]}, "students: ['resnet18'] -> ['resnet34']"),
         ({"train": TrainConfig(manifest_id="", steps=200, workers=2)}, "train.steps: 100 -> 200"),
     ],
 )
@@ -54,6 +59,26 @@ def test_changed_recipe_is_refused_naming_the_setting(tmp_path, changes, named):
     assert named in str(refused.value) and "iterate.json" in str(refused.value)
 
 
+def test_a_first_teacher_in_training_is_protected_too(tmp_path):
+    """No generation recorded yet: the teacher's checkpoints would be resumed under new settings."""
+    _write_state(_config(tmp_path), rows=[])
+    assert _load_rows(_config(tmp_path, generations=4)) == []
+    with pytest.raises(RecipeChanged, match="teacher_steps: None -> 50"):
+        _load_rows(_config(tmp_path, teacher_steps=50))
+
+
 def test_setting_missing_from_an_older_file_is_not_compared(tmp_path):
     _write_state(_config(tmp_path), drop=("temperature",))
     assert _load_rows(_config(tmp_path, temperature=2.0)) == ROWS
+
+
+def test_the_recipe_is_recorded_before_the_first_teacher_trains(tmp_path, monkeypatch):
+    def stopped(cfg, client):
+        raise KeyboardInterrupt  # the run stopped while the teacher trained
+
+    monkeypatch.setattr("trainer.iterate._first_teacher", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        iterate(_config(tmp_path), client=None)
+    state = json.loads((tmp_path / "iterate.json").read_text())
+    assert state["rows"] == [] and state["config"]["train"]["steps"] == 100
+    assert not (tmp_path / "generations.md").exists()
