@@ -73,7 +73,10 @@ class Client:
             headers=headers,
             timeout=timeout,
             transport=transport,
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            # httpx's own connection caps, which a Limits without them would lift
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY_S
+            ),
         )
 
     def close(self) -> None:

@@ -114,6 +114,9 @@ def store(chunks: Iterable[bytes], *, name: str, store_dir: Path) -> tuple[str, 
                 out.write(chunk)
         if size == 0:
             raise CheckpointError(f"{name!r} is empty")
+        if len(head) < SNIFF_BYTES:  # too short for a safetensors file; named as uploaded
+            refuse_pickle(name, head)
+            raise CheckpointError(f"{name!r} is too short to be a safetensors file")
         header = read_header(tmp)
         sha = digest.hexdigest()
         final = store_dir / f"{sha}.safetensors"

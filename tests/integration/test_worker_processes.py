@@ -16,8 +16,8 @@ from tests.utils.teacher import direct_probs
 
 pytestmark = pytest.mark.slow
 
-# Celery's log line for a label_shard task: (time, "received" or "succeeded")
-TASK_EVENT = r"\[([-0-9: ,]+): INFO/[\w-]+\] Task workers\.tasks\.label_shard\[[0-9a-f-]+\] (\w+)"
+# Celery's log line for a label_shard task: (time, task id, "received", "succeeded", "retry", ...)
+TASK_EVENT = r"\[([-0-9: ,]+): INFO/[\w-]+\] Task workers\.tasks\.label_shard\[([0-9a-f-]+)\] (\w+)"
 
 
 @pytest.fixture(
@@ -118,13 +118,12 @@ def test_two_workers_labeling_one_shard_at_once_write_each_label_once(stack, fmn
     _assert_exactly_once(client, job, fmnist)
     assert [s["attempts"] for s in client.shards(job["id"])] == [2]
     # Each worker took one copy, and both had it before either finished: they ran side by side.
-    events = [
-        re.findall(TASK_EVENT, text) for text in (p.read_text() for p in stack.log_dir.glob("worker*.log"))
-    ]
-    received = sorted(time for worker in events for time, what in worker if what == "received")
-    finished = sorted(time for worker in events for time, what in worker if what != "received")
-    assert [sum(what == "received" for _, what in worker) for worker in events] == [1, 1], stack.logs()
-    assert received[-1] < finished[0], stack.logs()
+    events = [re.findall(TASK_EVENT, p.read_text()) for p in stack.log_dir.glob("worker*.log")]
+    tasks = [{task for _, task, what in worker if what == "received"} for worker in events]
+    assert [len(t) for t in tasks] == [1, 1] and tasks[0] != tasks[1], stack.logs()
+    first_received = [min(time for time, _, what in worker if what == "received") for worker in events]
+    finished = [time for worker in events for time, _, what in worker if what == "succeeded"]
+    assert finished and max(first_received) < min(finished), stack.logs()  # a retry is received again
 
 
 def test_sigkill_of_the_whole_worker_mid_shard_recovers(stack, fmnist, teacher_file):

@@ -35,9 +35,12 @@ def _serve(listener: socket.socket, connections: list[int]) -> None:
 def server():
     listener = socket.create_server(("127.0.0.1", 0))
     connections: list[int] = []
-    threading.Thread(target=_serve, args=(listener, connections), daemon=True).start()
+    thread = threading.Thread(target=_serve, args=(listener, connections), daemon=True)
+    thread.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone would not
     listener.close()
+    thread.join(timeout=5)
 
 
 def test_a_request_after_the_servers_keepalive_goes_on_a_new_connection(server):
@@ -49,3 +52,9 @@ def test_a_request_after_the_servers_keepalive_goes_on_a_new_connection(server):
         time.sleep(SERVER_KEEPALIVE_S + 0.2)
         assert client.health() == {"status": "ok"}
     assert len(connections) == 2
+
+
+def test_the_expiry_is_shorter_than_the_keepalive_of_the_server_we_ship():
+    import uvicorn
+
+    assert uvicorn.Config(app=None).timeout_keep_alive > KEEPALIVE_EXPIRY_S

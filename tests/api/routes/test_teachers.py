@@ -93,6 +93,9 @@ def test_safetensors_whose_header_length_starts_with_pickles_opcode_is_accepted(
     sneaky.write_bytes(pickle.dumps({"w": [1, 2]}, protocol=4))
     with pytest.raises(CheckpointError, match="pickle"):
         store(file_chunks(sneaky, chunk_size=3), name=sneaky.name, store_dir=tmp_path / "s")
+    with pytest.raises(CheckpointError, match="'tiny.safetensors' looks like a pickle"):  # under 9 bytes
+        store([b"\x80\x04\x95"], name="tiny.safetensors", store_dir=tmp_path / "s")
+    assert list((tmp_path / "s").iterdir()) == [next((tmp_path / "s").glob("*.safetensors"))]
 
 
 def test_garbage_file_is_refused_and_nothing_stored(client, tmp_path):
