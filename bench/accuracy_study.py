@@ -215,7 +215,7 @@ def report(results: dict, classes: list[str], out: Path) -> str:
             lines += [f"Seed {s} is not finished: ablations run so far: {ran}.", ""]
     lines += [
         "| generation | model | test top-1 (%) | test error (%) | pseudo-label acc, all (%) | "
-        "pseudo-label acc, kept (%) | pseudo (unique) | pseudo (with copies) | minutes |",
+        "pseudo-label acc, kept (%) | pseudo (unique, mean) | pseudo (with copies, mean) | minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in range(generations):
@@ -227,7 +227,8 @@ def report(results: dict, classes: list[str], out: Path) -> str:
             f"| {g} | {rows[0]['student_arch']} | {_mean_std(top1)} | {_mean_std(error)} | "
             f"{_mean_std([r.get('pseudo_acc_all') for r in rows])} | "
             f"{_mean_std([r.get('pseudo_acc_kept') for r in rows])} | "
-            f"{rows[0].get('pseudo_unique', 0)} | {rows[0].get('pseudo_with_copies', 0)} | "
+            f"{statistics.mean(r.get('pseudo_unique', 0) for r in rows):,.0f} | "
+            f"{statistics.mean(r.get('pseudo_with_copies', 0) for r in rows):,.0f} | "
             f"{statistics.mean(minutes):.1f} |"
         )
     teacher_err = [1 - m[0]["student_top1"] for m in mains]
