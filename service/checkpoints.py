@@ -38,11 +38,8 @@ def refuse_pickle(name: str, head: bytes) -> None:
     256 also starts with 0x80 (pickle's PROTO opcode). The JSON object's opening brace, which
     the format requires right after the length, can: no pickle or zip starts that way.
     """
-    if Path(name).suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
-    if head[8:9] == b"{":
-        return
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+    pickled = head[8:9] != b"{" and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04")
+    if Path(name).suffix.lower() in PICKLE_SUFFIXES or pickled:
         raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
 
 
