@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -102,18 +103,21 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    # A SIGTERM while the images are written (before the stack takes SIGTERM over) must still
+    # reach the `finally` that removes the temp folder.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-train-"))).resolve()
     data = root / "data"
     labeled = data / f"labeled-{args.per_class}"
-    if not labeled.exists():
-        images, labels = fashion_mnist.load("train")
-        indices, _ = fashion_mnist.split_indices(labels, per_class=args.per_class, unlabeled=0, seed=0)
-        fashion_mnist.write_image_folder(labeled, images, labels, indices)
     env = {"NST_DATA_DIR": str(root / "nst"), "NST_DATA_ROOTS": str(data)}
 
     rows = []
     stack = LocalStack(root / "logs", env)
     try:
+        if not labeled.exists():
+            images, labels = fashion_mnist.load("train")
+            indices, _ = fashion_mnist.split_indices(labels, per_class=args.per_class, unlabeled=0, seed=0)
+            fashion_mnist.write_image_folder(labeled, images, labels, indices)
         with stack:
             client = stack.start_api()
             dataset = client.register_dataset(
