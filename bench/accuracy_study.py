@@ -25,7 +25,8 @@ study too long for one sitting run a seed at a time and still report over all of
 file with its generations but not every ablation asked for is continued in a later sitting even
 when ``--dir`` is gone: its teacher is trained again (refused unless it scores what the recorded
 one did) and only the missing ablations run. At the end it writes ``results.md`` (tables: mean
-and standard deviation over seeds) and ``results.png`` into ``--dir``.
+and standard deviation over seeds; an ablation's change against its own seed's generation 1,
+over the seeds that have run it, named in the table) and ``results.png`` into ``--dir``.
 """
 
 from __future__ import annotations
@@ -203,6 +204,22 @@ def _per_class(client, teacher_id: str) -> list[float]:
     return client.teacher(teacher_id)["metrics"].get("per_class") or []
 
 
+def _ablation_changes(results: dict, seeds: list[int]) -> dict[str, dict[int, float]]:
+    """For each ablation run in at least one seed: seed -> its top-1 minus that seed's full
+    generation 1. Paired by seed: a seed that has not run an ablation yet does not count, and
+    the seeds' differences in teacher and generation 1 cancel out of the change."""
+    changes = {}
+    for name in ABLATIONS:
+        ran = {
+            s: results[s]["ablations"][name]["student_top1"] - results[s]["main"][1]["student_top1"]
+            for s in seeds
+            if name in results[s]["ablations"]
+        }
+        if ran:
+            changes[name] = ran
+    return changes
+
+
 def report(results: dict, classes: list[str], out: Path) -> str:
     """Markdown tables over seeds: generations, ablations, per-class accuracy, timings."""
     seeds = sorted(results)
@@ -210,9 +227,9 @@ def report(results: dict, classes: list[str], out: Path) -> str:
     generations = min(len(rows) for rows in mains)
     lines = [f"Seeds: {', '.join(map(str, seeds))} (mean ± standard deviation over seeds).", ""]
     for s in seeds:
-        if not results[s].get("complete", True):
-            ran = ", ".join(results[s]["ablations"]) or "none"
-            lines += [f"Seed {s} is not finished: ablations run so far: {ran}.", ""]
+        missing = [n for n in ABLATIONS if n not in results[s]["ablations"]]
+        if missing:
+            lines += [f"Seed {s}: ablations not run yet: {', '.join(missing)}.", ""]
     lines += [
         "| generation | model | test top-1 (%) | test error (%) | pseudo-label acc, all (%) | "
         "pseudo-label acc, kept (%) | pseudo (unique, mean) | pseudo (with copies, mean) | minutes |",
@@ -239,22 +256,24 @@ def report(results: dict, classes: list[str], out: Path) -> str:
         f"Relative test-error reduction, generation {generations - 1} vs the teacher: "
         f"{_mean_std(reduction)} % (per seed: {', '.join(f'{100 * r:.1f}' for r in reduction)}).",
         "",
-        "Ablations, one generation from the same teacher (compare with generation 1):",
+        "Ablations, one generation from the same teacher (compare with generation 1); an "
+        "ablation's change is taken over the seeds that ran it, against those seeds' generation 1:",
         "",
-        "| student | test top-1 (%) | change vs full method (points) | pseudo-label acc, kept (%) |",
-        "|---|---|---|---|",
+        "| student | seeds | test top-1 (%) | change vs full method (points) | pseudo-label acc, kept (%) |",
+        "|---|---|---|---|---|",
     ]
     full = [m[1]["student_top1"] for m in mains]
     kept = _mean_std([m[1]["pseudo_acc_kept"] for m in mains])
-    lines.append(f"| full method (generation 1) | {_mean_std(full)} | 0 | {kept} |")
-    for name in ABLATIONS:
-        rows = [results[s]["ablations"].get(name) for s in seeds]
-        if any(r is None for r in rows):
-            continue
-        top1 = [r["student_top1"] for r in rows]
-        delta = [a - b for a, b in zip(top1, full, strict=True)]
-        kept = _mean_std([r["pseudo_acc_kept"] for r in rows])
-        lines.append(f"| {name} | {_mean_std(top1)} | {_mean_std(delta)} | {kept} |")
+    lines.append(
+        f"| full method (generation 1) | {', '.join(map(str, seeds))} | {_mean_std(full)} | 0 | {kept} |"
+    )
+    for name, ran in _ablation_changes(results, seeds).items():
+        top1 = [results[s]["ablations"][name]["student_top1"] for s in ran]
+        kept = _mean_std([results[s]["ablations"][name]["pseudo_acc_kept"] for s in ran])
+        lines.append(
+            f"| {name} | {', '.join(map(str, ran))} | {_mean_std(top1)} | "
+            f"{_mean_std(list(ran.values()))} | {kept} |"
+        )
     final = [results[s]["per_class"].get(str(generations - 1)) for s in seeds]
     first = [results[s]["per_class"].get("0") for s in seeds]
     if all(final) and all(first):
@@ -289,28 +308,28 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
     left.grid(alpha=0.3)
     left.legend()
     left.set_title("Noisy students per generation")
-    # Only the ablations that were run: an empty bar would read as a measured zero.
-    ran = [n for n in ABLATIONS if all(n in results[s]["ablations"] for s in seeds)]
-    names = ["full", *ran]
-    values = [[100 * results[s]["main"][1]["student_top1"] for s in seeds]]
-    values += [[100 * results[s]["ablations"][n]["student_top1"] for s in seeds] for n in ran]
+    # Changes against the same seed's generation 1, over the seeds that ran each ablation (their
+    # count under the name when not all did); ablations not run get no bar, which would read as
+    # a measured zero.
+    changes = _ablation_changes(results, seeds)
+    names = [
+        n if len(ran) == len(seeds) else f"{n}\n({len(ran)} of {len(seeds)} seeds)"
+        for n, ran in changes.items()
+    ]
+    values = [[100 * v for v in ran.values()] for ran in changes.values()]
     right.bar(
         names,
         [statistics.mean(v) for v in values],
-        yerr=[statistics.pstdev(v) for v in values],
+        yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values],
         capsize=4,
+        color="tab:gray",
     )
-    right.axhline(
-        statistics.mean(100 * results[s]["main"][0]["student_top1"] for s in seeds),
-        color="k",
-        ls="--",
-        label="teacher",
-    )
-    low = min(min(v) for v in values) - 3
-    right.set_ylim(low, None)
-    right.set_ylabel("test top-1 (%)")
-    right.legend()
-    right.set_title("Ablations (generation 1)")
+    for x, v in enumerate(values):
+        right.scatter([x] * len(v), v, color="k", s=12, zorder=3)
+    right.axhline(0, color="k", lw=0.8)
+    right.set_ylabel("change vs full generation 1 (points)")
+    right.set_title("Ablations (one generation, same teacher)")
+    right.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,70 @@
+"""The accuracy study's report (bench/accuracy_study.py): the numbers that go into
+docs/RESULTS.md, including a study whose seeds have not all run every ablation yet."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "accuracy_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("accuracy_study", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(generation: int, top1: float) -> dict:
+    return {
+        "generation": generation,
+        "student_arch": "regnetx_002" if generation == 0 else "regnetx_004",
+        "student_top1": top1,
+        "seconds": 60.0,
+        "pseudo_acc_all": None if generation == 0 else 0.80,
+        "pseudo_acc_kept": None if generation == 0 else 0.83,
+        "pseudo_unique": 0 if generation == 0 else 900,
+        "pseudo_with_copies": 0 if generation == 0 else 1000,
+    }
+
+
+def _ablation(top1: float) -> dict:
+    return {**_row(1, top1), "pseudo_acc_kept": 0.81}
+
+
+def _line(text: str, start: str) -> list[str]:
+    [line] = [line for line in text.splitlines() if line.startswith(start)]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(study, tmp_path):
+    results = {
+        0: {
+            "main": [_row(0, 0.80), _row(1, 0.84)],
+            "ablations": {"no-noise": _ablation(0.83), "hard": _ablation(0.845)},
+            "per_class": {},
+        },
+        # A better seed that has run only no-noise so far.
+        1: {
+            "main": [_row(0, 0.82), _row(1, 0.86)],
+            "ablations": {"no-noise": _ablation(0.84)},
+            "per_class": {},
+        },
+    }
+    text = study.report(results, [str(c) for c in range(10)], tmp_path)
+
+    # Both seeds lose 1 and 2 points against their own generation 1: -1.50 ± 0.71, whatever the
+    # seeds' difference in level (a comparison of means would mix it in).
+    assert _line(text, "| no-noise ")[1:4] == ["0, 1", "83.50 ± 0.71", "-1.50 ± 0.71"]
+    # Hard labels ran in seed 0 only: its own change, not one against the mean over both seeds.
+    assert _line(text, "| hard ")[1:4] == ["0", "84.50", "0.50"]
+    assert _line(text, "| full method ")[1:3] == ["0, 1", "85.00 ± 1.41"]
+    # Never run anywhere: no row, which would read as a measured result.
+    assert not [line for line in text.splitlines() if line.startswith(("| no-balance", "| no-filter"))]
+    assert "Seed 0: ablations not run yet: no-balance, no-filter." in text
+    assert "Seed 1: ablations not run yet: hard, no-balance, no-filter." in text
+    # Error 20% -> 16% and 18% -> 14%: 20.0% and 22.2% lower.
+    assert "(per seed: 20.0, 22.2)" in text
+    assert (tmp_path / "results.png").stat().st_size > 0
