@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -103,9 +102,6 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    # A SIGTERM while the images are written (before the stack takes SIGTERM over) must still
-    # reach the `finally` that removes the temp folder.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-train-"))).resolve()
     data = root / "data"
     labeled = data / f"labeled-{args.per_class}"
@@ -114,11 +110,15 @@ def main() -> None:
     rows = []
     stack = LocalStack(root / "logs", env)
     try:
-        if not labeled.exists():
-            images, labels = fashion_mnist.load("train")
-            indices, _ = fashion_mnist.split_indices(labels, per_class=args.per_class, unlabeled=0, seed=0)
-            fashion_mnist.write_image_folder(labeled, images, labels, indices)
+        # Inside the stack, whose SIGTERM handling unwinds to the `finally` that removes the temp
+        # folder, also while the images are written.
         with stack:
+            if not labeled.exists():
+                images, labels = fashion_mnist.load("train")
+                indices, _ = fashion_mnist.split_indices(
+                    labels, per_class=args.per_class, unlabeled=0, seed=0
+                )
+                fashion_mnist.write_image_folder(labeled, images, labels, indices)
             client = stack.start_api()
             dataset = client.register_dataset(
                 name="bench-labeled", kind="labeled", split="train", path=labeled
