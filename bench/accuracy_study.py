@@ -309,8 +309,8 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
     left.legend()
     left.set_title("Noisy students per generation")
     # Changes against the same seed's generation 1, over the seeds that ran each ablation (their
-    # count under the name when not all did); ablations not run get no bar, which would read as
-    # a measured zero.
+    # count under the name when not all did). An ablation run nowhere gets no bar: an empty one
+    # would read as a measured zero.
     changes = _ablation_changes(results, seeds)
     names = [
         n if len(ran) == len(seeds) else f"{n}\n({len(ran)} of {len(seeds)} seeds)"
@@ -393,9 +393,6 @@ def main() -> None:
             result = _checked(saved, budget) if saved.exists() else None
             if result and set(ablations) <= set(result["ablations"]):
                 _say(f"seed {seed}: done before ({saved})")
-                if not result.get("complete", True):  # stopped between its last two writes
-                    result["complete"] = True
-                    _write_seed(saved, result)
                 continue
             main_cfg = _main_config(args, client, ids, truth, seed)
             if result and not Path(main_cfg.out_dir, "iterate.json").exists():
@@ -412,9 +409,8 @@ def main() -> None:
                     "budget": budget,
                 }
                 teacher_id = rows[0]["student"]
-            result["complete"] = False
             # Written after the generations and again after each ablation, so a sitting that ends
-            # mid-seed still leaves what it measured (marked incomplete; the next run finishes it).
+            # mid-seed still leaves what it measured (the next run adds the ablations it lacks).
             _write_seed(saved, result)
             for name in ablations:
                 if name in result["ablations"]:
@@ -424,8 +420,6 @@ def main() -> None:
                 ablation_rows = iterate(_ablation_config(main_cfg, teacher_id, name, out), client)
                 result["ablations"][name] = ablation_rows[-1]
                 _write_seed(saved, result)
-            result["complete"] = True
-            _write_seed(saved, result)
     results = _load_results(results_dir, budget)
     text = report(results, ids["classes"], args.dir)
     (args.dir / "results.md").write_text(text)
