@@ -41,8 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nst import fashion_mnist  # noqa: E402
-from nst.localstack import LocalStack  # noqa: E402
+from cli import fashion_mnist  # noqa: E402
+from cli.localstack import LocalStack  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.iterate import IterateConfig, iterate  # noqa: E402
 

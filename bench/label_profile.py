@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--no-freeze",
         action="store_true",
-        help="leave the heap unfrozen (a Celery pool process freezes it at start: workers/celery_app.py)",
+        help="leave the heap unfrozen (a Celery pool process freezes it at start: workers/process_init.py)",
     )
     args = parser.parse_args()
 

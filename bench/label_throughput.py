@@ -42,9 +42,9 @@ from safetensors.torch import load_file  # noqa: E402
 from timm.data import create_transform  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from nst import fashion_mnist  # noqa: E402
+from cli import fashion_mnist  # noqa: E402
+from cli.localstack import LocalStack  # noqa: E402
 from nst.checkpoint import default_metadata, save_teacher  # noqa: E402
-from nst.localstack import LocalStack  # noqa: E402
 
 
 class Files(Dataset):

@@ -35,8 +35,8 @@ from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
-from nst import fashion_mnist  # noqa: E402
-from nst.localstack import LocalStack  # noqa: E402
+from cli import fashion_mnist  # noqa: E402
+from cli.localstack import LocalStack  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import train_transform  # noqa: E402
 from trainer.train import train  # noqa: E402

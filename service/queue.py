@@ -1,12 +1,65 @@
-"""Enqueueing work for the workers. Call only after the rows the tasks name have committed."""
+"""The queue interface: the Celery app and the tasks it sends, named by string.
+
+The service owns the app so that it can enqueue without importing any worker code; the
+workers register their tasks on it (``workers.tasks``). Call the enqueue functions only after
+the rows the tasks name have committed.
+"""
 
 from __future__ import annotations
 
-from workers.celery_app import LABEL_SHARD, VALIDATE_TEACHER, app
+from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+from nst.config import get_settings
+
+# The embedded broker (kombu's SQLAlchemy transport) polls an idle queue once a second, so a
+# worker that finished a shard sat up to a second before fetching the next one (measured: about
+# 1 s per shard in bench/label_throughput.py). Its `polling_interval` cannot be set the
+# documented way, as a transport option, because the transport hands every option on to
+# create_engine; the class attribute is the setting.
+kombu_sqlalchemy.Transport.polling_interval = 0.05
+
+LABEL_SHARD = "workers.tasks.label_shard"
+VALIDATE_TEACHER = "workers.tasks.validate_teacher"
 
 
 class QueueUnavailable(RuntimeError):
     pass
+
+
+def _transport_options(broker_url: str, visibility_timeout_s: int) -> dict:
+    # Redis (and SQS) redeliver an unacknowledged message after this long, so it must exceed
+    # the time one shard takes. kombu's SQLAlchemy transport has no such option: it would pass
+    # it on to create_engine and fail.
+    if broker_url.split(":", 1)[0] in ("redis", "rediss", "sentinel", "sqs"):
+        return {"visibility_timeout": visibility_timeout_s}
+    return {}
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    settings.ensure_dirs()
+    app = Celery("nst", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue="nst",
+        # Exactly-once labels rest on these: a message is acknowledged only after its shard has
+        # committed, and a pool process that dies (SIGKILL, OOM) gets its message requeued. A
+        # reserved but unstarted message is unacknowledged too: when the whole worker dies,
+        # Redis redelivers it after the visibility timeout, like the running one.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.worker_prefetch,
+        broker_transport_options=_transport_options(settings.broker_url, settings.visibility_timeout_s),
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery()
 
 
 def _send(name: str, arg: int | str) -> None:

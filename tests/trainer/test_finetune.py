@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from nst.fashion_mnist import CLASSES
+from cli.fashion_mnist import CLASSES
 from trainer.config import TrainConfig
 from trainer.data import Split
 from trainer.finetune import finetune_resolution, freeze_shallow

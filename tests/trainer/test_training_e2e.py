@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from nst.fashion_mnist import CLASSES
+from cli.fashion_mnist import CLASSES
 from tests.utils.stack import Stack
 from trainer import train as train_module
 from trainer.config import TrainConfig
@@ -190,7 +190,7 @@ def _json_objects(text: str) -> list[str]:
 
 
 def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp_path, fmnist):
-    from nst.cli import cli
+    from cli.main import cli
 
     out = tmp_path / "loop"
     args = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from nst import fashion_mnist
+from cli import fashion_mnist
 from tests.utils.env import clear_caches
 from tests.utils.teacher import train_tiny_teacher
 

@@ -1,4 +1,4 @@
-"""The real stack in processes (``nst.localstack``), plus what tests need to kill it."""
+"""The real stack in processes (``cli.localstack``), plus what tests need to kill it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nst.localstack import LocalStack
+from cli.localstack import LocalStack
 
 
 def children(pid: int) -> list[int]:

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from cli.fashion_mnist import CLASSES
 from nst.checkpoint import save_teacher
-from nst.fashion_mnist import CLASSES
 
 TEACHER_ARCH = "resnet10t"
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST pixel statistics

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from nst.fashion_mnist import CLASSES
+from cli.fashion_mnist import CLASSES
 
 
 def _roots() -> list[Path]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nst import localstack
-from nst.localstack import LocalStack
+from cli import localstack
+from cli.localstack import LocalStack
 
 
 def _state(pid: int) -> str:
@@ -96,7 +96,7 @@ def test_sigterm_of_the_owner_stops_the_stack(tmp_path):
     owner_code = (
         "import subprocess, sys, time\n"
         "from pathlib import Path\n"
-        "from nst.localstack import LocalStack\n"
+        "from cli.localstack import LocalStack\n"
         "with LocalStack(Path(sys.argv[1])) as stack:\n"
         "    worker = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
         "    stack.workers.append(worker)\n"

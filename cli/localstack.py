@@ -73,7 +73,7 @@ class LocalStack:
             "-m",
             "celery",
             "-A",
-            "workers.celery_app",
+            "workers.tasks",
             "worker",
             "--pool",
             "prefork",

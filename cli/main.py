@@ -75,7 +75,7 @@ def worker(ctx: click.Context, concurrency: int) -> None:
         "-m",
         "celery",
         "-A",
-        "workers.celery_app",
+        "workers.tasks",
         "worker",
         "--loglevel",
         "INFO",
@@ -300,7 +300,7 @@ def jobs_export(ctx, job_id, fmt, out) -> None:
 
 def _add_trainer_commands() -> None:
     # The trainer's options come from its own config; it is imported only when asked for.
-    from nst.demo import demo
+    from cli.demo import demo
     from trainer.cli import iterate_command, train_command
 
     cli.add_command(train_command, "train")

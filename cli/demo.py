@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from nst import fashion_mnist
-from nst.localstack import LocalStack
+from cli import fashion_mnist
+from cli.localstack import LocalStack
 
 STEPS = 7
 
