@@ -1,4 +1,4 @@
-"""The teacher-to-student loop (METHOD.md step 6), driven entirely through the HTTP API:
+"""The teacher-to-student loop (docs/METHOD.md step 6), driven entirely through the HTTP API:
 label the pool with the teacher, read the stats, build the manifest, train the student,
 register it, and go again with the student as the teacher.
 

@@ -1,4 +1,4 @@
-"""Train a noisy student from a manifest pulled over HTTP (METHOD.md step 5).
+"""Train a noisy student from a manifest pulled over HTTP (docs/METHOD.md step 5).
 
 Reads top to bottom: set up, one plain loop, evaluate, write the checkpoint, register it as a
 teacher. The trainer knows the service only through its HTTP API (``nst.client``).

@@ -1,4 +1,4 @@
-"""Filter and balance pseudo labels into manifest entries, in SQL (METHOD.md steps 3-4).
+"""Filter and balance pseudo labels into manifest entries, in SQL (docs/METHOD.md steps 3-4).
 
 Everything here runs as a few INSERT ... SELECT statements with window functions, identical on
 SQLite (3.25+) and PostgreSQL, so a million labels never pass through Python.

@@ -1,4 +1,4 @@
-"""Filtering and balancing (METHOD.md steps 3-4) against hand-checked cases, a reference
+"""Filtering and balancing (docs/METHOD.md steps 3-4) against hand-checked cases, a reference
 implementation, and across SQLite and PostgreSQL."""
 
 import pytest
