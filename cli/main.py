@@ -130,6 +130,20 @@ def datasets_show(ctx, dataset_id) -> None:
         _print(client.dataset(dataset_id))
 
 
+@datasets.command("items")
+@click.argument("dataset_id", type=int)
+@click.option("--limit", type=int, help="Print at most this many items.")
+@click.pass_context
+def datasets_items(ctx, dataset_id, limit) -> None:
+    """The dataset's items in scan order: ID, ordinal, label (if labeled) and URI."""
+    with _client(ctx) as client:
+        for n, item in enumerate(client.items(dataset_id)):
+            if limit is not None and n >= limit:
+                break
+            label = "-" if item.get("label") is None else item["label"]
+            click.echo(f"{item['id']:>9}  {item['ordinal']:>8}  {label:>5}  {item['uri']}")
+
+
 @datasets.command("delete")
 @click.argument("dataset_id", type=int)
 @click.pass_context
@@ -222,6 +236,16 @@ def teachers_show(ctx, teacher_id) -> None:
         _print(client.teacher(teacher_id))
 
 
+@teachers.command("delete")
+@click.argument("teacher_id")
+@click.pass_context
+def teachers_delete(ctx, teacher_id) -> None:
+    """Delete a teacher that no job uses (its uploaded file too)."""
+    with _client(ctx) as client:
+        client.delete_teacher(teacher_id)
+    click.echo(f"deleted teacher {teacher_id}")
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -295,6 +319,128 @@ def jobs_resume(ctx, job_id) -> None:
 def jobs_export(ctx, job_id, fmt, out) -> None:
     with _client(ctx) as client:
         client.export_labels(job_id, out, fmt)
+    click.echo(f"wrote {out}")
+
+
+@jobs.command("list")
+@click.pass_context
+def jobs_list(ctx) -> None:
+    with _client(ctx) as client:
+        for j in client.jobs():
+            click.echo(
+                f"{j['id']:>5}  {j['state']:<9} {j['items_done']:>8}/{j['items_total']:<8} "
+                f"failed {j['items_failed']:<6} dataset {j['dataset_id']:<4} teacher {j['teacher_id'][:12]}"
+            )
+
+
+@jobs.command("stats")
+@click.argument("job_id", type=int)
+@click.option("--threshold", default=0.3, show_default=True, help="Confidence filter to count above.")
+@click.option("--labeled-dataset", "labeled_dataset_id", type=int, help="Compare with this labeled set.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="Save the chart (.png/.svg).")
+@click.pass_context
+def jobs_stats(ctx, job_id, threshold, labeled_dataset_id, chart) -> None:
+    """Per-class counts, before and after the threshold, as a table."""
+    params = {"labeled_dataset_id": labeled_dataset_id} if labeled_dataset_id is not None else {}
+    with _client(ctx) as client:
+        stats = client.job_stats(job_id, threshold=threshold, **params)
+        click.echo(format_stats(stats))
+        if chart is not None:
+            fmt = "svg" if chart.suffix.lower() == ".svg" else "png"
+            client.job_stats_chart(job_id, chart, threshold=threshold, fmt=fmt, **params)
+            click.echo(f"wrote {chart}")
+
+
+def format_stats(stats: dict) -> str:
+    def ratio(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    width = max(len("class"), *(len(name) for name in stats["classes"]))
+    lines = [
+        f"job {stats['job_id']} ({stats['state']}), threshold {stats['threshold']}",
+        f"{'class':<{width}}  {'pseudo':>8}  {'>= thr':>8}  {'mean conf':>9}  {'labeled':>8}",
+    ]
+
+    def row(name: str, counts: dict, mean: str) -> str:
+        labeled = "-" if counts["labeled"] is None else counts["labeled"]
+        pseudo, above = counts["pseudo_labeled"], counts["above_threshold"]
+        return f"{name:<{width}}  {pseudo:>8}  {above:>8}  {mean:>9}  {labeled:>8}"
+
+    for name, counts in stats["classes"].items():
+        mean = counts["mean_confidence"]
+        lines.append(row(name, counts, "-" if mean is None else f"{mean:.3f}"))
+    lines.append(row("total", stats["totals"], ""))
+    lines.append(
+        f"imbalance (largest/smallest class): {ratio(stats['imbalance_ratio'])} pseudo-labeled, "
+        f"{ratio(stats['imbalance_ratio_above_threshold'])} above the threshold, "
+        f"{ratio(stats['labeled_imbalance_ratio'])} labeled"
+    )
+    return "\n".join(lines)
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+
+@cli.group()
+def manifests() -> None:
+    """Filtered and balanced training manifests."""
+
+
+@manifests.command("create")
+@click.option("--job", "job_ids", type=int, multiple=True, help="A succeeded labeling job (repeatable).")
+@click.option(
+    "--labeled", "labeled_dataset_ids", type=int, multiple=True, help="A labeled train split (repeatable)."
+)
+@click.option(
+    "--threshold", type=float, default=0.3, show_default=True, help="Keep pseudo labels at or above."
+)
+@click.option("--target-per-class", type=int, help="Pseudo-labeled images per class (with copies).")
+@click.option(
+    "--target-mode", type=click.Choice(["even", "labeled_distribution"]), default="even", show_default=True
+)
+@click.option("--balance/--no-balance", default=True, show_default=True)
+@click.option("--soft/--hard", default=True, show_default=True, help="Soft (distribution) or hard targets.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--per-class-thresholds", is_flag=True, help="The authors' per-class thresholds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the manifest ID.")
+@click.pass_context
+def manifests_create(ctx, job_ids, labeled_dataset_ids, quiet, **options) -> None:
+    """Build (or find) the manifest for these inputs; its ID is what `nst train --manifest` takes."""
+    body = {"job_ids": list(job_ids), "labeled_dataset_ids": list(labeled_dataset_ids), **options}
+    with _client(ctx) as client:
+        manifest = client.create_manifest(**body)
+    click.echo(manifest["id"] if quiet else json.dumps(manifest, indent=2))
+
+
+@manifests.command("show")
+@click.argument("manifest_id")
+@click.pass_context
+def manifests_show(ctx, manifest_id) -> None:
+    with _client(ctx) as client:
+        _print(client.manifest(manifest_id))
+
+
+@manifests.command("list")
+@click.pass_context
+def manifests_list(ctx) -> None:
+    with _client(ctx) as client:
+        for m in client.manifests():
+            totals = m["totals"]
+            click.echo(
+                f"{m['id'][:16]}  {totals['entries']:>9} entries  {totals['samples']:>9} samples  "
+                f"jobs {','.join(map(str, m['provenance']['job_ids'])) or '-'}  {m['created_at']}"
+            )
+
+
+@manifests.command("export")
+@click.argument("manifest_id")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def manifests_export(ctx, manifest_id, fmt, out) -> None:
+    with _client(ctx) as client:
+        client.export_manifest(manifest_id, out, fmt)
     click.echo(f"wrote {out}")
 
 

@@ -103,6 +103,26 @@ class Client:
         response = self._request(method, path, **kwargs)
         return None if response.status_code == 204 else response.json()
 
+    def _listing(self, path: str, params: dict, page_size: int = 1000) -> list[dict]:
+        """Every row of a registry list (``{data, count}``, paged by offset), not only the first page."""
+        rows: list[dict] = []
+        while True:
+            page = self._json("GET", path, params={**params, "offset": len(rows), "limit": page_size})
+            rows += page["data"]
+            if not page["data"] or len(rows) >= page["count"]:
+                return rows
+
+    def _download(self, path: str, params: dict, out: str | Path) -> Path:
+        out = Path(out)
+        with self._http.stream("GET", path, params=params) as resp:
+            if resp.is_error:
+                resp.read()
+                self._request("GET", path, params=params)  # raises the service's error
+            with out.open("wb") as handle:
+                for chunk in resp.iter_bytes():
+                    handle.write(chunk)
+        return out
+
     def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
         params = dict(params or {})
         while True:
@@ -148,7 +168,7 @@ class Client:
         return self._json("GET", f"/datasets/{dataset_id}")
 
     def datasets(self, **filters) -> list[dict]:
-        return self._json("GET", "/datasets", params=filters)["data"]
+        return self._listing("/datasets", filters)
 
     def items(self, dataset_id: int, page_size: int = 5000) -> Iterator[dict]:
         return self._pages(f"/datasets/{dataset_id}/items", {"limit": page_size})
@@ -173,7 +193,10 @@ class Client:
         return self._json("GET", f"/teachers/{teacher_id}")
 
     def teachers(self, **filters) -> list[dict]:
-        return self._json("GET", "/teachers", params=filters)["data"]
+        return self._listing("/teachers", filters)
+
+    def delete_teacher(self, teacher_id: str) -> None:
+        self._json("DELETE", f"/teachers/{teacher_id}")
 
     def wait_for_teacher(self, teacher_id: str, timeout: float = 300.0) -> dict:
         """Wait for a worker's verdict; raise ``InvalidRequest`` if the checkpoint is invalid."""
@@ -200,6 +223,9 @@ class Client:
 
     def job(self, job_id: int) -> dict:
         return self._json("GET", f"/jobs/{job_id}")
+
+    def jobs(self) -> list[dict]:
+        return self._listing("/jobs", {})
 
     def cancel_job(self, job_id: int) -> dict:
         return self._json("POST", f"/jobs/{job_id}/cancel")
@@ -228,15 +254,7 @@ class Client:
         return self._pages(f"/jobs/{job_id}/errors")
 
     def export_labels(self, job_id: int, out: str | Path, fmt: str = "parquet") -> Path:
-        out = Path(out)
-        with self._http.stream("GET", f"/jobs/{job_id}/labels", params={"format": fmt}) as resp:
-            if resp.is_error:
-                resp.read()
-                self._request("GET", f"/jobs/{job_id}/labels", params={"format": fmt})
-            with out.open("wb") as handle:
-                for chunk in resp.iter_bytes():
-                    handle.write(chunk)
-        return out
+        return self._download(f"/jobs/{job_id}/labels", {"format": fmt}, out)
 
     @staticmethod
     def _poll(
@@ -278,7 +296,10 @@ class Client:
         return self._json("GET", f"/manifests/{manifest_id}")
 
     def manifests(self, **params) -> list[dict]:
-        return self._json("GET", "/manifests", params=params)["data"]
+        return self._listing("/manifests", params)
+
+    def export_manifest(self, manifest_id: str, out: str | Path, fmt: str = "parquet") -> Path:
+        return self._download(f"/manifests/{manifest_id}/entries", {"format": fmt}, out)
 
     def manifest_entries(self, manifest_id: str, page_size: int = 5000) -> Iterator[dict]:
         return self._pages(f"/manifests/{manifest_id}/entries", {"limit": page_size})

@@ -1,0 +1,88 @@
+"""The CLI's registry, job and manifest commands, against the API in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.utils import synthetic
+from tests.utils.transport import in_process_client
+
+CLASSES = ["cat", "dog", "eel"]
+CAT, DOG, EEL = range(3)
+
+
+@pytest.fixture
+def run(client, monkeypatch):
+    """Invoke ``nst ...`` with its client talking to the in-process app."""
+    monkeypatch.setattr("cli.main.Client", lambda *_args, **_kwargs: in_process_client(client))
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    return invoke
+
+
+@pytest.fixture
+def job():
+    teacher = synthetic.teacher(CLASSES)
+    labels = [(CAT, 0.9), (CAT, 0.8), (CAT, 0.4), (DOG, 0.95), (DOG, 0.2), (EEL, 0.6)]
+    return synthetic.finished_job(teacher, labels)
+
+
+def test_manifests_create_prints_the_id_that_show_list_and_export_take(run, client, job, tmp_path):
+    labeled = synthetic.labeled_dataset(CLASSES, [CAT, DOG, EEL])
+    manifest_id = run(
+        "manifests", "create", "--job", str(job.id), "--labeled", str(labeled), "--threshold", "0.5", "-q"
+    ).strip()
+    shown = json.loads(run("manifests", "show", manifest_id))
+    assert shown == client.get(f"/manifests/{manifest_id}").json()
+    assert shown["params"]["threshold"] == 0.5 and shown["provenance"]["job_ids"] == [job.id]
+    assert manifest_id[:16] in run("manifests", "list")
+    out = tmp_path / "m.parquet"
+    run("manifests", "export", manifest_id, "--out", str(out))
+    assert pq.read_table(out).num_rows == shown["totals"]["entries"]
+    again = json.loads(
+        run("manifests", "create", "--job", str(job.id), "--labeled", str(labeled), "--threshold", "0.5")
+    )
+    assert again["id"] == manifest_id  # the same inputs find the same manifest
+
+
+def test_jobs_list_and_stats_show_what_the_api_returns(run, client, job, tmp_path):
+    listed = run("jobs", "list").splitlines()
+    assert len(listed) == 1 and listed[0].split()[:2] == [str(job.id), "succeeded"]
+    chart = tmp_path / "stats.svg"
+    table = run("jobs", "stats", str(job.id), "--threshold", "0.5", "--chart", str(chart))
+    stats = client.get(f"/jobs/{job.id}/stats", params={"threshold": 0.5}).json()
+    rows = {line.split()[0]: line.split()[1:3] for line in table.splitlines()[2 : 2 + len(CLASSES) + 1]}
+    assert rows == {
+        name: [str(c["pseudo_labeled"]), str(c["above_threshold"])] for name, c in stats["classes"].items()
+    } | {"total": [str(stats["totals"]["pseudo_labeled"]), str(stats["totals"]["above_threshold"])]}
+    assert rows["cat"] == ["3", "2"]
+    assert chart.read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_datasets_items_lists_every_item(run, job):
+    lines = run("datasets", "items", str(job.dataset_id)).splitlines()
+    assert [int(line.split()[0]) for line in lines] == job.item_ids
+    assert len(run("datasets", "items", str(job.dataset_id), "--limit", "2").splitlines()) == 2
+
+
+def test_teachers_delete_removes_an_unused_teacher(run, client):
+    teacher = synthetic.teacher(CLASSES, name="unused")
+    run("teachers", "delete", teacher)
+    assert client.get(f"/teachers/{teacher}").status_code == 404
+
+
+def test_list_calls_follow_every_page(client):
+    for n in range(5):
+        synthetic.teacher(CLASSES, name=f"t{n}")
+    api = in_process_client(client)
+    assert len(api._listing("/teachers", {}, page_size=2)) == 5
+    assert len(api.teachers()) == client.get("/teachers").json()["count"] == 5
