@@ -2,7 +2,7 @@
 through the real stack (uvicorn API, Celery broker, one real Celery worker process), against a
 bare PyTorch loop over the same image files, measured in the same run.
 
-    .venv/bin/python bench/label_throughput.py [--images 3000] [--images-224 600]
+    .venv/bin/python -m bench.label_throughput [--images 3000] [--images-224 600]
         [--models resnet18,efficientnet_b0] [--sizes 28,224] [--batch-size 64]
         [--shard-size 1000] [--workers 2] [--threads 2] [--repeats 3] [--poll 0.5] [--reuse-teacher]
         [--database-url postgresql+psycopg://...] [--broker-url redis://...]
@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from timm.data import create_transform
+from torch.utils.data import DataLoader, Dataset
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from timm.data import create_transform  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from cli import fashion_mnist  # noqa: E402
-from cli.localstack import LocalStack  # noqa: E402
-from nst.checkpoint import default_metadata, save_teacher  # noqa: E402
+from bench.common import bench_root, local_stack, print_table
+from cli import fashion_mnist
+from nst.checkpoint import default_metadata, save_teacher
 
 
 class Files(Dataset):
@@ -183,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-"))).resolve()
+    root = bench_root(args.dir, "nst-bench-")
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     env = {
@@ -202,68 +197,60 @@ def main() -> None:
     counts = {size: args.images if size < 100 else args.images_224 for size in sizes}
 
     rows = []
-    stack = LocalStack(root / "logs", env)
-    try:
-        with stack:
-            client = stack.start_api()
-            worker = stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
-            folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
-            datasets = {
-                n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
-                for n, folder in folders.items()
-            }
-            for architecture in models:
-                for size in sizes:
-                    n = counts[size]
-                    files = sorted(str(p) for p in folders[n].glob("*.png"))
-                    bare_runs, service_runs, wall_runs = [], [], []
-                    # Bare and service alternate, so a slow spell of a shared machine hits both.
-                    teacher = None
-                    for repeat in range(args.repeats):
-                        if teacher is None or not args.reuse_teacher:
-                            path, metadata = make_teacher(data, architecture, size, repeat)
-                            teacher = client.upload_teacher(path)
-                            client.wait_for_teacher(teacher["id"])
-                        # The stack waits stopped meanwhile: its idle processes (the embedded broker
-                        # polls every 50 ms) would otherwise tax the bare loop, not the service.
-                        with stack.paused():
-                            bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                            bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
-                        # What the stack itself burns meanwhile, beside the labeling pool process:
-                        # the API answering polls, the worker's main process fetching messages.
-                        stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
-                        before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
-                        (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
-                        faults = minor_faults(pool_pid)
-                        service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
-                        spent = ", ".join(
-                            f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
-                        )
-                        service_runs.append(service_s)
-                        wall_runs.append(wall_s)
-                        print(
-                            f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
-                            f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, "
-                            f"client clock {wall_s:.2f} s "
-                            f"(CPU meanwhile: {spent}; labeling process page faults "
-                            f"{minor_faults(pool_pid) - faults:,})",
-                            flush=True,
-                        )
-                    bare_s, service_s, wall_s = (
-                        statistics.median(r) for r in (bare_runs, service_runs, wall_runs)
+    with local_stack(root, env, remove=args.dir is None) as stack:
+        client = stack.start_api()
+        worker = stack.start_worker(concurrency=1, NST_DECODE_WORKERS=str(args.workers))
+        folders = {n: write_images(data, n) for n in sorted(set(counts.values()))}
+        datasets = {
+            n: client.register_dataset(name=f"bench-{n}", kind="unlabeled", path=folder)["id"]
+            for n, folder in folders.items()
+        }
+        for architecture in models:
+            for size in sizes:
+                n = counts[size]
+                files = sorted(str(p) for p in folders[n].glob("*.png"))
+                bare_runs, service_runs, wall_runs = [], [], []
+                # Bare and service alternate, so a slow spell of a shared machine hits both.
+                teacher = None
+                for repeat in range(args.repeats):
+                    if teacher is None or not args.reuse_teacher:
+                        path, metadata = make_teacher(data, architecture, size, repeat)
+                        teacher = client.upload_teacher(path)
+                        client.wait_for_teacher(teacher["id"])
+                    # The stack waits stopped meanwhile: its idle processes (the embedded broker
+                    # polls every 50 ms) would otherwise tax the bare loop, not the service.
+                    with stack.paused():
+                        bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                        bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
+                    # What the stack itself burns meanwhile, beside the labeling pool process:
+                    # the API answering polls, the worker's main process fetching messages.
+                    stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
+                    before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
+                    (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
+                    faults = minor_faults(pool_pid)
+                    service_s, wall_s, _ = service(client, teacher["id"], datasets[n], args)
+                    spent = ", ".join(
+                        f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
                     )
-                    bare_rate, service_rate = n / bare_s, n / service_s
-                    # Each run's own ratio too: a bare run and the service run right after it share
-                    # the machine's mood of the moment, which varies by +-10% on a shared host.
-                    pairs = [b / s for b, s in zip(bare_runs, service_runs, strict=True)]
-                    ratios = (service_rate / bare_rate, statistics.median(pairs), min(pairs), max(pairs))
-                    rows.append((architecture, size, n, bare_rate, service_rate, n / wall_s, *ratios))
-    except Exception:
-        print(stack.logs(), file=sys.stderr)
-        raise
-    finally:
-        if args.dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+                    service_runs.append(service_s)
+                    wall_runs.append(wall_s)
+                    print(
+                        f"{architecture} {size}px run {repeat + 1}/{args.repeats}: "
+                        f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s, "
+                        f"client clock {wall_s:.2f} s "
+                        f"(CPU meanwhile: {spent}; labeling process page faults "
+                        f"{minor_faults(pool_pid) - faults:,})",
+                        flush=True,
+                    )
+                bare_s, service_s, wall_s = (
+                    statistics.median(r) for r in (bare_runs, service_runs, wall_runs)
+                )
+                bare_rate, service_rate = n / bare_s, n / service_s
+                # Each run's own ratio too: a bare run and the service run right after it share
+                # the machine's mood of the moment, which varies by +-10% on a shared host.
+                pairs = [b / s for b, s in zip(bare_runs, service_runs, strict=True)]
+                ratios = (service_rate / bare_rate, statistics.median(pairs), min(pairs), max(pairs))
+                rows.append((architecture, size, n, bare_rate, service_rate, n / wall_s, *ratios))
 
     teachers = "one teacher for every run" if args.reuse_teacher else "a new teacher each run"
     print(
@@ -272,17 +259,32 @@ def main() -> None:
         f"threads {args.threads}, cpu count {os.cpu_count()}, medians of {args.repeats} runs, "
         f"poll {args.poll} s, {teachers}\n"
     )
-    print(
-        "| model | size | images | bare img/s | service img/s (submitted to last commit) "
-        "| service img/s, client clock | ratio of medians | per-run ratios: median (min-max) |"
+    print_table(
+        [
+            "model",
+            "size",
+            "images",
+            "bare img/s",
+            "service img/s (submitted to last commit)",
+            "service img/s, client clock",
+            "ratio of medians",
+            "per-run ratios: median (min-max)",
+        ],
+        (
+            (
+                architecture,
+                f"{size} px",
+                n,
+                f"{b:.1f}",
+                f"{s:.1f}",
+                f"{t:.1f}",
+                f"{ratio:.2f}",
+                f"{pair:.2f} ({low:.2f}-{high:.2f})",
+            )
+            for architecture, size, n, b, s, t, ratio, pair, low, high in rows
+        ),
+        target="ratio >= 0.95",
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for architecture, size, n, b, s, t, ratio, pair, low, high in rows:
-        print(
-            f"| {architecture} | {size} px | {n} | {b:.1f} | {s:.1f} | {t:.1f} | {ratio:.2f} "
-            f"| {pair:.2f} ({low:.2f}-{high:.2f}) |"
-        )
-    print("\ntarget: ratio >= 0.95")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training throughput: images per second of ``trainer.train`` (manifest pulled over HTTP from a
 real uvicorn API) against a bare timm training loop, measured in the same run.
 
-    .venv/bin/python bench/trainer_throughput.py [--steps 60] [--models resnet18,efficientnet_b0]
+    .venv/bin/python -m bench.trainer_throughput [--steps 60] [--models resnet18,efficientnet_b0]
         [--image-size 28] [--batch-size 64] [--workers 2] [--threads 2] [--per-class 100]
 
 The manifest is labeled-only (a Fashion-MNIST ImageFolder train split, ``--per-class`` images per
@@ -18,28 +18,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-import numpy as np  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from timm.optim import create_optimizer_v2  # noqa: E402
-from timm.utils import ModelEmaV3  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
-
-from cli import fashion_mnist  # noqa: E402
-from cli.localstack import LocalStack  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import train_transform  # noqa: E402
-from trainer.train import train  # noqa: E402
+from bench.common import bench_root, local_stack, print_table
+from cli import fashion_mnist
+from trainer.config import TrainConfig
+from trainer.data import train_transform
+from trainer.train import train
 
 
 class Files(Dataset):
@@ -102,73 +97,57 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-bench-train-"))).resolve()
+    root = bench_root(args.dir, "nst-bench-train-")
     data = root / "data"
     labeled = data / f"labeled-{args.per_class}"
     env = {"NST_DATA_DIR": str(root / "nst"), "NST_DATA_ROOTS": str(data)}
 
     rows = []
-    stack = LocalStack(root / "logs", env)
-    try:
-        # Inside the stack, whose SIGTERM handling unwinds to the `finally` that removes the temp
-        # folder, also while the images are written.
-        with stack:
-            if not labeled.exists():
-                images, labels = fashion_mnist.load("train")
-                indices, _ = fashion_mnist.split_indices(
-                    labels, per_class=args.per_class, unlabeled=0, seed=0
-                )
-                fashion_mnist.write_image_folder(labeled, images, labels, indices)
-            client = stack.start_api()
-            dataset = client.register_dataset(
-                name="bench-labeled", kind="labeled", split="train", path=labeled
+    # Inside the stack, whose SIGTERM handling unwinds to the removal of the temp folder, also
+    # while the images are written.
+    with local_stack(root, env, remove=args.dir is None) as stack:
+        if not labeled.exists():
+            images, labels = fashion_mnist.load("train")
+            indices, _ = fashion_mnist.split_indices(labels, per_class=args.per_class, unlabeled=0, seed=0)
+            fashion_mnist.write_image_folder(labeled, images, labels, indices)
+        client = stack.start_api()
+        dataset = client.register_dataset(name="bench-labeled", kind="labeled", split="train", path=labeled)
+        manifest = client.create_manifest(labeled_dataset_ids=[dataset["id"]], job_ids=[])
+        items = list(client.items(dataset["id"]))
+        classes = fashion_mnist.CLASSES
+        paths = [item["uri"] for item in items]
+        names = dataset["classes"]  # an item's label indexes its dataset's (sorted) classes
+        targets = [classes.index(names[item["label"]]) for item in items]
+        for architecture in args.models.split(","):
+            cfg = TrainConfig(
+                manifest_id=manifest["id"],
+                api_url=stack.url,
+                out_dir=str(root / "runs" / architecture),
+                architecture=architecture,
+                image_size=args.image_size,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                ema_decay=args.ema_decay,
+                checkpoint_every=0,
+                register=False,
+                progress=False,
             )
-            manifest = client.create_manifest(labeled_dataset_ids=[dataset["id"]], job_ids=[])
-            items = list(client.items(dataset["id"]))
-            classes = fashion_mnist.CLASSES
-            paths = [item["uri"] for item in items]
-            names = dataset["classes"]  # an item's label indexes its dataset's (sorted) classes
-            targets = [classes.index(names[item["label"]]) for item in items]
-            for architecture in args.models.split(","):
-                cfg = TrainConfig(
-                    manifest_id=manifest["id"],
-                    api_url=stack.url,
-                    out_dir=str(root / "runs" / architecture),
-                    architecture=architecture,
-                    image_size=args.image_size,
-                    steps=args.steps,
-                    batch_size=args.batch_size,
-                    workers=args.workers,
-                    ema_decay=args.ema_decay,
-                    checkpoint_every=0,
-                    register=False,
-                    progress=False,
-                )
-                bare_rate = bare(cfg, paths, targets)
-                result = train(dataclasses.replace(cfg), client)
-                rows.append(
-                    (architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate)
-                )
-                print(
-                    f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s"
-                )
-    except Exception:
-        print(stack.logs(), file=sys.stderr)
-        raise
-    finally:
-        if args.dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+            bare_rate = bare(cfg, paths, targets)
+            result = train(dataclasses.replace(cfg), client)
+            rows.append((architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate))
+            print(f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s")
 
     print(
         f"\nimage size {args.image_size}, batch {args.batch_size}, {args.steps} steps, "
         f"workers {args.workers}, threads {args.threads}, EMA {args.ema_decay}, "
         f"{len(paths)} labeled images (numpy {np.__version__}, torch {torch.__version__})\n"
     )
-    print("| model | size | bare img/s | trainer img/s | ratio |")
-    print("|---|---|---|---|---|")
-    for architecture, b, t, ratio in rows:
-        print(f"| {architecture} | {args.image_size} px | {b:.1f} | {t:.1f} | {ratio:.2f} |")
-    print("\ntarget: ratio >= 0.95")
+    print_table(
+        ["model", "size", "bare img/s", "trainer img/s", "ratio"],
+        ((a, f"{args.image_size} px", f"{b:.1f}", f"{t:.1f}", f"{ratio:.2f}") for a, b, t, ratio in rows),
+        target="ratio >= 0.95",
+    )
 
 
 if __name__ == "__main__":
