@@ -193,9 +193,12 @@ def teachers_register(ctx, path, metadata_file, upload, wait) -> None:
 @click.option(
     "--reset-classifier", is_flag=True, help="Keep the backbone, start a fresh classifier for these classes."
 )
+@click.option(
+    "--dedupe-classes", is_flag=True, help="Suffix each repeated class name with its index: 'crane (517)'."
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def teachers_convert(
-    source, arch, classes, classes_file, channels, image_size, reset_classifier, out
+    source, arch, classes, classes_file, channels, image_size, reset_classifier, dedupe_classes, out
 ) -> None:
     """Convert a PyTorch state dict (.pt/.pth) into a registrable safetensors teacher."""
     from nst.checkpoint import ConversionError, convert, default_metadata, save_teacher
@@ -203,6 +206,7 @@ def teachers_convert(
     names = classes.split(",") if classes else [line.strip() for line in (classes_file or []) if line.strip()]
     if len(names) < 2:
         raise click.BadParameter("give at least two class names", param_hint="--classes")
+    names = _unique_class_names(names, dedupe=dedupe_classes)
     try:
         state = convert(
             source,
@@ -216,6 +220,26 @@ def teachers_convert(
     metadata = default_metadata(arch, names, int(channels), image_size=image_size)
     save_teacher(state, out, metadata)
     click.echo(f"wrote {out} ({arch}, {len(names)} classes); register it with `nst teachers register {out}`")
+
+
+def _unique_class_names(names: list[str], *, dedupe: bool) -> list[str]:
+    # A registered teacher's class names must be unique, and ImageNet's own descriptions are not
+    # ("crane" the bird and the machine): refuse before anything is written, or rename on request.
+    positions: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        positions.setdefault(name, []).append(index)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if not repeated:
+        return names
+    if dedupe:
+        return [f"{name} ({index})" if name in repeated else name for index, name in enumerate(names)]
+    listed = "; ".join(f"{name!r} at {', '.join(map(str, where))}" for name, where in repeated.items())
+    raise click.BadParameter(
+        f"class names repeat ({listed}); class names must be unique: give unique names (for ImageNet, "
+        "the WordNet synset IDs such as n02012849) or pass --dedupe-classes to suffix each repeat "
+        "with its index",
+        param_hint="--classes",
+    )
 
 
 @teachers.command("list")

@@ -91,3 +91,23 @@ def test_the_trainer_never_imports_the_service():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_repeated_class_names_are_refused_before_writing_or_suffixed_on_request(tmp_path):
+    """ImageNet's own descriptions hold "crane" twice (the bird and the machine)."""
+    model = timm.create_model("resnet10t", num_classes=3)
+    source = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), source)
+    out = tmp_path / "t.safetensors"
+    args = [str(source), "--arch", "resnet10t", "--classes", "crane,heron,crane", "--out", str(out)]
+    refused = _convert(*args)
+    assert (
+        refused.exit_code != 0
+        and "'crane' at 0, 2" in refused.output
+        and "--dedupe-classes" in refused.output
+    )
+    assert not out.exists()
+    done = _convert(*args, "--dedupe-classes")
+    assert done.exit_code == 0, done.output
+    names = json.loads(read_header(out)["__metadata__"]["nst"])["class_names"]
+    assert names == ["crane (0)", "heron", "crane (2)"]
