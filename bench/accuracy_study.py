@@ -1,7 +1,7 @@
 """The accuracy study (docs/RESULTS.md): does the loop make students beat their teachers on real
 data, and does each ingredient of the paper matter?
 
-    .venv/bin/python bench/accuracy_study.py [--seeds 0,1,2] [--generations 3]
+    .venv/bin/python -m bench.accuracy_study [--seeds 0,1,2] [--generations 3]
         [--unlabeled 20000] [--teacher-steps 1500] [--steps 1000] [--dir study]
 
 Fashion-MNIST written as PNG files (100 labeled images per class, an unlabeled pool drawn from
@@ -35,16 +35,13 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cli import fashion_mnist  # noqa: E402
-from cli.localstack import LocalStack  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.iterate import IterateConfig, iterate  # noqa: E402
+from cli import fashion_mnist
+from cli.localstack import LocalStack
+from trainer.config import TrainConfig
+from trainer.iterate import IterateConfig, iterate
 
 # What each ablation changes in the loop and in the student's training.
 ABLATIONS: dict[str, dict] = {
@@ -380,7 +377,7 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
     }
     # A seed's results are written whole when it finishes, to --results (which may live in the
-    # repository), so a study can run one seed per session and report over all of them.
+    # repository), so a study can run one seed per sitting and report over all of them.
     results_dir = (args.results or args.dir).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     budget = _budget(args)

@@ -2,7 +2,7 @@
 writes them (``workers.labeling.insert_ignoring_duplicates``): 10 classes stored whole, and
 1,000 classes stored as the top 10 plus the remaining mass.
 
-    .venv/bin/python bench/label_bytes.py [--labels 100000]
+    .venv/bin/python -m bench.label_bytes [--labels 100000]
 
 PostgreSQL: ``pg_total_relation_size('labels')`` (heap, primary-key index, TOAST) per label;
 SQLite: the whole database file per label. Uses a fresh database on the local server, dropped.
@@ -11,25 +11,20 @@ SQLite: the whole database file per label. Uses a fresh database on the local se
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import postgres_database
+from bench.synthetic import placeholder_dataset, placeholder_teacher
+from service.core.db import make_engine
+from service.core.migrate import upgrade_head
+from service.models import Job, Label
+from workers.labeling import insert_ignoring_duplicates
 
-from bench.synthetic import placeholder_teacher  # noqa: E402
-from service.core.db import make_engine  # noqa: E402
-from service.core.migrate import upgrade_head  # noqa: E402
-from service.models import Dataset, Job, Label  # noqa: E402
-from workers.labeling import insert_ignoring_duplicates  # noqa: E402
-
-ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOP_K = 10
 
 
@@ -61,17 +56,7 @@ def _rows(start: int, stop: int, classes: int, keep_all: bool, rng) -> list[dict
 def fill(engine, n: int, classes: int, keep_all: bool) -> None:
     upgrade_head(engine)
     with Session(engine) as session:
-        session.add(
-            Dataset(
-                id=1,
-                name="d",
-                kind="unlabeled",
-                modality="image",
-                source_path="/",
-                source_format="folder",
-                item_count=n,
-            )
-        )
+        session.add(placeholder_dataset("d", id=1, source_path="/", source_format="folder", item_count=n))
         session.flush()
         session.add(placeholder_teacher("t", [str(i) for i in range(classes)]))
         session.flush()
@@ -100,19 +85,12 @@ def fill(engine, n: int, classes: int, keep_all: bool) -> None:
 
 
 def postgres_bytes(n: int, classes: int, keep_all: bool) -> float:
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"nst_bytes_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        engine = make_engine(sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(False))
+    with postgres_database() as url:
+        engine = make_engine(url)
         fill(engine, n, classes, keep_all)
         with engine.connect() as conn:
             total = conn.execute(sa.text("SELECT pg_total_relation_size('labels')")).scalar()
         engine.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return total / n
 
 

@@ -2,7 +2,7 @@
 run in this process over every shard of a job, with each phase timed and cProfile over the
 whole, beside the bare loop of bench/label_throughput.py on the same files in the same run.
 
-    .venv/bin/python bench/label_profile.py [--images 3000] [--model resnet18] [--size 28]
+    .venv/bin/python -m bench.label_profile [--images 3000] [--model resnet18] [--size 28]
         [--batch-size 64] [--shard-size 1000] [--workers 2] [--threads 2] [--top 25]
 
 Phases: claiming the shard and listing its pending items (``start_shard``), building the model
@@ -19,15 +19,13 @@ import gc
 import io
 import os
 import pstats
-import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+from bench.common import bench_root, print_table
 
 
 def _timed(table: dict, name: str, fn):
@@ -60,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    root = (args.dir or Path(tempfile.mkdtemp(prefix="nst-profile-"))).resolve()
+    root = bench_root(args.dir, "nst-profile-")
     data = root / "data"
     data.mkdir(parents=True, exist_ok=True)
     os.environ.update(NST_DATA_DIR=str(root / "nst"), NST_DATA_ROOTS=str(data))
@@ -158,13 +156,16 @@ def main() -> None:
         f"{args.model} {args.size}px, {args.images} images, {len(shard_ids)} shard(s) of {args.shard_size}, "
         f"batch {args.batch_size}, decode workers {args.workers}, threads {args.threads}\n"
     )
-    print("| phase | seconds | share of worker time |\n|---|---|---|")
-    for name, seconds in [*phases.items(), *collections.items()]:
-        print(f"| {name} | {seconds:.2f} | {seconds / worker_s:.0%} |")
     rest = worker_s - sum(phases.values())
-    print(f"| rest (DataLoader start + waiting on decode) | {rest:.2f} | {rest / worker_s:.0%} |")
-    print(f"| **worker loop, all shards** | {worker_s:.2f} | {args.images / worker_s:.0f} img/s |")
-    print(f"| bare loop | {bare_s:.2f} | {args.images / bare_s:.0f} img/s |")
+    parts = [*phases.items(), *collections.items(), ("rest (DataLoader start + waiting on decode)", rest)]
+    print_table(
+        ["phase", "seconds", "share of worker time"],
+        [
+            *((name, f"{seconds:.2f}", f"{seconds / worker_s:.0%}") for name, seconds in parts),
+            ("**worker loop, all shards**", f"{worker_s:.2f}", f"{args.images / worker_s:.0f} img/s"),
+            ("bare loop", f"{bare_s:.2f}", f"{args.images / bare_s:.0f} img/s"),
+        ],
+    )
     print(f"\nratio worker loop / bare: {bare_s / worker_s:.2f}\n")
     by_position = [[w[i] for w in waits if i < len(w)] for i in range(max(len(w) for w in waits))]
     means = ", ".join(f"{1000 * sum(p) / len(p):.0f}" for p in by_position)

@@ -2,7 +2,7 @@
 1,000 classes (top-10 storage, as a worker writes them beyond 100 classes), a labeled train split
 of 13 images per class, all through the real HTTP endpoints (in-process).
 
-    .venv/bin/python bench/label_store.py [--labels 1000000] [--classes 1000]
+    .venv/bin/python -m bench.label_store [--labels 1000000] [--classes 1000]
 
 Each endpoint is set against a baseline measured in the same run: for statistics, fetching
 (predicted, confidence) into numpy and aggregating there; for a manifest, a bare INSERT ... SELECT
@@ -16,29 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import median_time, postgres_database
 
-ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TOP_K = 10
-
-
-def _timed(fn, repeat: int = 3) -> tuple[float, object]:
-    """The median of ``repeat`` runs, and the last result."""
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def _copy(engine: sa.Engine, table: str, columns: list[str], rows) -> None:
@@ -65,10 +51,10 @@ def _labels(rng: np.random.Generator, n: int, num_classes: int):
 
 
 def populate(engine: sa.Engine, *, labels: int, num_classes: int, seed: int = 0) -> tuple[int, int]:
-    from bench.synthetic import placeholder_teacher
+    from bench.synthetic import job_options, placeholder_dataset, placeholder_teacher
     from service.core.db import session_scope
     from service.crud.jobs import create_job
-    from service.models import Dataset, Shard, utcnow
+    from service.models import Shard, utcnow
 
     names = [f"class-{i:04d}" for i in range(num_classes)]
     with session_scope() as session:
@@ -83,23 +69,9 @@ def populate(engine: sa.Engine, *, labels: int, num_classes: int, seed: int = 0)
             interpolation="bicubic",
             crop_pct=0.875,
         )
-        pool = Dataset(
-            name="pool",
-            kind="unlabeled",
-            modality="image",
-            source_path="/bench/pool",
-            source_format="list",
-            item_count=labels,
-        )
-        labeled = Dataset(
-            name="labeled",
-            kind="labeled",
-            split="train",
-            modality="image",
-            source_path="/bench/labeled",
-            source_format="folder",
-            classes=names,
-            item_count=13 * num_classes,
+        pool = placeholder_dataset("pool", item_count=labels)
+        labeled = placeholder_dataset(
+            "labeled", kind="labeled", split="train", classes=names, item_count=13 * num_classes
         )
         session.add_all([teacher, pool, labeled])
         session.flush()
@@ -120,20 +92,13 @@ def populate(engine: sa.Engine, *, labels: int, num_classes: int, seed: int = 0)
         ),
     )
     with session_scope() as session:
-        options = {
-            "batch_size": 256,
-            "temperature": 1.0,
-            "top_k": TOP_K,
-            "full_distribution_max": 100,
-            "shard_size": 10_000,
-        }
         job, _ = create_job(
             session,
             teacher_id="b" * 64,
             dataset_id=pool_id,
             items_total=labels,
             num_classes=num_classes,
-            options=options,
+            options=job_options(batch_size=256, shard_size=10_000, top_k=TOP_K),
         )
         session.execute(
             sa.update(Shard)
@@ -215,19 +180,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     args = parser.parse_args()
 
-    name = f"nst_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(False)
-    os.environ["NST_DATABASE_URL"] = url
-    os.environ["NST_DATA_DIR"] = tempfile.mkdtemp(prefix="nst-bench-")
-    try:
+    with postgres_database() as url:
+        os.environ["NST_DATABASE_URL"] = url
+        os.environ["NST_DATA_DIR"] = tempfile.mkdtemp(prefix="nst-bench-")
         _run(url, args)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _run(url: str, args) -> None:
@@ -247,20 +203,22 @@ def _run(url: str, args) -> None:
     )
 
     with TestClient(create_app()) as client:
-        base, _ = _timed(lambda: baseline_stats(engine, job_id, args.classes))
-        took, stats = _timed(lambda: client.get(f"/jobs/{job_id}/stats", params={"threshold": 0.3}).json())
+        base, _ = median_time(lambda: baseline_stats(engine, job_id, args.classes))
+        took, stats = median_time(
+            lambda: client.get(f"/jobs/{job_id}/stats", params={"threshold": 0.3}).json()
+        )
         print(
             f"stats         {took:6.2f} s   baseline (fetch + numpy) {base:6.2f} s   ratio {took / base:4.2f}"
             f"   target < 1 s"
         )
-        chart, _ = _timed(lambda: client.get(f"/jobs/{job_id}/stats/chart").content)
+        chart, _ = median_time(lambda: client.get(f"/jobs/{job_id}/stats/chart").content)
         print(f"stats chart    {chart:6.2f} s")
         print(
             f"               {stats['totals']['above_threshold']:,} of {stats['totals']['pseudo_labeled']:,} "
             f"at or above 0.3; imbalance {stats['imbalance_ratio_above_threshold']:.1f}\n"
         )
 
-        base, _ = _timed(lambda: baseline_copy(engine, job_id))
+        base, _ = median_time(lambda: baseline_copy(engine, job_id))
         print(f"{'baseline: copy the filtered labels':36s} {base:6.2f} s   (same key, no ranking)")
         cases = {
             "manifest, top-first": {"job_ids": [job_id], "labeled_dataset_ids": [labeled_id]},
@@ -291,10 +249,10 @@ def _run(url: str, args) -> None:
 
         body = cases["manifest, top-first"]
         client.post("/manifests", json=body)
-        again, _ = _timed(lambda: client.post("/manifests", json=body))
+        again, _ = median_time(lambda: client.post("/manifests", json=body))
         print(f"{'manifest, same request again (200)':36s} {again:6.2f} s")
         manifest_id = client.post("/manifests", json=body).json()["id"]
-        page, _ = _timed(lambda: client.get(f"/manifests/{manifest_id}/entries", params={"limit": 5000}))
+        page, _ = median_time(lambda: client.get(f"/manifests/{manifest_id}/entries", params={"limit": 5000}))
         print(f"{'entries, one JSON page of 5,000 (soft)':36s} {page:6.2f} s")
     engine.dispose()
 

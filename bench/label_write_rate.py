@@ -2,7 +2,7 @@
 and into SQLite, against the fastest bare bulk load of the same rows into the same table,
 measured in the same run.
 
-    .venv/bin/python bench/label_write_rate.py [--labels 200000] [--classes 10]
+    .venv/bin/python -m bench.label_write_rate [--labels 200000] [--classes 10]
         [--batch-sizes 64,256,1024] [--shard-size 10000] [--backends sqlite,postgres]
 
 The worker's path is timed from a batch of logits (made beforehand; the forward pass is not a
@@ -20,20 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-import uuid
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sqlalchemy as sa
+import torch
 
-import sqlalchemy as sa  # noqa: E402
-import torch  # noqa: E402
+from bench.common import postgres_database, print_table
+from workers.labeling import ShardWriter, soft_labels
 
-from workers.labeling import ShardWriter, soft_labels  # noqa: E402
-
-ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 COLUMNS = ["job_id", "item_id", "predicted", "confidence", "entropy", "probs", "top_indices", "rest_mass"]
 
 
@@ -49,19 +44,16 @@ def _use_database(url: str) -> None:
 
 def _setup(num_items: int, num_classes: int, shard_size: int, jobs: int) -> tuple[list, list[int]]:
     """A teacher, a dataset of ``num_items`` items and ``jobs`` labeling jobs over it."""
-    from bench.synthetic import placeholder_teacher
+    from bench.synthetic import job_options, placeholder_dataset, placeholder_teacher
     from service.core.db import get_engine, session_scope
     from service.core.migrate import upgrade_head
     from service.crud.jobs import create_job
-    from service.models import Dataset, Item, Job
+    from service.models import Item, Job
 
     upgrade_head(get_engine())
     with session_scope() as session:
         session.add(placeholder_teacher("w" * 64, [f"class-{c}" for c in range(num_classes)]))
-        pool = Dataset(
-            name="pool", kind="unlabeled", modality="image", source_path="/bench", source_format="list"
-        )
-        pool.item_count = num_items
+        pool = placeholder_dataset("pool", item_count=num_items)
         session.add(pool)
         session.flush()
         session.execute(
@@ -76,13 +68,7 @@ def _setup(num_items: int, num_classes: int, shard_size: int, jobs: int) -> tupl
                 dataset_id=pool.id,
                 items_total=num_items,
                 num_classes=num_classes,
-                options={
-                    "batch_size": 64,
-                    "temperature": 1.0,
-                    "top_k": 10,
-                    "full_distribution_max": 100,
-                    "shard_size": shard_size,
-                },
+                options=job_options(batch_size=64, shard_size=shard_size),
             )
             made.append((job.id, [s.id for s in shards]))
         item_ids = list(
@@ -198,27 +184,21 @@ def main() -> None:
         if backend == "sqlite":
             rows += run_backend(backend, f"sqlite:///{os.environ['NST_DATA_DIR']}/write-rate.db", args)
             continue
-        name = f"nst_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            url = sa.engine.make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
-            rows += run_backend(backend, url.render_as_string(False), args)
-        finally:
-            from service.core.db import get_engine
+        with postgres_database() as url:
+            try:
+                rows += run_backend(backend, url, args)
+            finally:
+                from service.core.db import get_engine
 
-            get_engine().dispose()
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+                get_engine().dispose()
 
     stored = "whole distribution" if args.classes <= 100 else "top-10 + rest mass"
     print(f"\n{args.labels:,} labels, {args.classes} classes ({stored}), shards of {args.shard_size:,}\n")
-    print("| database | batch | worker labels/s | bare bulk load labels/s | ratio |\n|---|---|---|---|---|")
-    for backend, batch, worker, bare in rows:
-        print(f"| {backend} | {batch} | {worker:,.0f} | {bare:,.0f} | {worker / bare:.2f} |")
-    print("\ntarget: >= 50,000 labels/s on PostgreSQL")
+    print_table(
+        ["database", "batch", "worker labels/s", "bare bulk load labels/s", "ratio"],
+        ((b, n, f"{w:,.0f}", f"{bare:,.0f}", f"{w / bare:.2f}") for b, n, w, bare in rows),
+        target=">= 50,000 labels/s on PostgreSQL",
+    )
 
 
 if __name__ == "__main__":

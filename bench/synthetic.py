@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.models import Teacher
+from service.models import Dataset, Teacher
 
 
 def placeholder_teacher(teacher_id: str, class_names, **overrides) -> Teacher:
@@ -24,3 +24,24 @@ def placeholder_teacher(teacher_id: str, class_names, **overrides) -> Teacher:
         "size_bytes": 0,
     }
     return Teacher(id=teacher_id, class_names=list(class_names), **(fields | overrides))
+
+
+def placeholder_dataset(name: str, *, kind: str = "unlabeled", **overrides) -> Dataset:
+    """A dataset row with no files behind it: its items are written straight into the table."""
+    fields = {
+        "modality": "image",
+        "source_path": f"/bench/{name}",
+        "source_format": "folder" if kind == "labeled" else "list",
+    }
+    return Dataset(name=name, kind=kind, **(fields | overrides))
+
+
+def job_options(*, batch_size: int, shard_size: int, top_k: int = 10) -> dict:
+    """A labeling job's options as ``service.crud.jobs.create_job`` takes them."""
+    return {
+        "batch_size": batch_size,
+        "temperature": 1.0,
+        "top_k": top_k,
+        "full_distribution_max": 100,
+        "shard_size": shard_size,
+    }

@@ -1,20 +1,7 @@
 """The accuracy study's report (bench/accuracy_study.py): the numbers that go into
 docs/RESULTS.md, including a study whose seeds have not all run every ablation yet."""
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "accuracy_study.py"
-
-
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("accuracy_study", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench import accuracy_study
 
 
 def _row(generation: int, top1: float) -> dict:
@@ -39,7 +26,7 @@ def _line(text: str, start: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(study, tmp_path):
+def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(tmp_path):
     results = {
         0: {
             "main": [_row(0, 0.80), _row(1, 0.84)],
@@ -53,7 +40,7 @@ def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(s
             "per_class": {},
         },
     }
-    text = study.report(results, [str(c) for c in range(10)], tmp_path)
+    text = accuracy_study.report(results, [str(c) for c in range(10)], tmp_path)
 
     # Both seeds lose 1 and 2 points against their own generation 1: -1.50 ± 0.71, whatever the
     # seeds' difference in level (a comparison of means would mix it in).
