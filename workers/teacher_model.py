@@ -9,9 +9,9 @@ from functools import lru_cache
 import timm
 import torch
 from safetensors.torch import load_file
-from timm.data import create_transform
 from torch import nn
 
+from nst import transforms
 from service.core.db import session_scope
 from service.models import Teacher
 
@@ -113,9 +113,9 @@ def _check_state(
 @lru_cache(maxsize=8)
 def eval_transform(image_format: ImageFormat):
     """timm's eval pipeline: resize to size/crop_pct, centre crop, to tensor, normalise."""
-    return create_transform(
-        input_size=image_format.shape,
-        is_training=False,
+    return transforms.eval_transform(
+        channels=image_format.channels,
+        image_size=image_format.image_size,
         interpolation=image_format.interpolation,
         mean=image_format.mean,
         std=image_format.std,
