@@ -40,7 +40,7 @@ from pathlib import Path
 
 from cli import fashion_mnist
 from cli.localstack import LocalStack
-from trainer.config import TrainConfig
+from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
 from trainer.iterate import IterateConfig, iterate
 
 # What each ablation changes in the loop and in the student's training.
@@ -78,19 +78,18 @@ def _datasets(client, work: Path, images: dict) -> dict:
 
 def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConfig:
     train = TrainConfig(
-        manifest_id="",
-        api_url=client.base_url,
-        image_size=28,
-        channels=1,
-        mean=[0.286],
-        std=[0.353],
-        steps=args.steps,
-        batch_size=args.batch_size,
-        pseudo_ratio=args.pseudo_ratio,
-        randaugment_magnitude=args.magnitude,
-        workers=args.workers,
-        checkpoint_every=200,
-        progress=False,
+        ServiceLink(manifest_id="", api_url=client.base_url),
+        Recipe(
+            image_size=28,
+            channels=1,
+            mean=[0.286],
+            std=[0.353],
+            steps=args.steps,
+            batch_size=args.batch_size,
+            pseudo_ratio=args.pseudo_ratio,
+            randaugment_magnitude=args.magnitude,
+        ),
+        Runtime(workers=args.workers, checkpoint_every=200, progress=False),
     )
     return IterateConfig(
         labeled_dataset_id=ids["labeled"],
@@ -115,7 +114,9 @@ def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path)
         teacher_id=teacher_id,
         generations=1,
         out_dir=str(out),
-        train=dataclasses.replace(main.train, **change.get("train", {})),
+        train=dataclasses.replace(
+            main.train, recipe=dataclasses.replace(main.train.recipe, **change.get("train", {}))
+        ),
         **change.get("loop", {}),
     )
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from bench.common import bench_root, local_stack, print_table
 from cli import fashion_mnist
-from trainer.config import TrainConfig
+from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
 from trainer.data import train_transform
 from trainer.train import train
 
@@ -49,7 +49,7 @@ class Files(Dataset):
             return self.transform(image.convert("L")), self.targets[index]
 
 
-def bare(cfg: TrainConfig, paths: list[str], targets: list[int]) -> float:
+def bare(cfg: Recipe, paths: list[str], targets: list[int], workers: int) -> float:
     """Images per second of a plain loop doing the trainer's work per step."""
     torch.manual_seed(cfg.seed)
     model = timm.create_model(
@@ -65,7 +65,7 @@ def bare(cfg: TrainConfig, paths: list[str], targets: list[int]) -> float:
     dataset = Files(paths, targets, train_transform(cfg, noisy=cfg.randaugment))
     sampler = RandomSampler(dataset, replacement=True, num_samples=cfg.steps * cfg.batch_size)
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True
+        dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, drop_last=True
     )
     model.train()
     start = time.perf_counter()
@@ -120,20 +120,22 @@ def main() -> None:
         targets = [classes.index(names[item["label"]]) for item in items]
         for architecture in args.models.split(","):
             cfg = TrainConfig(
-                manifest_id=manifest["id"],
-                api_url=stack.url,
-                out_dir=str(root / "runs" / architecture),
-                architecture=architecture,
-                image_size=args.image_size,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                ema_decay=args.ema_decay,
-                checkpoint_every=0,
-                register=False,
-                progress=False,
+                ServiceLink(manifest_id=manifest["id"], api_url=stack.url, register=False),
+                Recipe(
+                    architecture=architecture,
+                    image_size=args.image_size,
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    ema_decay=args.ema_decay,
+                ),
+                Runtime(
+                    out_dir=str(root / "runs" / architecture),
+                    workers=args.workers,
+                    checkpoint_every=0,
+                    progress=False,
+                ),
             )
-            bare_rate = bare(cfg, paths, targets)
+            bare_rate = bare(cfg.recipe, paths, targets, cfg.runtime.workers)
             result = train(dataclasses.replace(cfg), client)
             rows.append((architecture, bare_rate, result["images_per_s"], result["images_per_s"] / bare_rate))
             print(f"{architecture}: bare {bare_rate:.1f} img/s, trainer {result['images_per_s']:.1f} img/s")

@@ -188,21 +188,14 @@ def _run_loop(
     std,
     seed: int,
 ) -> list[dict]:
-    from trainer.config import TrainConfig
+    from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
     from trainer.iterate import IterateConfig, iterate
 
     shutil.rmtree(out, ignore_errors=True)
     train = TrainConfig(
-        manifest_id="",
-        api_url=client.base_url,
-        image_size=image_size,
-        channels=channels,
-        mean=mean,
-        std=std,
-        steps=steps,
-        workers=1,
-        checkpoint_every=0,
-        batch_size=32,
+        ServiceLink(manifest_id="", api_url=client.base_url),
+        Recipe(image_size=image_size, channels=channels, mean=mean, std=std, steps=steps, batch_size=32),
+        Runtime(workers=1, checkpoint_every=0),
     )
     cfg = IterateConfig(
         labeled_dataset_id=labeled_id,

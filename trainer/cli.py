@@ -11,7 +11,10 @@ import typing
 
 import click
 
+from nst.client import Client
 from trainer.config import TrainConfig
+from trainer.iterate import SET_PER_MODEL, IterateConfig, RecipeChanged, iterate
+from trainer.report import format_table
 
 _RENAMED = {"manifest_id": "manifest", "api_url": "api", "api_token": "token"}
 _ENV = {"api_url": "NST_API_URL", "api_token": "NST_API_TOKEN"}
@@ -34,36 +37,38 @@ def config_options(command=None, *, exclude: frozenset[str] = frozenset()):
     """Decorate a click command with an option for every TrainConfig field not excluded."""
     if command is None:
         return lambda c: config_options(c, exclude=exclude)
-    hints = typing.get_type_hints(TrainConfig)
-    for field in reversed(dataclasses.fields(TrainConfig)):
-        if field.name in exclude:
-            continue
-        name = _RENAMED.get(field.name, field.name).replace("_", "-")
-        base = _base_type(hints[field.name])
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        default = (
-            None
-            if required
-            else (
-                field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-            )
-        )
-        kwargs = {
-            "default": default,
-            "show_default": True,
-            "required": required,
-            "envvar": _ENV.get(field.name),
-        }
-        if base is bool:
-            decls = [f"--{name}/--no-{name}"]
-        elif typing.get_origin(base) is list:
-            decls = [f"--{name}"]
-            kwargs.update(type=str, callback=_floats, default=",".join(map(str, default or [])))
-        else:
-            decls = [f"--{name}"]
-            kwargs["type"] = base
-        command = click.option(*decls, field.name, **kwargs)(command)
+    fields = [
+        (field, typing.get_type_hints(part)[field.name])
+        for part in TrainConfig.parts().values()
+        for field in dataclasses.fields(part)
+        if field.name not in exclude
+    ]
+    for field, hint in reversed(fields):
+        decls, kwargs = _option(field, hint)
+        command = click.option(*decls, **kwargs)(command)
     return command
+
+
+def _option(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
+    name = _RENAMED.get(field.name, field.name).replace("_", "-")
+    base = _base_type(hint)
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    if required:
+        default = None
+    elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = field.default
+    kwargs = {"default": default, "show_default": True, "required": required, "envvar": _ENV.get(field.name)}
+    if base is bool:
+        decls = [f"--{name}/--no-{name}"]
+    elif typing.get_origin(base) is list:
+        decls = [f"--{name}"]
+        kwargs.update(type=str, callback=_floats, default=",".join(map(str, default or [])))
+    else:
+        decls = [f"--{name}"]
+        kwargs["type"] = base
+    return [*decls, field.name], kwargs
 
 
 @click.command("train")
@@ -72,29 +77,12 @@ def train_command(**values) -> None:
     """Train a noisy student from a manifest (pulled over HTTP) and register it as a teacher."""
     from trainer.train import train
 
-    result = train(TrainConfig(**values))
+    result = train(TrainConfig.from_flat(values))
     click.echo(json.dumps(result, indent=2))
 
 
 def main() -> None:
     train_command()
-
-
-# Fields `nst iterate` sets itself for every model it trains.
-_ITERATE_SETS = frozenset(
-    {
-        "manifest_id",
-        "architecture",
-        "generation",
-        "parent_id",
-        "eval_dataset_id",
-        "register",
-        "resume",
-        "out_dir",
-        "seed",
-        "name",
-    }
-)
 
 
 @click.command("iterate")
@@ -123,18 +111,14 @@ _ITERATE_SETS = frozenset(
 @click.option("--label-batch-size", default=256, show_default=True)
 @click.option("--shard-size", default=2000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@config_options(exclude=_ITERATE_SETS)
+@config_options(exclude=SET_PER_MODEL)
 def iterate_command(**values) -> None:
     """Run the Noisy Student loop for N generations through the service."""
-    from nst.client import Client
-    from trainer.iterate import IterateConfig, RecipeChanged, iterate
-    from trainer.report import format_table
-
     iterate_fields = {f.name for f in dataclasses.fields(IterateConfig)}
     loop = {k: v for k, v in values.items() if k in iterate_fields}
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}
     loop["students"] = loop["students"].split(",")
-    cfg = IterateConfig(**loop, train=TrainConfig(manifest_id="", **train_values))
+    cfg = IterateConfig(**loop, train=TrainConfig.from_flat({"manifest_id": "", **train_values}))
     with Client(train_values["api_url"], token=train_values["api_token"]) as client:
         try:
             rows = iterate(cfg, client)

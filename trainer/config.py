@@ -1,7 +1,15 @@
-"""Training configuration: plain values, saved whole into every checkpoint."""
+"""Training configuration: plain values in four parts, saved whole into every checkpoint.
+
+The recipe is what changes the student a run makes; the runtime is how the run is carried out;
+the service link is where its data comes from and goes to; the lineage places the student among
+its teachers. Field names are unique across the parts, so one flat name per field serves the
+command line.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field
 
 
@@ -18,12 +26,7 @@ def default_magnitude(image_size: int) -> int:
 
 
 @dataclass
-class TrainConfig:
-    manifest_id: str
-    api_url: str = "http://127.0.0.1:8000"
-    api_token: str | None = None
-    out_dir: str = "runs/student"
-
+class Recipe:
     # the student
     architecture: str = "resnet18"
     image_size: int = 28
@@ -54,25 +57,12 @@ class TrainConfig:
     warmup_steps: int = 50
     ema_decay: float = 0.999
     seed: int = 0
-    workers: int = 2
-    amp: bool = True  # on GPU only
 
     # optional: the paper's train/test resolution fix, run after training (0 steps: off)
     finetune_steps: int = 0
     finetune_image_size: int | None = None  # None: 1.25 x image_size
     finetune_lr: float = 1e-4
     finetune_freeze: float = 0.5  # fraction of parameter tensors (shallowest first) frozen
-
-    # evaluation and bookkeeping
-    eval_dataset_id: int | None = None
-    eval_every: int = 0  # steps; 0: only at the end
-    checkpoint_every: int = 200
-    resume: bool = False
-    register: bool = True
-    parent_id: str | None = None
-    generation: int = 0
-    name: str | None = None
-    progress: bool = True
 
     @property
     def magnitude(self) -> int:
@@ -95,7 +85,93 @@ class TrainConfig:
     def pseudo_batch_size(self) -> int:
         return max(1, round(self.batch_size * self.pseudo_ratio))
 
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+    @property
+    def image_format(self) -> dict:
+        """How the student takes its images: written into its checkpoint, read back by
+        ``nst.transforms.eval_transform``."""
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": self.mean,
+            "std": self.std,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+
+@dataclass
+class Runtime:
+    out_dir: str = "runs/student"
+    workers: int = 2
+    amp: bool = True  # on GPU only
+    eval_every: int = 0  # steps; 0: only at the end
+    checkpoint_every: int = 200
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ServiceLink:
+    manifest_id: str
+    api_url: str = "http://127.0.0.1:8000"
+    api_token: str | None = None
+    eval_dataset_id: int | None = None
+    register: bool = True
+
+
+@dataclass
+class Lineage:
+    parent_id: str | None = None
+    generation: int = 0
+    name: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    service: ServiceLink
+    recipe: Recipe = field(default_factory=Recipe)
+    runtime: Runtime = field(default_factory=Runtime)
+    lineage: Lineage = field(default_factory=Lineage)
+
+    @classmethod
+    def parts(cls) -> dict[str, type]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def field_names(cls) -> dict[str, str]:
+        """Every field's name and the part that holds it."""
+        return {f.name: part for part, kind in cls.parts().items() for f in dataclasses.fields(kind)}
+
+    @classmethod
+    def from_flat(cls, values: dict) -> TrainConfig:
+        """From one value per field name (the command line's options); names that are no field
+        are refused."""
+        unknown = sorted(values.keys() - cls.field_names().keys())
+        if unknown:
+            raise TypeError(f"TrainConfig has no fields {unknown}")
+        return cls(
+            **{
+                name: part(**{f.name: values[f.name] for f in dataclasses.fields(part) if f.name in values})
+                for name, part in cls.parts().items()
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """From a saved config: nested, as ``to_dict`` writes it, or flat, as older checkpoints
+        hold it (their fields since removed are dropped)."""
+        parts = cls.parts()
+        if not parts.keys() & data.keys():
+            known = cls.field_names()
+            return cls.from_flat({k: v for k, v in data.items() if k in known})
+        return cls(**{name: parts[name](**data[name]) for name in parts if name in data})
+
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.pop("api_token")  # a secret never goes into a checkpoint
+        data["service"].pop("api_token")  # a secret never goes into a checkpoint
         return data

@@ -1,5 +1,5 @@
 """What the student sees: a manifest pulled over HTTP, read into labeled and pseudo-labeled
-streams, with the noisy (training) and clean (evaluation) transforms built by timm."""
+streams, with the noisy training transform built by timm (the clean one is ``nst.transforms``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
 from nst.client import Client
-from trainer.config import TrainConfig
+from trainer.config import Recipe
 
 
 @dataclass
@@ -74,29 +74,18 @@ def fetch_eval_split(client: Client, dataset_id: int, classes: list[str]) -> Spl
     return Split([item["uri"] for item in items], targets, np.ones(len(items), dtype=np.int64))
 
 
-def train_transform(cfg: TrainConfig, *, noisy: bool):
+def train_transform(recipe: Recipe, *, noisy: bool):
     """Crop and flip always; RandAugment only when the student is noised."""
     return create_transform(
-        input_size=(cfg.channels, cfg.image_size, cfg.image_size),
+        input_size=(recipe.channels, recipe.image_size, recipe.image_size),
         is_training=True,
-        scale=cfg.crop_scale,
-        hflip=cfg.hflip,
-        auto_augment=cfg.randaugment_spec if noisy else None,
+        scale=recipe.crop_scale,
+        hflip=recipe.hflip,
+        auto_augment=recipe.randaugment_spec if noisy else None,
         color_jitter=None,  # timm adds colour jitter when there is no RandAugment; not here
-        interpolation=cfg.interpolation,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
-    )
-
-
-def eval_transform(cfg: TrainConfig):
-    return create_transform(
-        input_size=(cfg.channels, cfg.image_size, cfg.image_size),
-        is_training=False,
-        interpolation=cfg.interpolation,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
-        crop_pct=cfg.crop_pct,
+        interpolation=recipe.interpolation,
+        mean=tuple(recipe.mean),
+        std=tuple(recipe.std),
     )
 
 

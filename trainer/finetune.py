@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader
 
-from trainer.config import TrainConfig
-from trainer.data import EndlessSampler, ImageTargets, Split, eval_transform
+from nst.transforms import eval_transform
+from trainer.config import Recipe
+from trainer.data import EndlessSampler, ImageTargets, Split
 
 
 def freeze_shallow(model: torch.nn.Module, fraction: float) -> list[str]:
@@ -27,35 +28,34 @@ def freeze_shallow(model: torch.nn.Module, fraction: float) -> list[str]:
 
 
 def finetune_resolution(
-    model: torch.nn.Module, labeled: Split, cfg: TrainConfig, device: torch.device
-) -> tuple[torch.nn.Module, TrainConfig]:
-    """Return the fine-tuned copy of ``model`` and the config at the new resolution."""
-    size = cfg.finetune_image_size or round(cfg.image_size * 1.25)
-    tuned_cfg = dataclasses.replace(cfg, image_size=size)
+    model: torch.nn.Module, labeled: Split, recipe: Recipe, device: torch.device, *, workers: int = 0
+) -> tuple[torch.nn.Module, Recipe]:
+    """Return the fine-tuned copy of ``model`` and the recipe at the new resolution."""
+    size = recipe.finetune_image_size or round(recipe.image_size * 1.25)
+    tuned_recipe = dataclasses.replace(recipe, image_size=size)
     tuned = copy.deepcopy(model).to(device)
-    freeze_shallow(tuned, cfg.finetune_freeze)
+    freeze_shallow(tuned, recipe.finetune_freeze)
     optimizer = create_optimizer_v2(
-        [p for p in tuned.parameters() if p.requires_grad], opt=cfg.optimizer, lr=cfg.finetune_lr
+        [p for p in tuned.parameters() if p.requires_grad], opt=recipe.optimizer, lr=recipe.finetune_lr
     )
-    sampler = EndlessSampler(labeled.copies, seed=cfg.seed + 7)
-    mode = "L" if cfg.channels == 1 else "RGB"
+    sampler = EndlessSampler(labeled.copies, seed=recipe.seed + 7)
     loader = DataLoader(
-        ImageTargets(labeled, eval_transform(tuned_cfg), mode),
-        batch_size=cfg.batch_size,
+        ImageTargets(labeled, eval_transform(**tuned_recipe.image_format), recipe.mode),
+        batch_size=recipe.batch_size,
         sampler=sampler,
-        num_workers=cfg.workers,
+        num_workers=workers,
         generator=torch.Generator(),
     )
     batches = iter(loader)
     tuned.train()  # batch-norm statistics adapt to the new resolution, as the fix intends
-    for _ in range(cfg.finetune_steps):
+    for _ in range(recipe.finetune_steps):
         images, targets = next(batches)
         loss = F.cross_entropy(
-            tuned(images.to(device)), targets.to(device), label_smoothing=cfg.label_smoothing
+            tuned(images.to(device)), targets.to(device), label_smoothing=recipe.label_smoothing
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     for parameter in tuned.parameters():
         parameter.requires_grad_(True)
-    return tuned.eval(), tuned_cfg
+    return tuned.eval(), tuned_recipe

@@ -17,8 +17,19 @@ from pathlib import Path
 
 from nst.client import Client
 from nst.progress import wait_with_progress
-from trainer.config import TrainConfig
+from trainer.config import Lineage, ServiceLink, TrainConfig
 from trainer.report import plot_generations, write_table
+
+
+def _operational(default):
+    """A setting that may change between a run and its continuation: how many generations,
+    where things are written, how the work is spread over processes."""
+    return field(default=default, metadata={"operational": True})
+
+
+def _first_teacher_setting(default):
+    """How the first teacher is made: no longer part of the recipe once generation 0 is recorded."""
+    return field(default=default, metadata={"first_teacher": True})
 
 
 @dataclass
@@ -26,12 +37,12 @@ class IterateConfig:
     labeled_dataset_id: int
     unlabeled_dataset_id: int
     eval_dataset_id: int | None = None
-    generations: int = 2
-    teacher_id: str | None = None  # None: train the first teacher on the labeled data
-    teacher_architecture: str = "resnet18"
+    generations: int = _operational(2)
+    teacher_id: str | None = _first_teacher_setting(None)  # None: train one on the labeled data
+    teacher_architecture: str = _first_teacher_setting("resnet18")
     students: list[str] = field(default_factory=lambda: ["resnet18"])
-    out_dir: str = "runs/iterate"
-    truth_csv: str | None = None  # path,label of the unlabeled images, to score pseudo labels
+    out_dir: str = _operational("runs/iterate")
+    truth_csv: str | None = _operational(None)  # path,label of the unlabeled images, to score pseudo labels
     # manifest
     threshold: float = 0.3
     soft: bool = True
@@ -39,11 +50,11 @@ class IterateConfig:
     temperature: float = 1.0
     target_per_class: int | None = None
     # labeling
-    label_batch_size: int = 256
-    shard_size: int = 2000
-    # training: a template for every model (teacher_steps for generation 0)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(manifest_id=""))
-    teacher_steps: int | None = None
+    label_batch_size: int = _operational(256)
+    shard_size: int = _operational(2000)
+    # training: a template for every model (its recipe compared, the rest operational)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ServiceLink(manifest_id="")))
+    teacher_steps: int | None = _first_teacher_setting(None)  # None: the template's steps
     seed: int = 0
 
     def student_for(self, generation: int) -> str:
@@ -58,17 +69,12 @@ def _state_path(cfg: IterateConfig) -> Path:
     return Path(cfg.out_dir) / "iterate.json"
 
 
-# Settings that may change between a run and its continuation: more generations, where things
-# are written, and how the work is spread over processes. Everything else is the recipe.
-_OPERATIONAL = {"generations", "out_dir", "truth_csv", "label_batch_size", "shard_size"}
-_OPERATIONAL_TRAIN = {
-    "api_url", "out_dir", "workers", "amp", "eval_every", "checkpoint_every", "resume",
-    "register", "progress",
-    # set by the loop for each model it trains, whatever the template holds
-    "manifest_id", "architecture", "generation", "parent_id", "eval_dataset_id", "name", "seed",
-}  # fmt: skip
-# How the first teacher is made: no longer part of the recipe once generation 0 is recorded.
-_FIRST_TEACHER = {"teacher_id", "teacher_architecture", "teacher_steps"}
+# What the loop sets for every model it trains, whatever the template holds (its own settings
+# say what): neither compared between runs nor options of `nst iterate`.
+SET_PER_MODEL = frozenset(
+    {"architecture", "seed", "out_dir", "resume", "manifest_id", "eval_dataset_id", "register"}
+    | {f.name for f in dataclasses.fields(Lineage)}
+)
 
 
 class RecipeChanged(ValueError):
@@ -76,12 +82,18 @@ class RecipeChanged(ValueError):
 
 
 def _config_dict(cfg: IterateConfig) -> dict:
+    """The loop's settings and the template's recipe, as iterate.json records them."""
     config = dataclasses.asdict(cfg)
-    config["train"] = cfg.train.to_dict()
-    if cfg.train.pretrained_path:  # the same file, named from another directory, is the same
-        config["train"]["pretrained_path"] = str(Path(cfg.train.pretrained_path).resolve())
+    recipe = config["train"]["recipe"]
+    if recipe["pretrained_path"]:  # the same file, named from another directory, is the same
+        recipe["pretrained_path"] = str(Path(recipe["pretrained_path"]).resolve())
+    config["train"] = {name: value for name, value in recipe.items() if name not in SET_PER_MODEL}
     # JSON has no tuples: what is compared is what a saved file would hold.
     return json.loads(json.dumps(config))
+
+
+def _marked(kind: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(IterateConfig) if f.metadata.get(kind)}
 
 
 def _students_used(students: list[str], last_generation: int) -> list[str]:
@@ -92,7 +104,9 @@ def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> 
     """'field: saved -> current' for every recipe setting that differs, given the last recorded
     generation (None: none yet). A setting the saved file does not hold (written by an older
     version) is not compared; students only as far as the recorded generations used them."""
-    skip = _OPERATIONAL | {"train", "students"} | (_FIRST_TEACHER if last_generation is not None else set())
+    skip = _marked("operational") | {"train", "students"}
+    if last_generation is not None:
+        skip |= _marked("first_teacher")
     changes = [
         f"{name}: {saved[name]!r} -> {value!r}"
         for name, value in current.items()
@@ -106,7 +120,7 @@ def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> 
     changes += [
         f"train.{name}: {saved_train[name]!r} -> {value!r}"
         for name, value in current["train"].items()
-        if name not in _OPERATIONAL_TRAIN and name in saved_train and saved_train[name] != value
+        if name in saved_train and saved_train[name] != value
     ]
     return changes
 
@@ -151,19 +165,19 @@ def _train(
     parent_id: str | None,
     steps: int | None,
 ) -> dict:
-    train_cfg = dataclasses.replace(
-        cfg.train,
-        manifest_id=manifest_id,
-        architecture=architecture,
-        generation=generation,
-        parent_id=parent_id,
-        eval_dataset_id=cfg.eval_dataset_id,
-        register=True,
-        resume=True,
-        out_dir=str(Path(cfg.out_dir) / f"gen{generation}-{architecture}"),
-        seed=cfg.seed + generation,
-        steps=steps or cfg.train.steps,
-        name=f"gen{generation}-{architecture}",
+    template, name = cfg.train, f"gen{generation}-{architecture}"
+    train_cfg = TrainConfig(
+        recipe=dataclasses.replace(
+            template.recipe,
+            architecture=architecture,
+            seed=cfg.seed + generation,
+            steps=steps or template.recipe.steps,
+        ),
+        runtime=dataclasses.replace(template.runtime, out_dir=str(Path(cfg.out_dir) / name), resume=True),
+        service=dataclasses.replace(
+            template.service, manifest_id=manifest_id, eval_dataset_id=cfg.eval_dataset_id, register=True
+        ),
+        lineage=Lineage(parent_id=parent_id, generation=generation, name=name),
     )
     from trainer.train import train
 

@@ -1,17 +1,18 @@
 """Train a noisy student from a manifest pulled over HTTP (docs/METHOD.md step 5).
 
-Reads top to bottom: set up, one plain loop, evaluate, write the checkpoint, register it as a
-teacher. The trainer knows the service only through its HTTP API (``nst.client``).
+``train`` reads top to bottom: ``_setup`` (seeds, data, model, optimizer, resume), ``_loop``
+(one plain loop), ``_finish`` (evaluate, write the checkpoint, register it as a teacher). The
+trainer knows the service only through its HTTP API (``nst.client``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
 import time
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,13 @@ from tqdm import tqdm
 
 from nst.checkpoint import save_teacher
 from nst.client import Client
-from trainer.config import TrainConfig
+from nst.teacher_metadata import TeacherMetadata
+from nst.transforms import eval_transform
+from trainer.config import Recipe, TrainConfig
 from trainer.data import (
     EndlessSampler,
     ImageTargets,
     Split,
-    eval_transform,
     fetch_eval_split,
     fetch_manifest,
     train_transform,
@@ -45,7 +47,7 @@ from trainer.state import load_state, save_state
 
 
 @dataclass
-class Runtime:
+class Process:
     rank: int
     world: int
     device: torch.device
@@ -55,7 +57,7 @@ class Runtime:
         return self.rank == 0
 
 
-def init_runtime() -> Runtime:
+def init_process() -> Process:
     """One process, or one of ``torchrun``'s (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
@@ -66,7 +68,7 @@ def init_runtime() -> Runtime:
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
-    return Runtime(rank, world, device)
+    return Process(rank, world, device)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -80,17 +82,17 @@ def pseudo_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+def build_model(recipe: Recipe, num_classes: int) -> torch.nn.Module:
     model = timm.create_model(
-        cfg.architecture,
+        recipe.architecture,
         pretrained=False,
         num_classes=num_classes,
-        in_chans=cfg.channels,
-        drop_rate=cfg.dropout,
-        drop_path_rate=cfg.drop_path or None,
+        in_chans=recipe.channels,
+        drop_rate=recipe.dropout,
+        drop_path_rate=recipe.drop_path or None,
     )
-    if cfg.pretrained_path:
-        _load_matching(model, Path(cfg.pretrained_path))
+    if recipe.pretrained_path:
+        _load_matching(model, Path(recipe.pretrained_path))
     return model
 
 
@@ -105,37 +107,37 @@ def _load_matching(model: torch.nn.Module, path: Path) -> None:
 
 
 def _loader(
-    split: Split, transform, cfg: TrainConfig, rt: Runtime, batch_size: int, stream: int, start: int
+    split: Split, transform, cfg: TrainConfig, proc: Process, batch_size: int, stream: int, start: int
 ) -> DataLoader:
+    seed, workers = cfg.recipe.seed, cfg.runtime.workers
     sampler = EndlessSampler(
-        split.copies, seed=cfg.seed * 1000 + stream, rank=rt.rank, world=rt.world, start=start
+        split.copies, seed=seed * 1000 + stream, rank=proc.rank, world=proc.world, start=start
     )
     # Its own generator: creating the loader draws nothing from the global RNG, which a
     # resumed run restores and must find as the unbroken run left it.
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + stream * 100 + rt.rank + start)
+    generator = torch.Generator().manual_seed(seed * 1000 + stream * 100 + proc.rank + start)
     return DataLoader(
-        ImageTargets(split, transform, _mode(cfg)),
+        ImageTargets(split, transform, cfg.recipe.mode),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=cfg.workers,
+        num_workers=workers,
         drop_last=True,
-        pin_memory=rt.device.type == "cuda",
-        persistent_workers=cfg.workers > 0,
+        pin_memory=proc.device.type == "cuda",
+        persistent_workers=workers > 0,
         generator=generator,
     )
 
 
-def _mode(cfg: TrainConfig) -> str:
-    return "L" if cfg.channels == 1 else "RGB"
-
-
-def _batches(labeled: Split, pseudo: Split, cfg: TrainConfig, rt: Runtime, start_step: int):
+def _batches(labeled: Split, pseudo: Split, cfg: TrainConfig, proc: Process, start_step: int):
     """Endless (labeled batch, pseudo batch) pairs; either may be None when its split is empty."""
-    noisy = train_transform(cfg, noisy=cfg.randaugment)
+    recipe = cfg.recipe
+    noisy = train_transform(recipe, noisy=recipe.randaugment)
     streams = []
-    for stream, (split, size) in enumerate([(labeled, cfg.batch_size), (pseudo, cfg.pseudo_batch_size)]):
+    for stream, (split, size) in enumerate(
+        [(labeled, recipe.batch_size), (pseudo, recipe.pseudo_batch_size)]
+    ):
         if len(split):
-            loader = _loader(split, noisy, cfg, rt, size, stream, start=start_step * size)
+            loader = _loader(split, noisy, cfg, proc, size, stream, start=start_step * size)
             streams.append(iter(loader))
         else:
             streams.append(None)
@@ -143,130 +145,199 @@ def _batches(labeled: Split, pseudo: Split, cfg: TrainConfig, rt: Runtime, start
         yield tuple(next(s) if s is not None else None for s in streams)
 
 
+@dataclass
+class _Run:
+    """Everything the loop and the finish share, made by ``_setup``."""
+
+    cfg: TrainConfig
+    proc: Process
+    client: Client
+    classes: list[str]
+    labeled: Split
+    pseudo: Split
+    eval_split: Split | None
+    model: torch.nn.Module
+    ema: ModelEmaV3 | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state_path: Path
+    step: int = 0
+    start_step: int = 0  # where this process began: a resumed run counts its own speed
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def images_trained(self) -> int:
+        """Images this process's run has trained on, over all ranks."""
+        recipe = self.cfg.recipe
+        per_step = recipe.batch_size * bool(len(self.labeled))
+        per_step += recipe.pseudo_batch_size * bool(len(self.pseudo))
+        return (self.step - self.start_step) * per_step * self.proc.world
+
+    def checkpoint(self) -> None:
+        save_state(
+            self.state_path,
+            model=self.model,
+            ema=self.ema.module if self.ema else None,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.step,
+            config=self.cfg.to_dict(),
+            metrics=self.metrics,
+        )
+
+
 def train(cfg: TrainConfig, client: Client | None = None) -> dict:
     """Train, evaluate and (on rank 0) write and register the student; return a summary."""
     if client is None:
-        with Client(cfg.api_url, token=cfg.api_token) as own_client:
+        with Client(cfg.service.api_url, token=cfg.service.api_token) as own_client:
             return train(cfg, own_client)
-    rt = init_runtime()
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed * 100 + rt.rank)
-    np.random.seed(cfg.seed * 100 + rt.rank)  # timm's RandAugment picks its operations with it
-    manifest, labeled, pseudo = fetch_manifest(client, cfg.manifest_id)
+    run = _setup(cfg, client)
+    seconds = _loop(run)
+    return _finish(run, seconds)
+
+
+def _setup(cfg: TrainConfig, client: Client) -> _Run:
+    """Seed, pull the manifest, build the model, optimizer, schedule and EMA, resume if asked."""
+    recipe, proc = cfg.recipe, init_process()
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed * 100 + proc.rank)
+    np.random.seed(recipe.seed * 100 + proc.rank)  # timm's RandAugment picks its operations with it
+    manifest, labeled, pseudo = fetch_manifest(client, cfg.service.manifest_id)
     classes = manifest["classes"]
     if not len(labeled) and not len(pseudo):
-        raise ValueError(f"manifest {cfg.manifest_id} has no entries")
-    out_dir = Path(cfg.out_dir)
-    state_path = out_dir / "state.safetensors"
+        raise ValueError(f"manifest {cfg.service.manifest_id} has no entries")
 
-    model = build_model(cfg, len(classes)).to(rt.device)
-    if rt.device.type == "cuda":
+    model = build_model(recipe, len(classes)).to(proc.device)
+    if proc.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = create_optimizer_v2(
+        model, opt=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched="cosine",
-        num_epochs=cfg.steps,
-        warmup_epochs=cfg.warmup_steps,
-        warmup_lr=cfg.lr * 0.01,
-        min_lr=cfg.lr * 0.01,
+        num_epochs=recipe.steps,
+        warmup_epochs=recipe.warmup_steps,
+        warmup_lr=recipe.lr * 0.01,
+        min_lr=recipe.lr * 0.01,
     )
     # ModelEmaV3 after .to(device) and before DDP, as timm's train script does.
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
-    step, metrics = 0, {}
-    if cfg.resume and state_path.exists():
-        step, metrics = _restore(state_path, model, ema, optimizer, scheduler)
-    net = DistributedDataParallel(model) if rt.world > 1 else model
-    checkpoint = partial(
-        save_state,
-        state_path,
+    ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True) if recipe.ema_decay else None
+    eval_id = cfg.service.eval_dataset_id
+    run = _Run(
+        cfg=cfg,
+        proc=proc,
+        client=client,
+        classes=classes,
+        labeled=labeled,
+        pseudo=pseudo,
+        eval_split=fetch_eval_split(client, eval_id, classes) if eval_id is not None else None,
         model=model,
-        ema=ema.module if ema else None,
+        ema=ema,
         optimizer=optimizer,
         scheduler=scheduler,
+        state_path=Path(cfg.runtime.out_dir) / "state.safetensors",
     )
+    if cfg.runtime.resume and run.state_path.exists():
+        run.step, run.metrics = _restore(run.state_path, model, ema, optimizer, scheduler)
+        run.start_step = run.step
+    return run
 
-    use_amp = cfg.amp and rt.device.type == "cuda"
-    batches = _batches(labeled, pseudo, cfg, rt, start_step=step)
-    images_per_step = (cfg.batch_size if len(labeled) else 0) + (cfg.pseudo_batch_size if len(pseudo) else 0)
-    eval_split = (
-        fetch_eval_split(client, cfg.eval_dataset_id, classes) if cfg.eval_dataset_id is not None else None
-    )
+
+def _loop(run: _Run) -> float:
+    """Step to the recipe's steps, evaluating and checkpointing as the runtime asks; return the
+    seconds it took."""
+    cfg, proc, model, ema = run.cfg, run.proc, run.model, run.ema
+    steps, runtime = cfg.recipe.steps, cfg.runtime
+    net = DistributedDataParallel(model) if proc.world > 1 else model
+    use_amp = runtime.amp and proc.device.type == "cuda"
+    batches = _batches(run.labeled, run.pseudo, cfg, proc, start_step=run.step)
     bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        desc=f"train {cfg.architecture}",
+        total=steps,
+        initial=run.step,
+        desc=f"train {cfg.recipe.architecture}",
         unit="step",
-        disable=not (cfg.progress and rt.main),
+        disable=not (runtime.progress and proc.main),
         dynamic_ncols=True,
     )
-    started, first_step = time.perf_counter(), step
+    started = time.perf_counter()
     net.train()
-    while step < cfg.steps:
-        scheduler.step(step)
+    while run.step < steps:
+        run.scheduler.step(run.step)
         (x_l, y_l), (x_u, y_u) = (b if b is not None else (None, None) for b in next(batches))
-        loss, parts = _step(net, x_l, y_l, x_u, y_u, cfg, rt, use_amp)
-        optimizer.zero_grad(set_to_none=True)
+        loss, parts = _step(net, x_l, y_l, x_u, y_u, cfg, proc, use_amp)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        step += 1
+        run.optimizer.step()
+        run.step += 1
         if ema is not None:
-            ema.update(model, step=step)
-        rate = (step - first_step) * images_per_step * rt.world / (time.perf_counter() - started)
+            ema.update(model, step=run.step)
         bar.update(1)
+        rate = run.images_trained / (time.perf_counter() - started)
         bar.set_postfix(loss=f"{loss.item():.3f}", **parts, img_s=f"{rate:.0f}")
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and eval_split and rt.main:
-            metrics = _evaluate(ema.module if ema else model, eval_split, cfg, rt, step, bar)
+            raise FloatingPointError(f"loss is {loss.item()} at step {run.step}")
+        due = runtime.eval_every and run.step % runtime.eval_every == 0 and run.step < steps
+        if due and run.eval_split and proc.main:
+            run.metrics = _evaluate(ema.module if ema else model, run.eval_split, cfg.recipe, run, bar)
             net.train()
-        if rt.main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint(step=step, config=cfg.to_dict(), metrics=metrics)
+        if proc.main and runtime.checkpoint_every and run.step % runtime.checkpoint_every == 0:
+            run.checkpoint()
     bar.close()
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started
 
-    final = ema.module if ema is not None else model
-    if cfg.finetune_steps and rt.main and len(labeled):
-        final, cfg = finetune_resolution(final, labeled, cfg, rt.device)
-    if eval_split is not None and rt.main:
-        metrics = _evaluate(final, eval_split, cfg, rt, step, None)
+
+def _finish(run: _Run, seconds: float) -> dict:
+    """Fine-tune the resolution if asked, evaluate, and on rank 0 write and register the student."""
+    cfg, proc = run.cfg, run.proc
+    final = run.ema.module if run.ema is not None else run.model
+    if cfg.recipe.finetune_steps and proc.main and len(run.labeled):
+        workers = cfg.runtime.workers
+        final, recipe = finetune_resolution(final, run.labeled, cfg.recipe, proc.device, workers=workers)
+        run.cfg = cfg = dataclasses.replace(cfg, recipe=recipe)  # the student now takes this size
+    if run.eval_split is not None and proc.main:
+        run.metrics = _evaluate(final, run.eval_split, cfg.recipe, run, None)
     result = {
-        "steps": step,
+        "steps": run.step,
         "seconds": round(seconds, 2),
-        "metrics": metrics,
-        "images_per_s": round((step - first_step) * images_per_step * rt.world / max(seconds, 1e-9), 1),
+        "metrics": run.metrics,
+        "images_per_s": round(run.images_trained / max(seconds, 1e-9), 1),
     }
-    if rt.main:
-        checkpoint(step=step, config=cfg.to_dict(), metrics=metrics)
-        result.update(_publish(final, cfg, classes, metrics, client, out_dir))
-    if rt.world > 1:
+    if proc.main:
+        run.checkpoint()
+        result.update(_publish(final, cfg, run.classes, run.metrics, run.client))
+    if proc.world > 1:
         dist.barrier()
     return result
 
 
-def _step(net, x_l, y_l, x_u, y_u, cfg: TrainConfig, rt: Runtime, use_amp: bool):
+def _step(net, x_l, y_l, x_u, y_u, cfg: TrainConfig, proc: Process, use_amp: bool):
     """One forward over labeled and pseudo-labeled images together (shared BN statistics)."""
-    inputs = torch.cat([x for x in (x_l, x_u) if x is not None]).to(rt.device, non_blocking=True)
-    if rt.device.type == "cuda":
+    inputs = torch.cat([x for x in (x_l, x_u) if x is not None]).to(proc.device, non_blocking=True)
+    if proc.device.type == "cuda":
         inputs = inputs.to(memory_format=torch.channels_last)
-    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.autocast(proc.device.type, dtype=torch.bfloat16, enabled=use_amp):
         logits = net(inputs).float()
     n_l = 0 if x_l is None else len(x_l)
-    loss, parts = torch.zeros((), device=rt.device), {}
+    loss, parts = torch.zeros((), device=proc.device), {}
     if x_l is not None:
-        labeled_loss = F.cross_entropy(logits[:n_l], y_l.to(rt.device), label_smoothing=cfg.label_smoothing)
+        labeled_loss = F.cross_entropy(
+            logits[:n_l], y_l.to(proc.device), label_smoothing=cfg.recipe.label_smoothing
+        )
         loss, parts["l"] = loss + labeled_loss, f"{labeled_loss.item():.3f}"
     if x_u is not None:
-        unlabeled_loss = pseudo_loss(logits[n_l:], y_u.to(rt.device))
+        unlabeled_loss = pseudo_loss(logits[n_l:], y_u.to(proc.device))
         loss, parts["u"] = loss + unlabeled_loss, f"{unlabeled_loss.item():.3f}"
     return loss, parts
 
 
-def _evaluate(model, split: Split, cfg: TrainConfig, rt: Runtime, step: int, bar) -> dict:
-    metrics = evaluate(model, split, eval_transform(cfg), _mode(cfg), rt.device, num_workers=cfg.workers)
-    metrics["step"] = step
+def _evaluate(model, split: Split, recipe: Recipe, run: _Run, bar) -> dict:
+    transform = eval_transform(**recipe.image_format)
+    workers = run.cfg.runtime.workers
+    metrics = evaluate(model, split, transform, recipe.mode, run.proc.device, num_workers=workers)
+    metrics["step"] = run.step
     if bar is not None:
-        bar.write(f"step {step}: top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f}")
+        bar.write(f"step {run.step}: top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f}")
     return metrics
 
 
@@ -283,28 +354,22 @@ def _restore(path: Path, model, ema, optimizer, scheduler) -> tuple[int, dict]:
     return state["step"], state["metrics"]
 
 
-def _publish(
-    model, cfg: TrainConfig, classes: list[str], metrics: dict, client: Client, out_dir: Path
-) -> dict:
+def _publish(model, cfg: TrainConfig, classes: list[str], metrics: dict, client: Client) -> dict:
     """Write the student as a teacher checkpoint and register it, with its lineage."""
-    metadata = {
-        "name": cfg.name or f"{cfg.architecture}-gen{cfg.generation}",
-        "architecture": cfg.architecture,
-        "class_names": classes,
-        "image_size": cfg.image_size,
-        "channels": cfg.channels,
-        "mean": cfg.mean,
-        "std": cfg.std,
-        "interpolation": cfg.interpolation,
-        "crop_pct": cfg.crop_pct,
-        "parent_id": cfg.parent_id,
-        "manifest_id": cfg.manifest_id,
-        "generation": cfg.generation,
-        "metrics": _jsonable(metrics),
-    }
-    path = save_teacher(model.state_dict(), out_dir / "student.safetensors", metadata)
+    recipe, lineage = cfg.recipe, cfg.lineage
+    metadata = TeacherMetadata(
+        name=lineage.name or f"{recipe.architecture}-gen{lineage.generation}",
+        architecture=recipe.architecture,
+        class_names=classes,
+        **recipe.image_format,
+        parent_id=lineage.parent_id,
+        manifest_id=cfg.service.manifest_id,
+        generation=lineage.generation,
+        metrics=_jsonable(metrics),
+    )
+    path = save_teacher(model.state_dict(), Path(cfg.runtime.out_dir) / "student.safetensors", metadata)
     published = {"checkpoint": str(path)}
-    if cfg.register:
+    if cfg.service.register:
         teacher = client.upload_teacher(path)
         published["teacher_id"] = client.wait_for_teacher(teacher["id"])["id"]
     return published

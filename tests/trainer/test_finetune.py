@@ -4,14 +4,14 @@ import numpy as np
 import torch
 
 from cli.fashion_mnist import CLASSES
-from trainer.config import TrainConfig
+from trainer.config import Recipe
 from trainer.data import Split
 from trainer.finetune import finetune_resolution, freeze_shallow
 from trainer.train import build_model
 
 
 def test_freeze_shallow_takes_the_stem_first():
-    model = build_model(TrainConfig(manifest_id="m", architecture="resnet10t"), 10)
+    model = build_model(Recipe(architecture="resnet10t"), 10)
     frozen = freeze_shallow(model, 0.5)
     names = [name for name, _ in model.named_parameters()]
     assert frozen == names[: len(names) // 2] and frozen[0].startswith("conv1")
@@ -23,13 +23,11 @@ def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
     paths = sorted((fmnist / "labeled").rglob("*.png"))
     labels = np.array([CLASSES.index(p.parent.name) for p in paths])
     split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
-    cfg = TrainConfig(
-        manifest_id="m",
+    cfg = Recipe(
         architecture="resnet10t",
         finetune_steps=3,
         finetune_image_size=36,
         batch_size=16,
-        workers=0,
         finetune_lr=1e-2,
     )
     model = build_model(cfg, 10).eval()

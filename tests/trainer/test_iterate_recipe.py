@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig
+from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
 from trainer.iterate import IterateConfig, RecipeChanged, _config_dict, _load_rows, iterate
 
 ROWS = [
@@ -17,7 +17,7 @@ ROWS = [
 
 
 def _config(tmp_path, **changes) -> IterateConfig:
-    train = TrainConfig(manifest_id="", steps=100, workers=2)
+    train = TrainConfig(ServiceLink(manifest_id=""), Recipe(steps=100), Runtime(workers=2))
     base = IterateConfig(labeled_dataset_id=1, unlabeled_dataset_id=2, out_dir=str(tmp_path), train=train)
     return dataclasses.replace(base, **changes)
 
@@ -38,7 +38,11 @@ def test_same_recipe_with_other_operational_settings_continues(tmp_path):
         shard_size=500,
         students=["resnet18", "resnet34"],  # a new model for generation 2, not yet trained
         teacher_id="t0",  # the first teacher is recorded: how it was made no longer matters
-        train=TrainConfig(manifest_id="m", steps=100, workers=0, amp=False, checkpoint_every=7, seed=9),
+        train=TrainConfig(
+            ServiceLink(manifest_id="m"),
+            Recipe(steps=100, seed=9),
+            Runtime(workers=0, amp=False, checkpoint_every=7),
+        ),
     )
     assert _load_rows(later) == ROWS
 
@@ -49,7 +53,10 @@ def test_same_recipe_with_other_operational_settings_continues(tmp_path):
         ({"threshold": 0.5}, "threshold: 0.3 -> 0.5"),
         ({"soft": False}, "soft: True -> False"),
         ({"students": ["resnet34"]}, "students: ['resnet18'] -> ['resnet34']"),
-        ({"train": TrainConfig(manifest_id="", steps=200, workers=2)}, "train.steps: 100 -> 200"),
+        (
+            {"train": TrainConfig(ServiceLink(manifest_id=""), Recipe(steps=200), Runtime(workers=2))},
+            "train.steps: 100 -> 200",
+        ),
     ],
 )
 def test_changed_recipe_is_refused_naming_the_setting(tmp_path, changes, named):

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.config import TrainConfig, default_magnitude
-from trainer.data import EndlessSampler, eval_transform, train_transform
+from nst.transforms import eval_transform
+from trainer.config import Recipe, default_magnitude
+from trainer.data import EndlessSampler, train_transform
 from trainer.train import build_model, pseudo_loss, soft_cross_entropy
 
 
-def _cfg(**overrides) -> TrainConfig:
-    return TrainConfig(manifest_id="m", architecture="resnet10t", **overrides)
+def _cfg(**overrides) -> Recipe:
+    return Recipe(architecture="resnet10t", **overrides)
 
 
 def test_soft_target_loss_equals_a_hand_computed_value():
@@ -52,7 +53,7 @@ def test_randaugment_changes_what_the_student_sees(fmnist):
         # Same seed, so the same crop and flip: only RandAugment can make these differ.
         differ += not torch.allclose(baseline, _draw(noisy, image, seed))
     assert differ >= 8
-    clean = eval_transform(cfg)
+    clean = eval_transform(**cfg.image_format)
     assert torch.equal(clean(images[0]), clean(images[0]))
     assert cfg.randaugment_spec == "rand-m5-n2-mmax10"
 

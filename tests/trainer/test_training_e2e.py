@@ -74,7 +74,7 @@ def _cfg(service, tmp_path, **overrides) -> TrainConfig:
         register=False,
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 def test_a_student_trains_from_a_manifest_and_registers_with_lineage(service, tmp_path):
@@ -100,8 +100,8 @@ def test_a_student_trains_from_a_manifest_and_registers_with_lineage(service, tm
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["count"] == 100
     assert len(metrics["per_class"]) == 10
     state = load_state(tmp_path / "run" / "state.safetensors")
-    assert state["step"] == 6 and state["config"]["manifest_id"] == service.manifest["id"]
-    assert "api_token" not in state["config"]
+    assert state["step"] == 6 and state["config"]["service"]["manifest_id"] == service.manifest["id"]
+    assert "api_token" not in state["config"]["service"]
 
 
 def test_resume_continues_exactly_like_an_unbroken_run(service, tmp_path, monkeypatch):
