@@ -7,13 +7,15 @@ whose tensors line up with the timm architecture in order (e.g. the EfficientNet
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from safetensors.torch import save_file
+
+from nst.teacher_metadata import TeacherMetadata
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "weights")
 
@@ -22,11 +24,16 @@ class ConversionError(ValueError):
     pass
 
 
-def save_teacher(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any]) -> Path:
+def save_teacher(
+    state_dict: dict[str, torch.Tensor], path: str | Path, metadata: TeacherMetadata | Mapping[str, Any]
+) -> Path:
+    """Write the weights with ``metadata`` under ``__metadata__['nst']``, checked against the
+    contract first, so a file written here is one the service accepts."""
+    header = TeacherMetadata.model_validate(metadata).model_dump_json()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={"nst": json.dumps(metadata)})
+    save_file(tensors, str(path), metadata={"nst": header})
     return path
 
 
@@ -51,7 +58,7 @@ def default_metadata(
         "crop_pct": float(cfg.get("crop_pct", 1.0) or 1.0),
     }
     metadata.update({k: v for k, v in overrides.items() if v is not None})
-    return metadata
+    return TeacherMetadata.model_validate(metadata).model_dump()
 
 
 def _unwrap(raw: Any) -> dict[str, torch.Tensor]:

@@ -12,23 +12,25 @@ from safetensors.torch import load_file
 
 from cli.fashion_mnist import CLASSES
 from nst.checkpoint import save_teacher
+from nst.teacher_metadata import TeacherMetadata
 
 TEACHER_ARCH = "resnet10t"
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST pixel statistics
 
 
 def metadata(**overrides) -> dict:
-    return {
-        "architecture": TEACHER_ARCH,
-        "class_names": CLASSES,
-        "image_size": 28,
-        "channels": 1,
-        "mean": [MEAN],
-        "std": [STD],
-        "interpolation": "bilinear",
-        "crop_pct": 1.0,
-        **overrides,
-    }
+    """The tiny teacher's metadata as JSON; overrides may break the contract, to test refusals."""
+    valid = TeacherMetadata(
+        architecture=TEACHER_ARCH,
+        class_names=CLASSES,
+        image_size=28,
+        channels=1,
+        mean=[MEAN],
+        std=[STD],
+        interpolation="bilinear",
+        crop_pct=1.0,
+    )
+    return valid.model_dump(mode="json", exclude_unset=True) | overrides
 
 
 def load_folder(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
