@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from nst.states import TERMINAL_JOB_STATES, TeacherStatus
+TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 
 
 class NstError(Exception):
@@ -202,11 +202,11 @@ class Client:
         """Wait for a worker's verdict; raise ``InvalidRequest`` if the checkpoint is invalid."""
         teacher = self._poll(
             lambda: self.teacher(teacher_id),
-            lambda t: t["status"] != TeacherStatus.PENDING,
+            lambda t: t["status"] != "pending",
             timeout,
             f"teacher {teacher_id}",
         )
-        if teacher["status"] == TeacherStatus.INVALID:
+        if teacher["status"] == "invalid":
             raise InvalidRequest(
                 422,
                 f"teacher {teacher_id} is invalid: {teacher['status_reason']}",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nst.config import Settings, get_settings
 from service.core.db import get_session_factory
+
+Model = TypeVar("Model")
 
 
 def get_session() -> Iterator[Session]:
@@ -25,6 +28,25 @@ def get_session() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# Paging parameters; each route sets the default. Registries page by offset, long lists by cursor.
+Offset = Annotated[int, Query(ge=0)]
+RegistryLimit = Annotated[int, Query(ge=1, le=1000)]
+PageLimit = Annotated[int, Query(ge=1, le=10000)]
+Cursor = Annotated[int | None, Query(ge=0, description="The previous page's next_cursor; none for the first")]
+
+
+def get_or_404(session: Session, model: type[Model], ident: Any, *, column: Any = None) -> Model:
+    """The row of ``model`` with primary key ``ident`` (or ``column == ident``), else a 404 that
+    names it: ``job 7 not found``."""
+    if column is None:
+        row = session.get(model, ident)
+    else:
+        row = session.scalar(select(model).where(column == ident))
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{model.__name__.lower()} {ident} not found")
+    return row
+
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -6,6 +6,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from service.models import Dataset, Item, Job, Manifest, ManifestInput
+from service.pagination import cursor_page, offset_page
 from service.scan import ScanResult
 
 INSERT_CHUNK = 10_000
@@ -55,9 +56,7 @@ def list_datasets(
         query = query.where(Dataset.kind == kind)
     if split:
         query = query.where(Dataset.split == split)
-    count = session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = session.scalars(query.order_by(Dataset.id).offset(offset).limit(limit)).all()
-    return list(rows), count or 0
+    return offset_page(session, query, order_by=[Dataset.id], offset=offset, limit=limit)
 
 
 def items_page(
@@ -65,11 +64,8 @@ def items_page(
 ) -> tuple[list[Item], int | None]:
     """Items by ordinal; the cursor is the next ordinal to return."""
     query = select(Item).where(Item.dataset_id == dataset_id)
-    if cursor is not None:
-        query = query.where(Item.ordinal >= cursor)
-    rows = list(session.scalars(query.order_by(Item.ordinal).limit(limit + 1)))
-    next_cursor = rows[limit].ordinal if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    rows, next_cursor = cursor_page(session, query, key=Item.ordinal, cursor=cursor, limit=limit)
+    return [item for (item,) in rows], next_cursor
 
 
 def dependent_job_ids(session: Session, *, dataset_id: int) -> list[int]:

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from service.core.db import session_scope
-from service.crud import manifests, selection
-from service.manifest_export import records
+from service.exports.manifests import records
+from service.manifests import reads, selection
+from service.manifests.build import build_manifest, prepare_manifest
 from service.models import Manifest, ManifestClass, ManifestEntry
 from service.schemas import ManifestCreate
 from tests.utils import synthetic
@@ -32,8 +33,8 @@ def teacher(db):
 def build(**request) -> int:
     """The new manifest's key."""
     with session_scope() as session:
-        prepared = manifests.prepare_manifest(session, request=ManifestCreate(**request))
-        return manifests.build_manifest(session, prepared=prepared).key
+        prepared = prepare_manifest(session, request=ManifestCreate(**request))
+        return build_manifest(session, prepared=prepared).key
 
 
 def copies(manifest_key: int) -> dict[int, int]:
@@ -305,7 +306,7 @@ def _scenario() -> tuple[str, list[tuple], list[dict]]:
             .order_by(ManifestEntry.item_id)
         ).all()
         manifest = session.get(Manifest, manifest_key)
-        page, _ = manifests.entries_page(session, manifest=manifest, cursor=None, limit=1000)
+        page, _ = reads.entries_page(session, manifest=manifest, cursor=None, limit=1000)
         return manifest.id, [tuple(r) for r in rows], records(page, manifest)
 
 

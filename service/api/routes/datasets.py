@@ -1,19 +1,12 @@
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, SettingsDep, get_or_404
 from service.crud import datasets as crud
 from service.models import Dataset
 from service.scan import ScanError, scan
 from service.schemas import DatasetCreate, DatasetPublic, DatasetsPublic, ItemsPage
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-
-
-def _get(session, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"dataset {dataset_id} not found")
-    return dataset
 
 
 def _public(session, dataset: Dataset) -> DatasetPublic:
@@ -40,8 +33,8 @@ def register_dataset(body: DatasetCreate, session: SessionDep, settings: Setting
 @router.get("")
 def list_datasets(
     session: SessionDep,
-    offset: int = Query(0, ge=0),
-    limit: int = Query(100, ge=1, le=1000),
+    offset: Offset = 0,
+    limit: RegistryLimit = 100,
     kind: str | None = None,
     split: str | None = None,
 ) -> DatasetsPublic:
@@ -51,24 +44,24 @@ def list_datasets(
 
 @router.get("/{dataset_id}")
 def get_dataset(dataset_id: int, session: SessionDep) -> DatasetPublic:
-    return _public(session, _get(session, dataset_id))
+    return _public(session, get_or_404(session, Dataset, dataset_id))
 
 
 @router.get("/{dataset_id}/items")
 def list_items(
     dataset_id: int,
     session: SessionDep,
-    cursor: int | None = Query(None, ge=0),
-    limit: int = Query(1000, ge=1, le=10000),
+    cursor: Cursor = None,
+    limit: PageLimit = 1000,
 ) -> ItemsPage:
-    _get(session, dataset_id)
+    get_or_404(session, Dataset, dataset_id)
     rows, next_cursor = crud.items_page(session, dataset_id=dataset_id, cursor=cursor, limit=limit)
     return ItemsPage(data=rows, next_cursor=next_cursor)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(dataset_id: int, session: SessionDep) -> Response:
-    dataset = _get(session, dataset_id)
+    dataset = get_or_404(session, Dataset, dataset_id)
     jobs = crud.dependent_job_ids(session, dataset_id=dataset_id)
     if jobs:
         raise HTTPException(

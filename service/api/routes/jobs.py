@@ -1,13 +1,11 @@
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import StreamingResponse
 
-from nst.states import JobState, TeacherStatus
-from service import lifecycle
-from service.api.deps import SessionDep
+from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
 from service.crud import jobs as crud
-from service.export import labels_jsonl, labels_parquet
+from service.exports.labels import labels_jsonl, labels_parquet
 from service.models import Dataset, Job, Teacher
 from service.queue import QueueUnavailable, enqueue_shards
 from service.schemas import (
@@ -22,13 +20,6 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-
-def get_job_or_404(session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
-    return job
 
 
 def job_public(session, job: Job) -> JobPublic:
@@ -77,7 +68,7 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"teacher_id: unknown teacher {body.teacher_id!r}"
         )
-    if teacher.status != TeacherStatus.READY:
+    if teacher.status != "ready":
         reason = f" ({teacher.status_reason})" if teacher.status_reason else ""
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -109,25 +100,23 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
 
 
 @router.get("")
-def list_jobs(
-    session: SessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
-) -> JobsPublic:
+def list_jobs(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 100) -> JobsPublic:
     rows, count = crud.list_jobs(session, offset=offset, limit=limit)
     return JobsPublic(data=[job_public(session, j) for j in rows], count=count)
 
 
 @router.get("/{job_id}")
 def get_job(job_id: int, session: SessionDep) -> JobPublic:
-    return job_public(session, get_job_or_404(session, job_id))
+    return job_public(session, get_or_404(session, Job, job_id))
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
-    job = get_job_or_404(session, job_id)
+    job = get_or_404(session, Job, job_id)
     state = crud.progress(session, job=job).state
-    if state in (JobState.SUCCEEDED, JobState.CANCELLED):
+    if state in ("succeeded", "cancelled"):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is already {state}")
-    lifecycle.cancel_job(session, job=job)
+    crud.cancel(session, job=job)
     session.commit()
     return job_public(session, job)
 
@@ -136,10 +125,11 @@ def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
 def resume_job(job_id: int, session: SessionDep) -> JobPublic:
     """Re-enqueue every unfinished or failed shard. Safe at any time: a shard that runs twice
     writes each label once, and one that already finished returns at once."""
-    job = get_job_or_404(session, job_id)
+    job = get_or_404(session, Job, job_id)
     if job.cancelled_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is cancelled")
-    shard_ids = lifecycle.resume_job(session, job_id=job_id)
+    shard_ids = crud.unfinished_shard_ids(session, job_id=job_id)
+    crud.reset_failed_shards(session, job_id=job_id)
     session.commit()
     _enqueue(job_id, shard_ids)
     return job_public(session, job)
@@ -150,11 +140,11 @@ def get_labels(
     job_id: int,
     session: SessionDep,
     format: Literal["json", "jsonl", "parquet"] = "json",
-    cursor: int | None = Query(None, ge=0, description="Next item ID (from next_cursor)"),
-    limit: int = Query(1000, ge=1, le=10000),
+    cursor: Cursor = None,
+    limit: PageLimit = 1000,
 ) -> LabelsPage | StreamingResponse:
     """A page of labels (JSON), or the whole job streamed as JSONL or Parquet."""
-    get_job_or_404(session, job_id)
+    get_or_404(session, Job, job_id)
     if format == "jsonl":
         return StreamingResponse(labels_jsonl(job_id), media_type="application/x-ndjson")
     if format == "parquet":
@@ -184,7 +174,7 @@ def label_public(label, uri: str) -> LabelPublic:
 @router.get("/{job_id}/shards")
 def list_shards(job_id: int, session: SessionDep) -> list[ShardPublic]:
     """Each shard's state, progress and delivery attempts (for operators)."""
-    get_job_or_404(session, job_id)
+    get_or_404(session, Job, job_id)
     return crud.shards(session, job_id=job_id)
 
 
@@ -192,10 +182,10 @@ def list_shards(job_id: int, session: SessionDep) -> list[ShardPublic]:
 def get_item_errors(
     job_id: int,
     session: SessionDep,
-    cursor: int | None = Query(None, ge=0),
-    limit: int = Query(1000, ge=1, le=10000),
+    cursor: Cursor = None,
+    limit: PageLimit = 1000,
 ) -> ItemErrorsPage:
-    get_job_or_404(session, job_id)
+    get_or_404(session, Job, job_id)
     rows, next_cursor = crud.errors_page(session, job_id=job_id, cursor=cursor, limit=limit)
     data = [ItemErrorPublic(item_id=e.item_id, uri=uri, message=e.message) for e, uri in rows]
     return ItemErrorsPage(data=data, next_cursor=next_cursor)

@@ -1,12 +1,14 @@
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from service.api.deps import SessionDep
-from service.crud import manifests as crud
-from service.manifest_export import entries_jsonl, entries_parquet, records
+from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
+from service.exports.manifests import entries_jsonl, entries_parquet, records
+from service.manifests import reads
+from service.manifests.build import build_manifest, prepare_manifest
+from service.manifests.validation import ManifestRequestError
 from service.models import Manifest
 from service.schemas import (
     ManifestClassCounts,
@@ -20,15 +22,8 @@ from service.schemas import (
 router = APIRouter(prefix="/manifests", tags=["manifests"])
 
 
-def _get(session, manifest_id: str) -> Manifest:
-    manifest = crud.by_id(session, manifest_id)
-    if manifest is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"manifest {manifest_id} not found")
-    return manifest
-
-
 def manifest_public(session, manifest: Manifest) -> ManifestPublic:
-    rows = crud.class_rows(session, manifest_key=manifest.key)
+    rows = reads.class_rows(session, manifest_key=manifest.key)
     class_counts = {
         manifest.classes[r.class_index]: ManifestClassCounts(
             labeled=r.labeled,
@@ -46,7 +41,7 @@ def manifest_public(session, manifest: Manifest) -> ManifestPublic:
         id=manifest.id,
         classes=manifest.classes,
         params=manifest.params,
-        provenance=crud.provenance(session, manifest_key=manifest.key),
+        provenance=reads.provenance(session, manifest_key=manifest.key),
         class_counts=class_counts,
         totals=ManifestTotals(
             labeled=labeled,
@@ -67,19 +62,19 @@ def create_manifest(body: ManifestCreate, session: SessionDep, response: Respons
     hash of them). 422 for a bad input, 409 for a job that has not succeeded.
     """
     try:
-        prepared = crud.prepare_manifest(session, request=body)
-    except crud.ManifestRequestError as exc:
+        prepared = prepare_manifest(session, request=body)
+    except ManifestRequestError as exc:
         code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_422_UNPROCESSABLE_CONTENT
         raise HTTPException(code, detail=str(exc)) from None
-    manifest = crud.by_id(session, prepared.id)
+    manifest = reads.by_id(session, prepared.id)
     if manifest is None:
         try:
-            manifest = crud.build_manifest(session, prepared=prepared)
+            manifest = build_manifest(session, prepared=prepared)
             session.commit()
             return manifest_public(session, manifest)
         except IntegrityError:
             session.rollback()
-            manifest = crud.by_id(session, prepared.id)
+            manifest = reads.by_id(session, prepared.id)
             if manifest is None:  # not an identical request that committed first
                 raise
     response.status_code = status.HTTP_200_OK
@@ -87,16 +82,14 @@ def create_manifest(body: ManifestCreate, session: SessionDep, response: Respons
 
 
 @router.get("")
-def list_manifests(
-    session: SessionDep, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)
-) -> ManifestsPublic:
-    rows, count = crud.list_manifests(session, offset=offset, limit=limit)
+def list_manifests(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 100) -> ManifestsPublic:
+    rows, count = reads.list_manifests(session, offset=offset, limit=limit)
     return ManifestsPublic(data=[manifest_public(session, m) for m in rows], count=count)
 
 
 @router.get("/{manifest_id}")
 def get_manifest(manifest_id: str, session: SessionDep) -> ManifestPublic:
-    return manifest_public(session, _get(session, manifest_id))
+    return manifest_public(session, get_or_404(session, Manifest, manifest_id, column=Manifest.id))
 
 
 # The declared model makes FastAPI serialise the page in pydantic-core; without one it walks
@@ -107,8 +100,8 @@ def get_entries(
     manifest_id: str,
     session: SessionDep,
     format: Literal["json", "jsonl", "parquet"] = "json",
-    cursor: int | None = Query(None, ge=0, description="Next item ID (from next_cursor)"),
-    limit: int = Query(1000, ge=1, le=10000),
+    cursor: Cursor = None,
+    limit: PageLimit = 1000,
 ) -> ManifestEntriesPage | StreamingResponse:
     """A page of entries (JSON, ``{"data", "next_cursor"}``), or the whole manifest streamed as
     JSONL (one entry per line) or Parquet, in item order.
@@ -124,7 +117,7 @@ def get_entries(
     (int32; null for soft targets) and ``target_probs`` (list<float32>; null for hard ones).
     ``item_id`` is int64, ``copies`` int32, ``confidence`` float32.
     """
-    manifest = _get(session, manifest_id)
+    manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
     if format == "jsonl":
         return StreamingResponse(entries_jsonl(manifest.key), media_type="application/x-ndjson")
     if format == "parquet":
@@ -133,5 +126,5 @@ def get_entries(
             media_type="application/vnd.apache.parquet",
             headers={"Content-Disposition": f'attachment; filename="manifest-{manifest.id[:16]}.parquet"'},
         )
-    rows, next_cursor = crud.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
+    rows, next_cursor = reads.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
     return ManifestEntriesPage(data=records(rows, manifest), next_cursor=next_cursor)

@@ -2,13 +2,12 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from service.api.deps import SessionDep
-from service.api.routes.jobs import get_job_or_404
+from service.api.deps import SessionDep, get_or_404
 from service.charts import stats_chart
 from service.crud import stats as crud
 from service.crud.datasets import class_counts
 from service.crud.jobs import progress
-from service.crud.manifests import preview_names
+from service.manifests.validation import preview_names
 from service.models import Dataset, Job, Teacher
 from service.schemas import ClassStats, JobStats, StatsTotals
 
@@ -88,7 +87,7 @@ def get_stats(
     """Per class: pseudo labels, those at or above the threshold, mean confidence, a histogram
     in ten fixed bins, and the labeled dataset's count; totals and imbalance ratios. Works on a
     running job too (on the labels so far)."""
-    return job_stats(session, get_job_or_404(session, job_id), threshold, labeled_dataset_id)
+    return job_stats(session, get_or_404(session, Job, job_id), threshold, labeled_dataset_id)
 
 
 @router.get("/{job_id}/stats/chart", response_class=Response)
@@ -101,5 +100,5 @@ def get_stats_chart(
 ) -> Response:
     """The statistics as a bar chart: per class, pseudo-labeled before and after the threshold,
     beside the labeled count."""
-    stats = job_stats(session, get_job_or_404(session, job_id), threshold, labeled_dataset_id)
+    stats = job_stats(session, get_or_404(session, Job, job_id), threshold, labeled_dataset_id)
     return Response(stats_chart(stats, fmt=format), media_type=MEDIA_TYPES[format])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 from pydantic import ValidationError
 
 from service import checkpoints
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import Offset, RegistryLimit, SessionDep, SettingsDep, get_or_404
 from service.crud import teachers as crud
 from service.models import Teacher
 from service.queue import QueueUnavailable, enqueue_teacher_validation
@@ -16,13 +16,6 @@ from service.schemas import TeacherCreate, TeacherMetadata, TeacherPublic, Teach
 router = APIRouter(prefix="/teachers", tags=["teachers"])
 
 UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
-
-
-def _get(session, teacher_id: str) -> Teacher:
-    teacher = session.get(Teacher, teacher_id)
-    if teacher is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"teacher {teacher_id} not found")
-    return teacher
 
 
 def _describe(error: ValidationError, prefix: str) -> str:
@@ -144,8 +137,8 @@ def upload_teacher(
 @router.get("")
 def list_teachers(
     session: SessionDep,
-    offset: int = Query(0, ge=0),
-    limit: int = Query(100, ge=1, le=1000),
+    offset: Offset = 0,
+    limit: RegistryLimit = 100,
     status_: str | None = Query(None, alias="status"),
 ) -> TeachersPublic:
     rows, count = crud.list_teachers(session, offset=offset, limit=limit, status=status_)
@@ -154,12 +147,12 @@ def list_teachers(
 
 @router.get("/{teacher_id}")
 def get_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
-    return _get(session, teacher_id)
+    return get_or_404(session, Teacher, teacher_id)
 
 
 @router.post("/{teacher_id}/validate", status_code=status.HTTP_202_ACCEPTED)
 def revalidate_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
-    teacher = _get(session, teacher_id)
+    teacher = get_or_404(session, Teacher, teacher_id)
     try:
         enqueue_teacher_validation(teacher.id)
     except QueueUnavailable as exc:
@@ -169,7 +162,7 @@ def revalidate_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
 
 @router.delete("/{teacher_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_teacher(teacher_id: str, session: SessionDep) -> Response:
-    teacher = _get(session, teacher_id)
+    teacher = get_or_404(session, Teacher, teacher_id)
     blockers = crud.dependents(session, teacher_id=teacher_id)
     if blockers:
         raise HTTPException(

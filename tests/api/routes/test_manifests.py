@@ -246,7 +246,7 @@ def test_only_labeled_train_splits_are_labeled_inputs(client, job):
 
 
 def test_a_failure_midway_leaves_no_manifest_behind(client, labeled, job, monkeypatch):
-    from service.crud import selection
+    from service.manifests import selection
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

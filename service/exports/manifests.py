@@ -1,5 +1,5 @@
-"""A manifest's entries as records, pages, JSONL or Parquet. Soft targets are computed here from
-the job's stored distribution, with the manifest's temperature, a page at a time."""
+"""A manifest's entries as records, JSONL or Parquet. Soft targets are computed here from the
+job's stored distribution, with the manifest's temperature, a page at a time."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic_core import to_json
 
 from service.core.db import session_scope
-from service.crud.manifests import entries_page
-from service.export import _Chunks
+from service.exports import streaming
+from service.manifests.reads import entries_page
 from service.models import Manifest
+from service.pagination import all_pages
 
 PAGE_SIZE = 5000
 
@@ -78,19 +78,17 @@ def records(rows, manifest: Manifest) -> list[dict]:
 def _pages(manifest_key: int) -> Iterator[list[dict]]:
     with session_scope() as session:
         manifest = session.get(Manifest, manifest_key)
-        cursor = None
-        while True:
-            rows, cursor = entries_page(session, manifest=manifest, cursor=cursor, limit=PAGE_SIZE)
-            if rows:
-                yield records(rows, manifest)
-            if cursor is None:
-                return
+
+        def fetch(cursor: int | None):
+            return entries_page(session, manifest=manifest, cursor=cursor, limit=PAGE_SIZE)
+
+        for rows in all_pages(fetch):
+            yield records(rows, manifest)
 
 
 def entries_jsonl(manifest_key: int) -> Iterator[bytes]:
     # pydantic-core writes a thousand-class soft target ten times faster than json.dumps.
-    for page in _pages(manifest_key):
-        yield b"".join(to_json(record) + b"\n" for record in page)
+    return streaming.jsonl(_pages(manifest_key), to_json)
 
 
 def _columns(page: list[dict]) -> dict[str, list]:
@@ -101,9 +99,5 @@ def _columns(page: list[dict]) -> dict[str, list]:
 
 
 def entries_parquet(manifest_key: int) -> Iterator[bytes]:
-    sink = _Chunks()
-    with pq.ParquetWriter(sink, ENTRY_SCHEMA) as writer:
-        for page in _pages(manifest_key):
-            writer.write_table(pa.Table.from_pydict(_columns(page), schema=ENTRY_SCHEMA))
-            yield sink.drain()
-    yield sink.drain()
+    tables = (pa.Table.from_pydict(_columns(page), schema=ENTRY_SCHEMA) for page in _pages(manifest_key))
+    return streaming.parquet(tables, ENTRY_SCHEMA)
