@@ -62,3 +62,11 @@ def test_pool_processes_freeze_the_heap_they_start_with():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_task_retries_follow_the_settings_read_when_a_task_runs(monkeypatch):
+    from workers.tasks import label_shard, validate_teacher
+
+    monkeypatch.setenv("NST_TASK_MAX_RETRIES", "2")
+    clear_caches()
+    assert label_shard.max_retries == validate_teacher.max_retries == 2
