@@ -1,5 +1,5 @@
 """Bytes one stored label costs on disk, on PostgreSQL and on SQLite, written the way a worker
-writes them (``workers.labeling.insert_ignoring_duplicates``): 10 classes stored whole, and
+writes them (``workers.label_writes.insert_ignoring_duplicates``): 10 classes stored whole, and
 1,000 classes stored as the top 10 plus the remaining mass.
 
     .venv/bin/python -m bench.label_bytes [--labels 100000]
@@ -23,7 +23,7 @@ from bench.synthetic import placeholder_dataset, placeholder_teacher
 from service.core.db import make_engine
 from service.core.migrate import upgrade_head
 from service.models import Job, Label
-from workers.labeling import insert_ignoring_duplicates
+from workers.label_writes import insert_ignoring_duplicates
 
 TOP_K = 10
 

@@ -68,10 +68,11 @@ def main() -> None:
     from sqlalchemy import select
 
     from bench.label_throughput import bare, make_teacher, write_images
+    from nst.config import get_settings
     from service.core.db import session_scope
     from service.main import app
     from service.models import Shard
-    from workers import labeling, tasks
+    from workers import label_writes, labeling, tasks
     from workers.teacher_model import cached_teacher
 
     if not args.no_freeze:
@@ -102,14 +103,23 @@ def main() -> None:
     bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up, untimed
     bare_s = bare(path, metadata, files, args.batch_size, args.workers)
 
+    configured = get_settings()
+    settings = labeling.LabelingSettings(
+        device="cpu",
+        decode_workers=args.workers,
+        commit_rows=configured.commit_rows,
+        commit_seconds=configured.commit_seconds,
+    )
     phases: dict[str, float] = defaultdict(float)
     labeling.start_shard = _timed(phases, "claim shard, list items", labeling.start_shard)
     labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
     labeling._forward = _timed(phases, "forward", labeling._forward)
-    labeling._commit = _timed(phases, "commit labels + progress (the last with the finish)", labeling._commit)
+    label_writes.commit_labels = _timed(
+        phases, "commit labels + progress (the last with the finish)", label_writes.commit_labels
+    )
     labeling.soft_labels = _timed(phases, "soft labels (rows from logits)", labeling.soft_labels)
     waits: list[list[float]] = []
-    model_batches = labeling._model_batches
+    model_batches = labeling.model_batches
 
     def timed_batches(loader, batch_size):
         # The wait for each model batch of a shard, in order: where the decode pipeline stalls.
@@ -124,7 +134,7 @@ def main() -> None:
             waits[-1].append(time.perf_counter() - begin)
             yield batch
 
-    labeling._model_batches = timed_batches
+    labeling.model_batches = timed_batches
     gc_started: list[float] = []
     # Collections run inside whatever code allocates, so they overlap the phases: kept apart.
     collections: dict[str, float] = defaultdict(float)
@@ -145,7 +155,7 @@ def main() -> None:
     shard_seconds = []
     for shard_id in shard_ids:
         begin = time.perf_counter()
-        labeling.label_shard(shard_id, device="cpu", decode_workers=args.workers)
+        labeling.label_shard(shard_id, settings)
         shard_seconds.append(time.perf_counter() - begin)
     if profiler:
         profiler.disable()

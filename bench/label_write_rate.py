@@ -6,14 +6,14 @@ measured in the same run.
         [--batch-sizes 64,256,1024] [--shard-size 10000] [--backends sqlite,postgres]
 
 The worker's path is timed from a batch of logits (made beforehand; the forward pass is not a
-write) to the committed transaction: ``workers.labeling.soft_labels`` (softmax, confidence,
+write) to the committed transaction: ``workers.soft_labels.soft_labels`` (softmax, confidence,
 entropy, float16 distribution or top-k), then ``ShardWriter`` (INSERT .. ON CONFLICT DO NOTHING
-of the labels with the shard's progress, one transaction per ``COMMIT_ROWS`` labels or
-``COMMIT_SECONDS``), shard after shard as a worker runs them. The bare load writes the very
-same rows once, in one transaction, with the fastest plain tool each database has: COPY on
-PostgreSQL (psycopg), ``executemany`` of a plain INSERT on SQLite (sqlite3). Target: at least
-50,000 labels/s on PostgreSQL. PostgreSQL runs in a fresh database on NST_TEST_PG_ADMIN_URL's
-server, dropped afterwards; SQLite in a temp folder.
+of the labels with the shard's progress, one transaction per ``commit_rows`` labels or
+``commit_seconds``, as the settings give them), shard after shard as a worker runs them. The
+bare load writes the very same rows once, in one transaction, with the fastest plain tool each
+database has: COPY on PostgreSQL (psycopg), ``executemany`` of a plain INSERT on SQLite
+(sqlite3). Target: at least 50,000 labels/s on PostgreSQL. PostgreSQL runs in a fresh database
+on NST_TEST_PG_ADMIN_URL's server, dropped afterwards; SQLite in a temp folder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import sqlalchemy as sa
 import torch
 
 from bench.common import postgres_database, print_table
-from workers.labeling import ShardWriter, soft_labels
+from nst.config import get_settings
+from workers.label_writes import ShardWriter
+from workers.soft_labels import soft_labels
 
 COLUMNS = ["job_id", "item_id", "predicted", "confidence", "entropy", "probs", "top_indices", "rest_mass"]
 
@@ -83,10 +85,13 @@ def worker_path(
     job, shard_ids: list[int], item_ids: list[int], logits: torch.Tensor, batch: int, shard: int
 ) -> float:
     """Seconds for the worker's write path over every shard of ``job``."""
+    settings = get_settings()
     start = time.perf_counter()
     for index, shard_id in enumerate(shard_ids):
         low, high = index * shard, min((index + 1) * shard, len(item_ids))
-        writer = ShardWriter(shard_id, job)
+        writer = ShardWriter(
+            shard_id, job, commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
+        )
         for b in range(low, high, batch):
             rows = soft_labels(
                 logits[b : min(b + batch, high)],

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+from nst.states import TERMINAL_JOB_STATES, TeacherStatus
 
 
 class NstError(Exception):
@@ -202,11 +202,11 @@ class Client:
         """Wait for a worker's verdict; raise ``InvalidRequest`` if the checkpoint is invalid."""
         teacher = self._poll(
             lambda: self.teacher(teacher_id),
-            lambda t: t["status"] != "pending",
+            lambda t: t["status"] != TeacherStatus.PENDING,
             timeout,
             f"teacher {teacher_id}",
         )
-        if teacher["status"] == "invalid":
+        if teacher["status"] == TeacherStatus.INVALID:
             raise InvalidRequest(
                 422,
                 f"teacher {teacher_id} is invalid: {teacher['status_reason']}",

@@ -86,7 +86,7 @@ class Teacher(Base):
     manifest_id: Mapped[str | None] = mapped_column(String(64))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|ready|invalid
+    status: Mapped[str] = mapped_column(String(16))  # a TeacherStatus, set by service.lifecycle
     status_reason: Mapped[str | None] = mapped_column(Text)
     file_path: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -94,7 +94,7 @@ class Teacher(Base):
 
 
 class Job(Base):
-    """A labeling job. Its state is derived from its shards (see ``crud.jobs.progress``)."""
+    """A labeling job. Its state is derived from its shards (see ``lifecycle.job_state``)."""
 
     __tablename__ = "jobs"
 
@@ -126,7 +126,7 @@ class Shard(Base):
     index: Mapped[int] = mapped_column(Integer)
     start_ordinal: Mapped[int] = mapped_column(Integer)
     end_ordinal: Mapped[int] = mapped_column(Integer)  # exclusive
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16))  # a ShardState, set by service.lifecycle
     items_done: Mapped[int] = mapped_column(Integer, default=0)
     items_failed: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nst.client import Client
 from nst.progress import wait_with_progress
+from nst.states import JobState
 from trainer.config import Lineage, ServiceLink, TrainConfig
 from trainer.report import plot_generations, write_table
 
@@ -231,7 +232,7 @@ def _generation(
         shard_size=cfg.shard_size,
     )
     job = wait_with_progress(client, job)
-    if job["state"] != "succeeded":
+    if job["state"] != JobState.SUCCEEDED:
         raise RuntimeError(f"labeling job {job['id']} ended {job['state']}: {job['errors']}")
     stats = client.job_stats(job["id"], threshold=cfg.threshold)
     client.job_stats_chart(

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that take IDs and call the plain functions that hold the logic.
 
 The worker runs this module (``celery -A workers.tasks worker``): it registers the tasks on the
-service's Celery app.
+service's Celery app. Settings are read when a task runs, in the worker process.
 """
 
 from __future__ import annotations
@@ -11,21 +11,29 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from nst.config import get_settings
+from nst.states import TeacherStatus
 from service.core.db import session_scope
-from service.crud.teachers import set_status
+from service.lifecycle import set_teacher_status
 from service.models import Teacher
 from service.queue import LABEL_SHARD, VALIDATE_TEACHER, app
 from workers import labeling, process_init  # noqa: F401  (process_init connects signal handlers)
-from workers.teacher_model import InvalidCheckpoint, TeacherSpec, resolve_device, validate
+from workers.teacher_model import InvalidCheckpoint, TeacherSpec, validate
 
 logger = get_task_logger(__name__)
-settings = get_settings()
 
 # Only a lost or busy database connection is worth retrying; anything else would fail again.
 TRANSIENT = (OperationalError,)
 
 
-class ShardTask(Task):
+class RetryingTask(Task):
+    """Retries as often as the settings allow, read when a retry is due."""
+
+    @property
+    def max_retries(self) -> int:
+        return get_settings().task_max_retries
+
+
+class ShardTask(RetryingTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         # Reached for a non-transient error, or once the retries are spent.
         labeling.mark_failed(args[0], f"{type(exc).__name__}: {exc}")
@@ -38,32 +46,29 @@ class ShardTask(Task):
     retry_backoff=2,
     retry_backoff_max=120,
     retry_jitter=True,
-    max_retries=settings.task_max_retries,
 )
 def label_shard(shard_id: int) -> dict:
-    device = str(resolve_device(settings.worker_device))
-    result = labeling.label_shard(shard_id, device=device, decode_workers=settings.decode_workers)
+    settings = labeling.LabelingSettings.from_settings(get_settings())
+    result = labeling.label_shard(shard_id, settings)
     logger.info("shard %s %s: %s labeled, %s failed", shard_id, result.state, result.labeled, result.failed)
     return result.__dict__
 
 
-@app.task(
-    name=VALIDATE_TEACHER, autoretry_for=TRANSIENT, retry_backoff=2, max_retries=settings.task_max_retries
-)
+@app.task(name=VALIDATE_TEACHER, base=RetryingTask, autoretry_for=TRANSIENT, retry_backoff=2)
 def validate_teacher(teacher_id: str) -> str:
     with session_scope() as session:
         teacher = session.get(Teacher, teacher_id)
-        if teacher is None or teacher.status == "ready":
+        if teacher is None or teacher.status == TeacherStatus.READY:
             return "skipped"
         spec = TeacherSpec.from_row(teacher)
     try:
         validate(spec)
-        status, reason = "ready", None
+        status, reason = TeacherStatus.READY, None
     except InvalidCheckpoint as exc:
-        status, reason = "invalid", str(exc)
+        status, reason = TeacherStatus.INVALID, str(exc)
     except Exception as exc:  # safetensors or torch refusing the file is a verdict too
-        status, reason = "invalid", f"{type(exc).__name__}: {exc}"
+        status, reason = TeacherStatus.INVALID, f"{type(exc).__name__}: {exc}"
     with session_scope() as session:
-        set_status(session, teacher_id=teacher_id, status=status, reason=reason)
+        set_teacher_status(session, teacher_id=teacher_id, status=status, reason=reason)
     logger.info("teacher %s is %s %s", teacher_id, status, reason or "")
     return status

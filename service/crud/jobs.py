@@ -1,8 +1,9 @@
 """Labeling jobs, their shards and their labels: data access only, no HTTP.
 
-A job's state and counters are derived from its shards on every read. A shard's counters grow
-in SQL by what each commit really inserted and are recounted exactly when it ends
-(workers/labeling.py), so copies of a shard running at once never count an item twice.
+A job's state and counters are derived from its shards on every read (its state by
+``service.lifecycle``, which also makes every change of state). A shard's counters grow in SQL by
+what each commit really inserted and are recounted exactly when it ends (workers/label_writes.py),
+so copies of a shard running at once never count an item twice.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from nst.states import JobState, ShardState
+from service import lifecycle
 from service.models import Item, ItemError, Job, Label, Shard, utcnow
 from service.pagination import cursor_page, offset_page
-
-UNFINISHED = ("queued", "running")
 
 
 @dataclass
 class JobProgress:
-    state: str
+    state: JobState
     items_done: int
     items_failed: int
     shards_done: int
@@ -37,34 +38,17 @@ class JobProgress:
 def create_job(
     session: Session, *, teacher_id: str, dataset_id: int, items_total: int, num_classes: int, options: dict
 ) -> tuple[Job, list[Shard]]:
-    shard_size = options["shard_size"]
-    bounds = [(s, min(s + shard_size, items_total)) for s in range(0, items_total, shard_size)]
     job = Job(
         teacher_id=teacher_id,
         dataset_id=dataset_id,
         items_total=items_total,
         num_classes=num_classes,
-        shards_total=len(bounds),
+        shards_total=len(range(0, items_total, options["shard_size"])),
         **options,
     )
     session.add(job)
     session.flush()
-    shards = [
-        Shard(
-            job_id=job.id,
-            index=i,
-            start_ordinal=s,
-            end_ordinal=e,
-            state="queued",
-            items_done=0,
-            items_failed=0,
-            attempts=0,
-        )
-        for i, (s, e) in enumerate(bounds)
-    ]
-    session.add_all(shards)
-    session.flush()
-    return job, shards
+    return job, lifecycle.create_shards(session, job=job)
 
 
 def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobProgress:
@@ -72,8 +56,8 @@ def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobP
         select(
             func.coalesce(func.sum(Shard.items_done), 0),
             func.coalesce(func.sum(Shard.items_failed), 0),
-            func.count().filter(Shard.state == "succeeded"),
-            func.count().filter(Shard.state == "failed"),
+            func.count().filter(Shard.state == ShardState.SUCCEEDED),
+            func.count().filter(Shard.state == ShardState.FAILED),
             func.count().filter(Shard.attempts > 0),
             func.min(Shard.started_at),
             func.max(Shard.finished_at),
@@ -88,27 +72,20 @@ def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobP
             .limit(5)
         )
     )
-    if shards_done == job.shards_total:
-        state = "succeeded"
-    elif job.cancelled_at is not None:
-        state = "cancelled"
-    elif shards_failed:
-        state = "failed"
-    elif started:
-        state = "running"
-    else:
-        state = "queued"
+    state = lifecycle.job_state(
+        job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
+    )
     finished_at = None
-    if state == "succeeded":
+    if state == JobState.SUCCEEDED:
         finished_at = last_finished
-    elif state in ("cancelled", "failed"):
+    elif state in (JobState.CANCELLED, JobState.FAILED):
         finished_at = job.cancelled_at or last_finished
     throughput = eta = None
     if started_at is not None:
         elapsed = ((finished_at or now or utcnow()) - started_at).total_seconds()
         if elapsed > 0 and done + failed > 0:
             throughput = (done + failed) / elapsed
-            if state in UNFINISHED:
+            if state in (JobState.QUEUED, JobState.RUNNING):
                 eta = (job.items_total - done - failed) / throughput
     return JobProgress(
         state,
@@ -130,34 +107,6 @@ def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[Job], 
 
 def shards(session: Session, *, job_id: int) -> list[Shard]:
     return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
-
-
-def cancel(session: Session, *, job: Job) -> None:
-    job.cancelled_at = utcnow()
-    # Queued shards are settled now; a running one stops at its next commit (the worker checks).
-    session.execute(
-        update(Shard)
-        .where(Shard.job_id == job.id, Shard.state == "queued")
-        .values(state="cancelled", finished_at=job.cancelled_at)
-    )
-
-
-def unfinished_shard_ids(session: Session, *, job_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Shard.id)
-            .where(Shard.job_id == job_id, Shard.state.in_(UNFINISHED + ("failed",)))
-            .order_by(Shard.index)
-        )
-    )
-
-
-def reset_failed_shards(session: Session, *, job_id: int) -> None:
-    session.execute(
-        update(Shard)
-        .where(Shard.job_id == job_id, Shard.state == "failed")
-        .values(state="queued", error=None, finished_at=None)
-    )
 
 
 # --- labels -----------------------------------------------------------------------------------

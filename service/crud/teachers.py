@@ -7,6 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import lifecycle
 from service.models import Job, Teacher
 from service.pagination import offset_page
 from service.schemas import TeacherMetadata
@@ -21,9 +22,8 @@ def create_teacher(
         return existing, False
     fields = metadata.model_dump()
     fields["name"] = fields["name"] or f"{metadata.architecture}-{sha[:8]}"
-    teacher = Teacher(id=sha, file_path=str(path), size_bytes=size, status="pending", **fields)
-    session.add(teacher)
-    session.flush()
+    teacher = Teacher(id=sha, file_path=str(path), size_bytes=size, **fields)
+    lifecycle.add_teacher(session, teacher=teacher)
     return teacher, True
 
 
@@ -40,10 +40,3 @@ def dependents(session: Session, *, teacher_id: str) -> list[str]:
     jobs = session.scalars(select(Job.id).where(Job.teacher_id == teacher_id)).all()
     children = session.scalars(select(Teacher.id).where(Teacher.parent_id == teacher_id)).all()
     return [f"job {j}" for j in jobs] + [f"teacher {c[:12]}" for c in children]
-
-
-def set_status(session: Session, *, teacher_id: str, status: str, reason: str | None) -> None:
-    teacher = session.get(Teacher, teacher_id)
-    if teacher is not None:
-        teacher.status = status
-        teacher.status_reason = reason

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
-from trainer.iterate import IterateConfig, RecipeChanged, _config_dict, _load_rows, iterate
+from trainer.iterate import (
+    SET_PER_MODEL,
+    IterateConfig,
+    RecipeChanged,
+    _config_dict,
+    _load_rows,
+    _train,
+    iterate,
+)
 
 ROWS = [
     {"generation": 0, "student": "t0", "student_top1": 0.5},
@@ -89,3 +97,17 @@ def test_the_recipe_is_recorded_before_the_first_teacher_trains(tmp_path, monkey
     state = json.loads((tmp_path / "iterate.json").read_text())
     assert state["rows"] == [] and state["config"]["train"]["steps"] == 100
     assert not (tmp_path / "generations.md").exists()
+
+
+def test_the_loop_sets_for_each_model_only_what_it_leaves_out_of_the_comparison(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr("trainer.train.train", lambda cfg, client: trained.append(cfg))
+    cfg = _config(tmp_path)
+    _train(cfg, None, manifest_id="m1", architecture="resnet34", generation=2, parent_id="t1", steps=None)
+
+    def flat(train: TrainConfig) -> dict:
+        return {name: getattr(getattr(train, part), name) for name, part in TrainConfig.field_names().items()}
+
+    before, after = flat(cfg.train), flat(trained[0])
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed and changed <= SET_PER_MODEL

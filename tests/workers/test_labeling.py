@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,30 @@ from safetensors.torch import load_file
 from sqlalchemy import func, select
 
 from nst.checkpoint import save_teacher
+from nst.config import get_settings
+from nst.states import ShardState
 from service.core.db import session_scope
+from service.lifecycle import ShardResult
 from service.models import Item, Job, Label, Shard
 from tests.utils import factories
 from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
-from workers import labeling
-from workers.teacher_model import ImageFormat
+from workers import decode, label_writes, labeling
+from workers.soft_labels import soft_labels
+from workers.teacher_model import ImageFormat, eval_transform
 
 FORMAT_28 = ImageFormat(1, 28, "bilinear", (0.5,), (0.5,), 1.0)
 
 LABEL = "workers.tasks.label_shard"
 
 
-def _run_enqueued(enqueued) -> list[labeling.ShardResult]:
-    results = [labeling.label_shard(arg) for name, arg in enqueued if name == LABEL]
+def _settings(**changes) -> labeling.LabelingSettings:
+    """The worker's settings, on the CPU and decoding in-process, with ``changes``."""
+    settings = labeling.LabelingSettings.from_settings(get_settings())
+    return replace(settings, device="cpu", decode_workers=0, **changes)
+
+
+def _run_enqueued(enqueued, settings: labeling.LabelingSettings | None = None) -> list[ShardResult]:
+    results = [labeling.label_shard(arg, settings or _settings()) for name, arg in enqueued if name == LABEL]
     enqueued.clear()
     return results
 
@@ -68,10 +79,10 @@ def test_a_shard_run_twice_writes_each_label_once(backend, client, enqueued, tea
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300)
     shard_id = enqueued[-1][1]
-    labeling.label_shard(shard_id)
+    labeling.label_shard(shard_id, _settings())
     with session_scope() as session:  # a redelivered message finds the shard as it was
-        session.get(Shard, shard_id).state = "running"
-    again = labeling.label_shard(shard_id)
+        session.get(Shard, shard_id).state = ShardState.RUNNING
+    again = labeling.label_shard(shard_id, _settings())
     assert again.state == "succeeded" and again.labeled == 300
     assert _label_count(job["id"]) == 300
     with session_scope() as session:
@@ -84,8 +95,8 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
     shard_id = enqueued[-1][1]
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 1)  # a transaction per batch
-    real_commit, commits = labeling._commit, []
+    settings = _settings(commit_rows=1)  # a transaction per batch
+    real_commit, commits = label_writes.commit_labels, []
 
     def crash_after_three(*args, **kwargs):
         if len(commits) == 3:
@@ -93,16 +104,16 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
         commits.append(1)
         return real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(labeling, "_commit", crash_after_three)
+    monkeypatch.setattr(label_writes, "commit_labels", crash_after_three)
     with pytest.raises(SystemExit):
-        labeling.label_shard(shard_id)
+        labeling.label_shard(shard_id, settings)
     assert _label_count(job["id"]) == 96
     partial = client.get(f"/jobs/{job['id']}").json()
     assert (partial["state"], partial["items_done"]) == ("running", 96)
     assert partial["eta_s"] is not None
 
-    monkeypatch.setattr(labeling, "_commit", real_commit)
-    assert labeling.label_shard(shard_id).state == "succeeded"
+    monkeypatch.setattr(label_writes, "commit_labels", real_commit)
+    assert labeling.label_shard(shard_id, settings).state == "succeeded"
     assert _label_count(job["id"]) == 300
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
 
@@ -115,22 +126,21 @@ def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
     shard_id = enqueued[-1][1]
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 128)
-    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)  # commits by rows only
-    real_succeed = labeling._succeed
+    settings = _settings(commit_rows=128, commit_seconds=3600)  # commits by rows only
+    real_succeed = label_writes.succeed_shard
 
     def die(*args, **kwargs):
         raise SystemExit("worker killed after the last inserts")
 
-    monkeypatch.setattr(labeling, "_succeed", die)
+    monkeypatch.setattr(label_writes, "succeed_shard", die)
     with pytest.raises(SystemExit):
-        labeling.label_shard(shard_id)
+        labeling.label_shard(shard_id, settings)
     assert _label_count(job["id"]) == 256  # two committed transactions; the last 44 rolled back
     shard = client.get(f"/jobs/{job['id']}/shards").json()[0]
     assert (shard["state"], shard["items_done"]) == ("running", 256)
 
-    monkeypatch.setattr(labeling, "_succeed", real_succeed)
-    again = labeling.label_shard(shard_id)
+    monkeypatch.setattr(label_writes, "succeed_shard", real_succeed)
+    again = labeling.label_shard(shard_id, settings)
     assert (again.state, again.labeled) == ("succeeded", 300)
     assert _label_count(job["id"]) == 300
 
@@ -138,13 +148,13 @@ def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
 def _record_commit_sizes(monkeypatch) -> list[tuple[int, bool]]:
     """Rows (labels + item errors) per transaction, as the worker commits them, and whether the
     transaction also finished the shard."""
-    real_commit, sizes = labeling._commit, []
+    real_commit, sizes = label_writes.commit_labels, []
 
     def record(shard_id, job, rows, bad, *, last=False):
         sizes.append((len(rows) + len(bad), last))
         return real_commit(shard_id, job, rows, bad, last=last)
 
-    monkeypatch.setattr(labeling, "_commit", record)
+    monkeypatch.setattr(label_writes, "commit_labels", record)
     return sizes
 
 
@@ -153,10 +163,8 @@ def test_small_batches_are_written_in_larger_transactions(
 ):
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 100)
-    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 3600)
     sizes = _record_commit_sizes(monkeypatch)
-    assert _run_enqueued(enqueued)[0].state == "succeeded"
+    assert _run_enqueued(enqueued, _settings(commit_rows=100, commit_seconds=3600))[0].state == "succeeded"
     # Four batches of 32 per transaction, then the rest with the shard's finish: one transaction.
     assert sizes == [(128, False), (128, False), (44, True)]
     assert _label_count(job["id"]) == 300
@@ -166,10 +174,8 @@ def test_small_batches_are_written_in_larger_transactions(
 def test_a_slow_shard_still_commits_every_commit_seconds(client, enqueued, teacher_file, pool, monkeypatch):
     teacher = factories.ready_teacher(client, teacher_file)
     factories.job(client, teacher, pool, shard_size=300, batch_size=32)
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 10_000)
-    monkeypatch.setattr(labeling, "COMMIT_SECONDS", 0.0)
     sizes = _record_commit_sizes(monkeypatch)
-    assert _run_enqueued(enqueued)[0].state == "succeeded"
+    assert _run_enqueued(enqueued, _settings(commit_rows=10_000, commit_seconds=0.0))[0].state == "succeeded"
     # Every batch commits at once; the shard's finish then has no rows left to carry.
     assert sizes == [(32, False)] * 9 + [(12, False), (0, True)]
 
@@ -187,7 +193,7 @@ def test_progress_grows_only_by_labels_a_commit_really_inserted(
                 select(Item.id).where(Item.dataset_id == pool["id"]).order_by(Item.ordinal).limit(12)
             )
         )
-    rows = labeling.soft_labels(torch.randn(10, 10), temperature=1.0, keep_all=True, top_k=5)
+    rows = soft_labels(torch.randn(10, 10), temperature=1.0, keep_all=True, top_k=5)
     for row, item_id in zip(rows, item_ids, strict=False):
         row.update(job_id=job.id, item_id=item_id)
     bad = [{"job_id": job.id, "item_id": i, "message": "OSError: unreadable"} for i in item_ids[10:]]
@@ -196,11 +202,11 @@ def test_progress_grows_only_by_labels_a_commit_really_inserted(
         shard = client.get(f"/jobs/{job.id}/shards").json()[0]
         return shard["items_done"], shard["items_failed"]
 
-    assert labeling._commit(shard_id, job, rows[:6], bad[:1]) is None
+    assert label_writes.commit_labels(shard_id, job, rows[:6], bad[:1]) is None
     assert progress() == (6, 1)
-    labeling._commit(shard_id, job, rows[3:10], bad)  # 3 labels and 1 error already stored
+    label_writes.commit_labels(shard_id, job, rows[3:10], bad)  # 3 labels and 1 error already stored
     assert progress() == (10, 2)
-    labeling._commit(shard_id, job, rows, bad)  # a whole redelivered batch: nothing new
+    label_writes.commit_labels(shard_id, job, rows, bad)  # a whole redelivered batch: nothing new
     assert progress() == (10, 2)
     assert _label_count(job.id) == 10
 
@@ -228,8 +234,7 @@ def test_cancel_stops_a_running_shard_at_its_next_commit(
 ):
     teacher = factories.ready_teacher(client, teacher_file)
     job = factories.job(client, teacher, pool, shard_size=300, batch_size=50)
-    monkeypatch.setattr(labeling, "COMMIT_ROWS", 1)  # a transaction per batch
-    real_commit, commits = labeling._commit, []
+    real_commit, commits = label_writes.commit_labels, []
 
     def cancel_after_two(*args, **kwargs):
         if len(commits) == 2:
@@ -237,8 +242,9 @@ def test_cancel_stops_a_running_shard_at_its_next_commit(
         commits.append(1)
         return real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(labeling, "_commit", cancel_after_two)
-    assert _run_enqueued(enqueued)[0].state == "cancelled"
+    monkeypatch.setattr(label_writes, "commit_labels", cancel_after_two)
+    # A transaction per batch.
+    assert _run_enqueued(enqueued, _settings(commit_rows=1))[0].state == "cancelled"
     assert _label_count(job["id"]) == 100
     assert client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
 
@@ -315,12 +321,12 @@ def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
     """A shard's first decode batches are smaller (the model starts sooner); the model still
     sees every key once, in order, in batches of the job's size."""
     keys = [(i, f"/x/{i}.png") for i in range(items)]
-    batches = labeling._ShardBatches()
+    batches = decode.ShardBatches()
     batches.start(keys, FORMAT_28, batch_size)
-    decoded = [labeling._collate([(torch.zeros(1), key[0], "") for key in part]) for part in batches]
+    decoded = [decode.collate([(torch.zeros(1), key[0], "") for key in part]) for part in batches]
     if batch_size >= 4 and items > batch_size:
         assert len(decoded[0][1]) == batch_size // 4
-    model_batches = list(labeling._model_batches(decoded, batch_size))
+    model_batches = list(decode.model_batches(decoded, batch_size))
     sizes = [len(ids) for _, ids, _ in model_batches]
     assert all(s == batch_size for s in sizes[:-1]) and (not sizes or 0 < sizes[-1] <= batch_size)
     assert [i for _, ids, _ in model_batches for i in ids] == list(range(items))
@@ -330,8 +336,8 @@ def test_ramped_decode_batches_join_into_whole_model_batches(batch_size, items):
 def test_one_set_of_decode_processes_serves_teachers_of_different_formats(fmnist):
     """A new teacher (each generation of the loop brings one) reuses the decode processes,
     and its images come out in its own format, not the last teacher's."""
-    labeling._decoder.cache_clear()
-    loader, batches = labeling._decoder("cpu", 1)
+    decode.decoder.cache_clear()
+    loader, batches = decode.decoder("cpu", 1)
     files = sorted((fmnist / "unlabeled").rglob("*.png"))[:6]
     keys = [(i, str(path)) for i, path in enumerate(files)] + [(99, str(fmnist / "missing.png"))]
     formats = (FORMAT_28, ImageFormat(3, 40, "bicubic", (0.4, 0.5, 0.6), (0.2, 0.2, 0.2), 0.875))
@@ -339,18 +345,18 @@ def test_one_set_of_decode_processes_serves_teachers_of_different_formats(fmnist
     try:
         for image_format, batch_size in zip(formats, (4, 3), strict=True):
             batches.start(keys, image_format, batch_size)
-            model_batches = list(labeling._model_batches(loader, batch_size))
+            model_batches = list(decode.model_batches(loader, batch_size))
             sizes = [len(ids) for _, ids, _ in model_batches]
             assert sizes == [batch_size] * (7 // batch_size) + [7 % batch_size]  # this job's size
-            images, item_ids, errors = labeling._join(model_batches)
+            images, item_ids, errors = decode.join(model_batches)
             assert item_ids == [*range(6), 99]
             assert errors[:6] == [""] * 6 and errors[6].startswith("FileNotFoundError")
             with Image.open(files[0]) as image:
-                expected = labeling.eval_transform(image_format)(image.convert(image_format.mode))
+                expected = eval_transform(image_format)(image.convert(image_format.mode))
             assert torch.equal(images[0], expected)
             assert images.shape[1:] == image_format.shape
             seen.append({w.pid for w in loader._iterator._workers})
-            assert labeling._decoder("cpu", 1) == (loader, batches)
+            assert decode.decoder("cpu", 1) == (loader, batches)
         assert seen[0] == seen[1]  # the same decode process, not a fresh one per teacher
     finally:
-        labeling._decoder.cache_clear()
+        decode.decoder.cache_clear()

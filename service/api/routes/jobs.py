@@ -3,6 +3,8 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import StreamingResponse
 
+from nst.states import JobState, TeacherStatus
+from service import lifecycle
 from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
 from service.crud import jobs as crud
 from service.exports.labels import labels_jsonl, labels_parquet
@@ -68,7 +70,7 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"teacher_id: unknown teacher {body.teacher_id!r}"
         )
-    if teacher.status != "ready":
+    if teacher.status != TeacherStatus.READY:
         reason = f" ({teacher.status_reason})" if teacher.status_reason else ""
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -114,9 +116,9 @@ def get_job(job_id: int, session: SessionDep) -> JobPublic:
 def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
     job = get_or_404(session, Job, job_id)
     state = crud.progress(session, job=job).state
-    if state in ("succeeded", "cancelled"):
+    if state in (JobState.SUCCEEDED, JobState.CANCELLED):
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is already {state}")
-    crud.cancel(session, job=job)
+    lifecycle.cancel_job(session, job=job)
     session.commit()
     return job_public(session, job)
 
@@ -128,8 +130,7 @@ def resume_job(job_id: int, session: SessionDep) -> JobPublic:
     job = get_or_404(session, Job, job_id)
     if job.cancelled_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job_id} is cancelled")
-    shard_ids = crud.unfinished_shard_ids(session, job_id=job_id)
-    crud.reset_failed_shards(session, job_id=job_id)
+    shard_ids = lifecycle.resume_job(session, job_id=job_id)
     session.commit()
     _enqueue(job_id, shard_ids)
     return job_public(session, job)

@@ -1,0 +1,123 @@
+"""The decode pipeline: image files to tensors in decode processes, in batches the model takes.
+
+One DataLoader lives as long as the worker process and serves every shard of every teacher;
+``ShardBatches.start`` points it at the next shard's items before each pass.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import Dataset as TorchDataset
+
+from workers.teacher_model import ImageFormat, eval_transform
+
+Batch = tuple[torch.Tensor, list[int], list[str]]
+
+
+class ImageFiles(TorchDataset):
+    """Decodes the image a key names, ``(item_id, uri, image_format)``: keyed rather than
+    indexed, and the key says which teacher's transform applies, so one set of decode processes
+    serves every shard of every teacher. An unreadable file becomes an error string."""
+
+    def __getitem__(self, key: tuple[int, str, ImageFormat]):
+        item_id, uri, image_format = key
+        transform = eval_transform(image_format)  # outside the try: a bad format is no item's fault
+        try:
+            with Image.open(uri) as image:
+                tensor = transform(image.convert(image_format.mode))
+            return tensor, item_id, ""
+        except Exception as exc:  # any decode failure is recorded on the item
+            return torch.zeros(image_format.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]
+
+
+class ShardBatches(Sampler):
+    """The current shard's keys in decode batches; ``start`` sets them before each pass.
+
+    A shard starts with an empty pipeline: the model waits until one decode process has made a
+    whole first batch. So the first batches ramp up (a quarter, a quarter, a half of the batch,
+    then whole ones) and the model starts after a quarter of the wait; ``model_batches`` joins
+    them back into model batches of the job's size, so what the model sees is unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.batch_size = 1
+        self.keys: list[tuple[int, str]] = []
+        self.image_format: ImageFormat | None = None
+
+    def start(self, keys: list[tuple[int, str]], image_format: ImageFormat, batch_size: int) -> None:
+        self.keys, self.image_format, self.batch_size = keys, image_format, batch_size
+
+    def sizes(self):
+        b = self.batch_size
+        yield from (s for s in (b // 4, b // 4, b - 2 * (b // 4)) if s)
+        while True:
+            yield b
+
+    def __iter__(self):
+        start = 0
+        for size in self.sizes():
+            if start >= len(self.keys):
+                return
+            # One format object for the whole batch: pickle sends it once, however many keys.
+            yield [(item_id, uri, self.image_format) for item_id, uri in self.keys[start : start + size]]
+            start += size
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def collate(samples: list) -> Batch:
+    """Images stacked into one tensor; item ids and errors kept as plain lists.
+
+    Every tensor a decode process returns costs the labeling loop a file-descriptor hand-over
+    (a socket connection) to rebuild its shared storage; ids as a list travel inside the
+    pickle, so a batch costs one hand-over instead of two.
+    """
+    images, item_ids, errors = zip(*samples, strict=True)
+    return default_collate(images), list(item_ids), list(errors)
+
+
+@lru_cache(maxsize=1)
+def decoder(device: str, workers: int) -> tuple[DataLoader, ShardBatches]:
+    """One DataLoader for the worker process's life, whose decode processes serve every teacher.
+
+    Starting them for every shard cost about 0.17 s a shard at 28 px (bench/label_profile.py), a
+    fifth of a 1,000-image shard's time. Starting them for every teacher (the loop makes a new
+    teacher each generation) forked each job's decode processes from the worker's whole heap:
+    jobs with a new teacher each ran 5-8% slower than jobs that reused one
+    (bench/label_throughput.py with and without --reuse-teacher).
+    """
+    batches = ShardBatches()
+    loader = DataLoader(
+        ImageFiles(),
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.startswith("cuda"),
+    )
+    return loader, batches
+
+
+def model_batches(loader: DataLoader, batch_size: int):
+    """Decode batches joined into model batches of ``batch_size`` (see ``ShardBatches``)."""
+    parts, count = [], 0
+    for part in loader:
+        parts.append(part)
+        count += len(part[1])
+        if count >= batch_size:
+            yield join(parts)
+            parts, count = [], 0
+    if parts:
+        yield join(parts)
+
+
+def join(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    images, item_ids, errors = zip(*parts, strict=True)
+    return torch.cat(images), [i for batch in item_ids for i in batch], [e for batch in errors for e in batch]
