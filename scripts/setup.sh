@@ -13,6 +13,7 @@ VENV=.venv
 # Newer than pyproject.toml once the install has succeeded; lives in the venv, dies with it.
 STAMP=$VENV/.nst-installed
 FASHION_MNIST=/usr/share/datasets/fashion-mnist
+CHROMIUM=/usr/bin/chromium
 
 setup_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
@@ -27,24 +28,36 @@ setup_venv() {
     fi
 }
 
-setup_fashion_mnist() {
-    [ -d "$FASHION_MNIST" ] && return 0
+# apt-get install PACKAGE (root or password-less sudo), or say what to install by hand.
+apt_install() {
+    local package=$1 what=$2
     if ! command -v apt-get >/dev/null; then
-        echo "setup: no apt-get; install Debian's dataset-fashion-mnist ($FASHION_MNIST) yourself" >&2
+        echo "setup: no apt-get; install Debian's $package ($what) yourself" >&2
         return 0
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if ! sudo -n true 2>/dev/null; then
-            echo "setup: not root and no password-less sudo; install dataset-fashion-mnist yourself" >&2
+            echo "setup: not root and no password-less sudo; install $package yourself" >&2
             return 0
         fi
         sudo=(sudo -n)
     fi
-    echo "setup: installing dataset-fashion-mnist with apt-get"
+    echo "setup: installing $package with apt-get"
     "${sudo[@]}" apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends dataset-fashion-mnist
+        apt-get install -y --no-install-recommends "$package"
+}
+
+setup_fashion_mnist() {
+    [ -d "$FASHION_MNIST" ] && return 0
+    apt_install dataset-fashion-mnist "$FASHION_MNIST"
+}
+
+# The UI's browser tests drive Debian's Chromium with Playwright (never `playwright install`).
+setup_chromium() {
+    [ -x "$CHROMIUM" ] && return 0
+    apt_install chromium "$CHROMIUM"
 }
 
 case "${1:-all}" in
@@ -53,6 +66,7 @@ case "${1:-all}" in
         setup_venv
         scripts/services.sh
         setup_fashion_mnist
+        setup_chromium
         ;;
     *) echo "usage: $0 [all|venv]" >&2; exit 2 ;;
 esac

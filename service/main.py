@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from nst.config import get_settings
 from service.api.main import api_router
 from service.core.migrate import upgrade_head
+from service.ui import install as install_ui
 
 
 @asynccontextmanager
@@ -26,6 +27,7 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     app.include_router(api_router)
+    install_ui(app)
     return app
 
 

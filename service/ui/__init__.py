@@ -1,0 +1,53 @@
+"""The web UI under /ui: Jinja2 page shells and plain-JavaScript modules that read the public
+REST API with the user's token, so a page shows nothing a script could not fetch itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from nst.config import get_settings
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def _page(request: Request, template: str, **context) -> HTMLResponse:
+    # The shells hold no data; the token only decides whether to ask for it before any call.
+    auth_required = get_settings().api_token is not None
+    return templates.TemplateResponse(request, template, {"auth_required": auth_required, **context})
+
+
+@router.get("")
+def ui_root() -> RedirectResponse:
+    return RedirectResponse("/ui/")
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request) -> HTMLResponse:
+    return _page(request, "overview.html", page="overview")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_labels(request: Request, job_id: int) -> HTMLResponse:
+    return _page(request, "job.html", page="job", job_id=job_id)
+
+
+@router.get("/manifests/{manifest_id}", response_class=HTMLResponse)
+def manifest(request: Request, manifest_id: str) -> HTMLResponse:
+    return _page(request, "manifest.html", page="manifest", manifest_id=manifest_id)
+
+
+@router.get("/generations", response_class=HTMLResponse)
+def generations(request: Request) -> HTMLResponse:
+    return _page(request, "generations.html", page="generations")
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
