@@ -45,7 +45,8 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
+            # `from service import lifecycle` imports service.lifecycle: judge the full name
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
     return [(line, name) for line, name in found if name.split(".")[0] in OURS]
 
 
@@ -74,6 +75,7 @@ def test_every_import_runs_down_the_layers():
         ("nst", "from service.models import Job\n"),
         ("service", "def f():\n    from workers.tasks import label_shard\n"),
         ("workers", "import service.api.deps\n"),
+        ("workers", "from service import api\n"),
         ("trainer", "from service.core.db import session_scope\n"),
     ],
 )
