@@ -75,9 +75,12 @@ def _option(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
 @config_options
 def train_command(**values) -> None:
     """Train a noisy student from a manifest (pulled over HTTP) and register it as a teacher."""
-    from trainer.train import train
+    from trainer.train import ResumeMismatch, train
 
-    result = train(TrainConfig.from_flat(values))
+    try:
+        result = train(TrainConfig.from_flat(values))
+    except ResumeMismatch as error:
+        raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, indent=2))
 
 
@@ -119,9 +122,11 @@ def iterate_command(**values) -> None:
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}
     loop["students"] = loop["students"].split(",")
     cfg = IterateConfig(**loop, train=TrainConfig.from_flat({"manifest_id": "", **train_values}))
+    from trainer.train import ResumeMismatch
+
     with Client(train_values["api_url"], token=train_values["api_token"]) as client:
         try:
             rows = iterate(cfg, client)
-        except RecipeChanged as error:
+        except (RecipeChanged, ResumeMismatch) as error:
             raise click.ClickException(str(error)) from error
     click.echo(format_table(rows))

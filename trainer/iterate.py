@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nst.client import Client
+from nst.client import Client, NotFound
 from nst.progress import wait_with_progress
 from nst.states import JobState
 from trainer.config import Lineage, ServiceLink, TrainConfig
@@ -144,12 +144,32 @@ def _load_rows(cfg: IterateConfig) -> list[dict]:
     return rows
 
 
-def _save(cfg: IterateConfig, rows: list[dict]) -> None:
+def _load_state(cfg: IterateConfig) -> dict:
+    path = _state_path(cfg)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(cfg: IterateConfig, state: dict) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial = _state_path(cfg).with_suffix(".part")
-    partial.write_text(json.dumps({"config": _config_dict(cfg), "rows": rows}, indent=2))
+    partial.write_text(json.dumps(state, indent=2))
     partial.replace(_state_path(cfg))
+
+
+def _record_labeling(cfg: IterateConfig, labeling: dict) -> None:
+    """The generation in progress's labeling job, so that a resumed run waits for it instead of
+    labeling the pool again (the manifest then comes out the same: it is content-addressed)."""
+    _write_state(cfg, {**_load_state(cfg), "labeling": labeling})
+
+
+def _save(cfg: IterateConfig, rows: list[dict]) -> None:
+    labeling = _load_state(cfg).get("labeling")
+    state = {"config": _config_dict(cfg), "rows": rows}
+    if labeling and labeling["generation"] > (rows[-1]["generation"] if rows else -1):
+        state["labeling"] = labeling  # still in progress
+    _write_state(cfg, state)
+    out = Path(cfg.out_dir)
     if not rows:
         return
     write_table(rows, out / "generations.md")
@@ -219,18 +239,35 @@ def _first_teacher(cfg: IterateConfig, client: Client) -> dict:
     }
 
 
-def _generation(
-    cfg: IterateConfig, client: Client, generation: int, teacher_id: str, truth: dict[str, str] | None
-) -> dict:
-    started = time.perf_counter()
-    teacher = client.teacher(teacher_id)
-    _say(f"generation {generation}: labeling the pool with {teacher['name']}")
+def _labeling_job(cfg: IterateConfig, client: Client, generation: int, teacher_id: str) -> dict:
+    """The generation's labeling job: the one an interrupted run started, if it can still finish,
+    else a new one, recorded before it is waited for."""
+    started = _load_state(cfg).get("labeling", {})
+    if started.get("generation") == generation and started.get("teacher") == teacher_id:
+        try:
+            job = client.job(started["job"])
+        except NotFound:
+            job = None
+        if job is not None and job["state"] not in (JobState.FAILED, JobState.CANCELLED):
+            _say(f"generation {generation}: continuing labeling job {job['id']}")
+            return job
     job = client.create_job(
         teacher_id=teacher_id,
         dataset_id=cfg.unlabeled_dataset_id,
         batch_size=cfg.label_batch_size,
         shard_size=cfg.shard_size,
     )
+    _record_labeling(cfg, {"generation": generation, "teacher": teacher_id, "job": job["id"]})
+    return job
+
+
+def _generation(
+    cfg: IterateConfig, client: Client, generation: int, teacher_id: str, truth: dict[str, str] | None
+) -> dict:
+    started = time.perf_counter()
+    teacher = client.teacher(teacher_id)
+    _say(f"generation {generation}: labeling the pool with {teacher['name']}")
+    job = _labeling_job(cfg, client, generation, teacher_id)
     job = wait_with_progress(client, job)
     if job["state"] != JobState.SUCCEEDED:
         raise RuntimeError(f"labeling job {job['id']} ended {job['state']}: {job['errors']}")

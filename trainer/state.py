@@ -64,6 +64,12 @@ def save_state(
     return path
 
 
+def read_config(path: Path) -> dict:
+    """The config a state was saved with, without reading its tensors."""
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()["config"])
+
+
 def load_state(path: Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()

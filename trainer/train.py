@@ -43,7 +43,7 @@ from trainer.data import (
 )
 from trainer.evaluate import evaluate
 from trainer.finetune import finetune_resolution
-from trainer.state import load_state, save_state
+from trainer.state import load_state, read_config, save_state
 
 
 @dataclass
@@ -239,6 +239,7 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
         state_path=Path(cfg.runtime.out_dir) / "state.safetensors",
     )
     if cfg.runtime.resume and run.state_path.exists():
+        _check_same_manifest(run.state_path, cfg.service.manifest_id)
         run.step, run.metrics = _restore(run.state_path, model, ema, optimizer, scheduler)
         run.start_step = run.step
     return run
@@ -339,6 +340,19 @@ def _evaluate(model, split: Split, recipe: Recipe, run: _Run, bar) -> dict:
     if bar is not None:
         bar.write(f"step {run.step}: top1 {metrics['top1']:.4f} top5 {metrics['top5']:.4f}")
     return metrics
+
+
+class ResumeMismatch(ValueError):
+    """The training state to resume was made from another manifest."""
+
+
+def _check_same_manifest(path: Path, manifest_id: str) -> None:
+    saved = TrainConfig.from_dict(read_config(path)).service.manifest_id
+    if saved != manifest_id:
+        raise ResumeMismatch(
+            f"{path} holds training on manifest {saved}, not {manifest_id}: resuming it would mix two "
+            "training sets; choose another out_dir, or train without --resume"
+        )
 
 
 def _restore(path: Path, model, ema, optimizer, scheduler) -> tuple[int, dict]:

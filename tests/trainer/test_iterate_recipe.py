@@ -111,3 +111,50 @@ def test_the_loop_sets_for_each_model_only_what_it_leaves_out_of_the_comparison(
     before, after = flat(cfg.train), flat(trained[0])
     changed = {name for name in before if before[name] != after[name]}
     assert changed and changed <= SET_PER_MODEL
+
+
+class _Pool:
+    """Just enough of the client for a generation's labeling: jobs that stop or finish."""
+
+    def __init__(self, states: dict[int, str]):
+        self.states, self.created = states, []
+
+    def create_job(self, **_body) -> dict:
+        job_id = len(self.created) + 1
+        self.states[job_id] = "running"
+        self.created.append(job_id)
+        return self.job(job_id)
+
+    def job(self, job_id: int) -> dict:
+        if job_id not in self.states:
+            from nst.client import NotFound
+
+            raise NotFound(404, f"job {job_id} not found", "GET", f"/jobs/{job_id}")
+        return {"id": job_id, "state": self.states[job_id]}
+
+
+def test_a_resumed_generation_waits_for_its_labeling_job_instead_of_labeling_again(tmp_path):
+    from trainer.iterate import _labeling_job
+
+    cfg, pool = _config(tmp_path), _Pool({})
+    _write_state(cfg)
+    first = _labeling_job(cfg, pool, 2, "t1")  # then the run stops while the job labels
+    assert _load_rows(cfg) == ROWS  # the recorded job does not count as a generation
+    again = _labeling_job(cfg, pool, 2, "t1")
+    assert again["id"] == first["id"] and pool.created == [first["id"]]
+
+
+@pytest.mark.parametrize("ending", ["failed", "cancelled", "deleted"])
+def test_a_job_that_cannot_finish_or_another_teacher_labels_anew(tmp_path, ending):
+    from trainer.iterate import _labeling_job
+
+    cfg, pool = _config(tmp_path), _Pool({})
+    _write_state(cfg)
+    first = _labeling_job(cfg, pool, 2, "t1")
+    if ending == "deleted":
+        del pool.states[first["id"]]
+    else:
+        pool.states[first["id"]] = ending
+    assert _labeling_job(cfg, pool, 2, "t1")["id"] != first["id"]
+    other_teacher = _labeling_job(cfg, pool, 2, "t9")
+    assert other_teacher["id"] not in (first["id"], pool.created[1]) and len(pool.created) == 3

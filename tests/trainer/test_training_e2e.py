@@ -136,6 +136,17 @@ def test_resume_continues_exactly_like_an_unbroken_run(service, tmp_path, monkey
     assert a["scheduler"] == b["scheduler"]
 
 
+def test_a_training_state_is_never_resumed_onto_another_manifest(service, tmp_path):
+    train_module.train(_cfg(service, tmp_path, steps=3))
+    other = service.client.create_manifest(
+        labeled_dataset_ids=[service.labeled["id"]], job_ids=[service.job["id"]], threshold=0.5
+    )
+    assert other["id"] != service.manifest["id"]
+    with pytest.raises(train_module.ResumeMismatch, match=other["id"]):
+        train_module.train(_cfg(service, tmp_path, manifest_id=other["id"], resume=True))
+    assert load_state(tmp_path / "run" / "state.safetensors")["step"] == 3  # left as it was
+
+
 def test_ddp_with_two_cpu_processes(service, tmp_path):
     out = tmp_path / "ddp"
     command = [
