@@ -88,6 +88,7 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
             batch_size=args.batch_size,
             pseudo_ratio=args.pseudo_ratio,
             randaugment_magnitude=args.magnitude,
+            hflip=0.5,  # clothes keep their class when mirrored; the recorded study used it
         ),
         Runtime(workers=args.workers, checkpoint_every=200, progress=False),
     )

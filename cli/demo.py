@@ -114,14 +114,16 @@ def demo(
     images_dir = work_dir / "images"
     if image_folder is None:
         data = _fmnist_images(images_dir / "fashion-mnist", labeled_per_class, unlabeled, test, seed)
-        roots, channels, mean, std = [images_dir], 1, [0.286], [0.353]
+        # Fashion-MNIST's clothes keep their class when mirrored, so the demo asks for flips.
+        roots, channels, mean, std, hflip = [images_dir], 1, [0.286], [0.353], 0.5
     else:
         data = _folder_lists(image_folder.resolve(), images_dir / "lists", labeled_per_class, 0.2, seed)
-        roots, channels, mean, std = (
+        roots, channels, mean, std, hflip = (
             [images_dir, image_folder.resolve()],
             3,
             [0.485, 0.456, 0.406],
             [0.229, 0.224, 0.225],
+            0.0,  # unknown classes: a mirror image may be another class
         )
     env = {
         "NST_DATA_DIR": str(state_dir),
@@ -160,6 +162,7 @@ def demo(
             channels,
             mean,
             std,
+            hflip,
             seed,
         )
         _step(5, "stopping the API and the worker")
@@ -186,6 +189,7 @@ def _run_loop(
     channels: int,
     mean,
     std,
+    hflip: float,
     seed: int,
 ) -> list[dict]:
     from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
@@ -194,7 +198,15 @@ def _run_loop(
     shutil.rmtree(out, ignore_errors=True)
     train = TrainConfig(
         ServiceLink(manifest_id="", api_url=client.base_url),
-        Recipe(image_size=image_size, channels=channels, mean=mean, std=std, steps=steps, batch_size=32),
+        Recipe(
+            image_size=image_size,
+            channels=channels,
+            mean=mean,
+            std=std,
+            steps=steps,
+            batch_size=32,
+            hflip=hflip,
+        ),
         Runtime(workers=1, checkpoint_every=0),
     )
     cfg = IterateConfig(

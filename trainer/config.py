@@ -44,7 +44,7 @@ class Recipe:
     dropout: float = 0.5
     drop_path: float = 0.2
     crop_scale_min: float | None = None  # None: 0.6 below 128 px, else 0.08 (Inception crop)
-    hflip: float = 0.5
+    hflip: float = 0.0  # off unless asked for: a flip turns digits and text into other classes
 
     # optimisation
     steps: int = 1000
