@@ -471,9 +471,10 @@ def manifests_export(ctx, manifest_id, fmt, out) -> None:
 def _add_trainer_commands() -> None:
     # The trainer's options come from its own config; it is imported only when asked for.
     from cli.demo import demo
-    from trainer.cli import iterate_command, train_command
+    from trainer.cli import evaluate_command, iterate_command, train_command
 
     cli.add_command(train_command, "train")
+    cli.add_command(evaluate_command, "evaluate")
     cli.add_command(iterate_command, "iterate")
     cli.add_command(demo, "demo")
 

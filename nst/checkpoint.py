@@ -13,6 +13,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nst.teacher_metadata import TeacherMetadata
@@ -35,6 +36,26 @@ def save_teacher(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata={"nst": header})
     return path
+
+
+def load_teacher(path: str | Path) -> tuple[torch.nn.Module, TeacherMetadata]:
+    """The teacher in a checkpoint written by ``save_teacher``: its timm model in eval mode with
+    the weights loaded, and its metadata."""
+    with safe_open(str(path), framework="pt") as handle:
+        header = (handle.metadata() or {}).get("nst")
+        if header is None:
+            raise ConversionError(f"{path}: no nst metadata; is it a teacher checkpoint?")
+        metadata = TeacherMetadata.model_validate_json(header)
+        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    model = timm.create_model(
+        metadata.architecture,
+        pretrained=False,
+        num_classes=len(metadata.class_names),
+        in_chans=metadata.channels,
+        **metadata.model_kwargs,
+    )
+    model.load_state_dict(state)
+    return model.eval(), metadata
 
 
 def default_metadata(

@@ -9,6 +9,7 @@ with Client("http://127.0.0.1:8000", token=None) as nst:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -194,6 +195,18 @@ class Client:
 
     def teachers(self, **filters) -> list[dict]:
         return self._listing("/teachers", filters)
+
+    def download_teacher(self, teacher_id: str, out: str | Path) -> Path:
+        """The teacher's safetensors file, checked against its ID (the file's sha256)."""
+        out = self._download(f"/teachers/{teacher_id}/checkpoint", {}, out)
+        digest = hashlib.sha256()
+        with out.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != teacher_id:
+            out.unlink()
+            raise ValueError(f"teacher {teacher_id}: the downloaded file's sha256 is {digest.hexdigest()}")
+        return out
 
     def delete_teacher(self, teacher_id: str) -> None:
         self._json("DELETE", f"/teachers/{teacher_id}")

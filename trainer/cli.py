@@ -8,6 +8,7 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 
 import click
 
@@ -82,6 +83,42 @@ def train_command(**values) -> None:
     except ResumeMismatch as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, indent=2))
+
+
+@click.command("evaluate")
+@click.option("--teacher", "teacher_id", required=True, help="A registered teacher's ID.")
+@click.option("--dataset", "dataset_id", type=int, required=True, help="A labeled dataset's ID.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the result as JSON.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images.")
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu.")
+@click.option("--api", "api_url", envvar="NST_API_URL", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--token", "api_token", envvar="NST_API_TOKEN", default=None)
+def evaluate_command(teacher_id, dataset_id, out, batch_size, workers, device, api_url, api_token) -> None:
+    """Top-1, top-5, per-class accuracy and the confusion matrix of any registered teacher."""
+    import torch
+
+    from trainer.evaluate import evaluate_teacher
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with Client(api_url, token=api_token) as client:
+        result = evaluate_teacher(
+            client,
+            teacher_id,
+            dataset_id,
+            device=torch.device(device),
+            batch_size=batch_size,
+            num_workers=workers,
+        )
+    width = max(len(name) for name in result["classes"])
+    click.echo(f"teacher {teacher_id[:12]} on dataset {dataset_id}: {result['count']} images")
+    click.echo(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+    for name, value in result["per_class"].items():
+        click.echo(f"  {name:<{width}}  {'-' if value is None else f'{value:.4f}'}")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {out}")
 
 
 def main() -> None:

@@ -346,6 +346,22 @@ def read_truth(path: str | None) -> dict[str, str] | None:
         return {row["path"]: row["label"] for row in csv.DictReader(handle)}
 
 
+def _teacher_metrics(cfg: IterateConfig, client: Client) -> dict:
+    """A given teacher's metrics; one imported without them is evaluated on the eval dataset."""
+    metrics = client.teacher(cfg.teacher_id)["metrics"]
+    if metrics.get("top1") is None and cfg.eval_dataset_id is not None:
+        import torch
+
+        from trainer.evaluate import evaluate_teacher
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        _say(f"evaluating teacher {cfg.teacher_id[:12]} on dataset {cfg.eval_dataset_id}")
+        metrics = evaluate_teacher(
+            client, cfg.teacher_id, cfg.eval_dataset_id, device=device, num_workers=cfg.train.runtime.workers
+        )
+    return metrics
+
+
 def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
     rows = _load_rows(cfg)
     if rows:
@@ -356,7 +372,7 @@ def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
             _save(cfg, rows)  # the recipe is recorded before the first checkpoint
             rows.append(_first_teacher(cfg, client))
         else:
-            metrics = client.teacher(cfg.teacher_id)["metrics"]
+            metrics = _teacher_metrics(cfg, client)
             rows.append(
                 {
                     "generation": 0,

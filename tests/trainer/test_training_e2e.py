@@ -257,3 +257,39 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
     refused = CliRunner().invoke(cli, changed)  # other settings: refused, nothing trained
     assert refused.exit_code == 1 and "train.steps: 4 -> 5" in refused.output
     assert len(json.loads((out / "iterate.json").read_text())["rows"]) == 3
+
+
+def test_nst_evaluate_scores_any_registered_teacher_with_its_confusion_matrix(service, tmp_path):
+    from cli.main import cli
+
+    out = tmp_path / "eval.json"
+    args = [
+        "evaluate",
+        "--api",
+        service.stack.url,
+        "--teacher",
+        service.teacher["id"],
+        "--dataset",
+        str(service.test["id"]),
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    scores = json.loads(out.read_text())
+    confusion = torch.tensor(scores["confusion"])
+    assert scores["count"] == confusion.sum() == service.test["item_count"]
+    assert scores["top1"] == pytest.approx(float(confusion.trace()) / scores["count"])
+    assert 0.0 <= scores["top1"] <= scores["top5"] <= 1.0
+    for index, name in enumerate(scores["classes"]):
+        row = confusion[index]
+        if row.sum():
+            assert scores["per_class"][name] == pytest.approx(float(row[index] / row.sum()))
+    assert f"top-1 {scores['top1']:.4f}" in result.output
+
+
+def test_a_teacher_checkpoint_downloads_as_the_file_its_id_names(service, tmp_path):
+    path = service.client.download_teacher(service.teacher["id"], tmp_path / "t.safetensors")
+    assert path.stat().st_size == service.teacher["size_bytes"]

@@ -3,6 +3,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
+from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from service import checkpoints
@@ -148,6 +149,23 @@ def list_teachers(
 @router.get("/{teacher_id}")
 def get_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
     return get_or_404(session, Teacher, teacher_id)
+
+
+@router.get(
+    "/{teacher_id}/checkpoint",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file"}},
+)
+def download_checkpoint(teacher_id: str, session: SessionDep) -> FileResponse:
+    """The teacher's safetensors file, whose sha256 is its ID: what `nst evaluate` and any host
+    without the service's disk load it from."""
+    teacher = get_or_404(session, Teacher, teacher_id)
+    path = Path(teacher.file_path)
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"teacher {teacher_id}: its file is gone")
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"teacher-{teacher_id[:16]}.safetensors"
+    )
 
 
 @router.post("/{teacher_id}/validate", status_code=status.HTTP_202_ACCEPTED)
