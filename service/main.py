@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from nst.config import get_settings
 from service.api.main import api_router
 from service.core.migrate import upgrade_head
+from service.metrics import RequestMetrics, metrics_registry
 from service.ui import install as install_ui
 
 
@@ -26,6 +27,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=_lifespan,
     )
+    app.state.metrics = metrics_registry()
+    app.add_middleware(RequestMetrics, registry=app.state.metrics)
     app.include_router(api_router)
     install_ui(app)
     return app
