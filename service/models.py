@@ -54,6 +54,8 @@ class Dataset(Base):
     source_format: Mapped[str] = mapped_column(String(16))  # folder | csv | jsonl | list
     classes: Mapped[list[str] | None] = mapped_column(JSON)
     item_count: Mapped[int] = mapped_column(Integer)
+    # {"L": {"mean": [m], "std": [s]}, "RGB": {...}, "sample": n}: measured at registration
+    pixel_stats: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
