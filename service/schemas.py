@@ -50,6 +50,17 @@ class DatasetCreate(BaseModel):
         return self
 
 
+class ChannelStats(BaseModel):
+    mean: list[float]
+    std: list[float]
+
+
+class PixelStats(BaseModel):
+    L: ChannelStats
+    RGB: ChannelStats
+    sample: int = Field(description="Images measured (an even spread of the dataset, at most 256)")
+
+
 class DatasetPublic(_Public):
     id: int
     name: str
@@ -60,6 +71,9 @@ class DatasetPublic(_Public):
     source_format: str
     classes: list[str] | None
     item_count: int
+    pixel_stats: PixelStats | None = Field(
+        None, description="Per-channel pixel mean and std (0-1) of a sample, as grayscale and RGB"
+    )
     created_at: UtcDatetime
     class_counts: dict[str, int] | None = None
 

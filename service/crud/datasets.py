@@ -13,7 +13,14 @@ INSERT_CHUNK = 10_000
 
 
 def create_dataset(
-    session: Session, *, name: str, kind: str, split: str | None, modality: str, scan: ScanResult
+    session: Session,
+    *,
+    name: str,
+    kind: str,
+    split: str | None,
+    modality: str,
+    scan: ScanResult,
+    pixel_stats: dict | None = None,
 ) -> Dataset:
     """Insert the dataset and all its items in the caller's transaction (all or nothing)."""
     dataset = Dataset(
@@ -25,6 +32,7 @@ def create_dataset(
         source_format=scan.source_format,
         classes=scan.classes,
         item_count=len(scan.uris),
+        pixel_stats=pixel_stats,
     )
     session.add(dataset)
     session.flush()

@@ -1,5 +1,6 @@
 from fastapi import APIRouter, HTTPException, Response, status
 
+from service import pixel_stats
 from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, SettingsDep, get_or_404
 from service.crud import datasets as crud
 from service.models import Dataset
@@ -24,7 +25,13 @@ def register_dataset(body: DatasetCreate, session: SessionDep, settings: Setting
     except ScanError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"path: {exc}") from None
     dataset = crud.create_dataset(
-        session, name=body.name, kind=body.kind, split=body.split, modality=body.modality, scan=result
+        session,
+        name=body.name,
+        kind=body.kind,
+        split=body.split,
+        modality=body.modality,
+        scan=result,
+        pixel_stats=pixel_stats.measure(result.uris),
     )
     session.commit()
     return _public(session, dataset)

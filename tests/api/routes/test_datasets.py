@@ -140,3 +140,27 @@ def test_delete_dataset_and_unknown_ids(client, fmnist):
     assert client.delete(f"/datasets/{body['id']}").status_code == 204
     assert client.get(f"/datasets/{body['id']}").status_code == 404
     assert client.delete(f"/datasets/{body['id']}").status_code == 404
+
+
+def test_registration_measures_the_pixel_mean_and_std(client, fmnist):
+    """Measured once on an even sample, so a student is normalised by its own data."""
+    import numpy as np
+    from PIL import Image
+
+    body = _register(client, kind="labeled", split="train", path=str(fmnist / "labeled")).json()
+    stats = body["pixel_stats"]
+    assert stats["sample"] == 200 and len(stats["RGB"]["mean"]) == 3
+    items = client.get(f"/datasets/{body['id']}/items", params={"limit": 500}).json()["data"]
+    pixels = np.concatenate([np.asarray(Image.open(i["uri"]), dtype=np.float64).ravel() / 255 for i in items])
+    assert stats["L"]["mean"][0] == pytest.approx(pixels.mean(), abs=1e-4)
+    assert stats["L"]["std"][0] == pytest.approx(pixels.std(), abs=1e-4)
+    assert stats["RGB"]["mean"] == pytest.approx(stats["L"]["mean"] * 3, abs=1e-4)  # gray images
+
+    root = _roots()[0]
+    blank = root / "blank"
+    blank.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(blank / "red.png")
+    (blank / "broken.png").write_bytes(b"not an image")
+    red = _register(client, kind="unlabeled", path=str(blank)).json()["pixel_stats"]
+    assert red["sample"] == 1 and red["RGB"]["mean"] == [1.0, 0.0, 0.0]
+    assert red["RGB"]["std"] == [0.001, 0.001, 0.001]  # floored: a usable divisor

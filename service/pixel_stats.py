@@ -1,0 +1,48 @@
+"""A dataset's per-channel pixel mean and std, measured once at registration on an evenly spread
+sample of its images, so that a student's normalisation comes from its own data rather than
+from a fixed default (``trainer/train.py`` reads it when the recipe names none)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+SAMPLE = 256
+MIN_STD = 1e-3  # a blank sample still gives a usable divisor
+
+
+def measure(uris: Sequence[str], sample: int = SAMPLE) -> dict | None:
+    """``{"L": {"mean", "std"}, "RGB": {"mean", "std"}, "sample": n}`` over at most ``sample``
+    images, pixels in [0, 1]; None when none of them decodes (labeling then records why)."""
+    if not uris:
+        return None
+    chosen = uris[:: max(1, len(uris) // sample)][:sample]
+    sums = {"L": np.zeros(1), "RGB": np.zeros(3)}
+    squares = {"L": np.zeros(1), "RGB": np.zeros(3)}
+    pixels = decoded = 0
+    for uri in chosen:
+        try:
+            with Image.open(uri) as image:
+                image.load()
+                planes = {mode: image.convert(mode) for mode in sums}
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        for mode, plane in planes.items():
+            values = np.asarray(plane, dtype=np.float64).reshape(-1, len(sums[mode])) / 255.0
+            sums[mode] += values.sum(axis=0)
+            squares[mode] += np.square(values).sum(axis=0)
+        pixels += planes["L"].width * planes["L"].height
+        decoded += 1
+    if not decoded:
+        return None
+    stats: dict = {"sample": decoded}
+    for mode in sums:
+        mean = sums[mode] / pixels
+        std = np.sqrt(np.maximum(squares[mode] / pixels - np.square(mean), 0.0))
+        stats[mode] = {
+            "mean": [round(float(m), 4) for m in mean],
+            "std": [round(max(float(s), MIN_STD), 4) for s in std],
+        }
+    return stats
