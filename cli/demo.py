@@ -118,13 +118,9 @@ def demo(
         roots, channels, mean, std, hflip = [images_dir], 1, [0.286], [0.353], 0.5
     else:
         data = _folder_lists(image_folder.resolve(), images_dir / "lists", labeled_per_class, 0.2, seed)
-        roots, channels, mean, std, hflip = (
-            [images_dir, image_folder.resolve()],
-            3,
-            [0.485, 0.456, 0.406],
-            [0.229, 0.224, 0.225],
-            0.0,  # unknown classes: a mirror image may be another class
-        )
+        # Normalised by the labeled images' pixel statistics, measured at registration.
+        roots, channels, mean, std = [images_dir, image_folder.resolve()], 3, None, None
+        hflip = 0.0  # unknown classes: a mirror image may be another class
     env = {
         "NST_DATA_DIR": str(state_dir),
         "NST_DATA_ROOTS": ",".join(map(str, roots)),

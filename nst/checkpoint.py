@@ -38,14 +38,20 @@ def save_teacher(
     return path
 
 
+def read_metadata(path: str | Path) -> TeacherMetadata | None:
+    """The metadata ``save_teacher`` embedded, or None for a plain safetensors file."""
+    with safe_open(str(path), framework="pt") as handle:
+        header = (handle.metadata() or {}).get("nst")
+    return None if header is None else TeacherMetadata.model_validate_json(header)
+
+
 def load_teacher(path: str | Path) -> tuple[torch.nn.Module, TeacherMetadata]:
     """The teacher in a checkpoint written by ``save_teacher``: its timm model in eval mode with
     the weights loaded, and its metadata."""
+    metadata = read_metadata(path)
+    if metadata is None:
+        raise ConversionError(f"{path}: no nst metadata; is it a teacher checkpoint?")
     with safe_open(str(path), framework="pt") as handle:
-        header = (handle.metadata() or {}).get("nst")
-        if header is None:
-            raise ConversionError(f"{path}: no nst metadata; is it a teacher checkpoint?")
-        metadata = TeacherMetadata.model_validate_json(header)
         state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     model = timm.create_model(
         metadata.architecture,

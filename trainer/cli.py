@@ -29,8 +29,8 @@ def _base_type(hint):
 
 
 def _floats(_ctx, _param, value):
-    if value is None or isinstance(value, list):
-        return value
+    if not value or isinstance(value, list):
+        return value or None
     return [float(v) for v in value.split(",")]
 
 

@@ -31,8 +31,9 @@ class Recipe:
     architecture: str = "resnet18"
     image_size: int = 28
     channels: int = 1
-    mean: list[float] = field(default_factory=lambda: [0.286])
-    std: list[float] = field(default_factory=lambda: [0.353])
+    # None: the pretrained checkpoint's, else the manifest's labeled data's (measured at registration)
+    mean: list[float] | None = None
+    std: list[float] | None = None
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     pretrained_path: str | None = None  # a safetensors file to start from (e.g. converted)

@@ -32,11 +32,13 @@ from nst.checkpoint import save_teacher
 from nst.client import Client
 from nst.teacher_metadata import TeacherMetadata
 from nst.transforms import eval_transform
+from trainer import normalisation
 from trainer.config import Recipe, TrainConfig
 from trainer.data import (
     EndlessSampler,
     ImageTargets,
     Split,
+    check_entries,
     fetch_eval_split,
     fetch_manifest,
     train_transform,
@@ -69,6 +71,13 @@ def init_process() -> Process:
     if cuda:
         torch.cuda.set_device(device)
     return Process(rank, world, device)
+
+
+def _sum_over_ranks(value: int, proc: Process) -> int:
+    total = torch.tensor([value], device=proc.device)
+    if proc.world > 1:
+        dist.all_reduce(total)
+    return int(total.item())
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -110,9 +119,7 @@ def _loader(
     split: Split, transform, cfg: TrainConfig, proc: Process, batch_size: int, stream: int, start: int
 ) -> DataLoader:
     seed, workers = cfg.recipe.seed, cfg.runtime.workers
-    sampler = EndlessSampler(
-        split.copies, seed=seed * 1000 + stream, rank=proc.rank, world=proc.world, start=start
-    )
+    sampler = EndlessSampler(split.copies, seed=seed * 1000 + stream, start=start)
     # Its own generator: creating the loader draws nothing from the global RNG, which a
     # resumed run restores and must find as the unbroken run left it.
     generator = torch.Generator().manual_seed(seed * 1000 + stream * 100 + proc.rank + start)
@@ -202,7 +209,15 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed * 100 + proc.rank)
     np.random.seed(recipe.seed * 100 + proc.rank)  # timm's RandAugment picks its operations with it
-    manifest, labeled, pseudo = fetch_manifest(client, cfg.service.manifest_id)
+    # Each rank pulls only its own share of the entries.
+    manifest, labeled, pseudo = fetch_manifest(
+        client, cfg.service.manifest_id, part=proc.rank, parts=proc.world
+    )
+    check_entries(manifest, _sum_over_ranks(len(labeled) + len(pseudo), proc))
+    recipe, source = normalisation.resolve(recipe, client, manifest)
+    cfg = dataclasses.replace(cfg, recipe=recipe)
+    if proc.main:
+        print(f"[nst train] normalisation mean {recipe.mean} std {recipe.std}, from {source}", flush=True)
     classes = manifest["classes"]
     if not len(labeled) and not len(pseudo):
         raise ValueError(f"manifest {cfg.service.manifest_id} has no entries")

@@ -25,6 +25,8 @@ def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
     split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
     cfg = Recipe(
         architecture="resnet10t",
+        mean=[0.286],
+        std=[0.353],
         finetune_steps=3,
         finetune_image_size=36,
         batch_size=16,
