@@ -1,5 +1,7 @@
-"""What the student sees: a manifest pulled over HTTP, read into labeled and pseudo-labeled
-streams, with the noisy training transform built by timm (the clean one is ``nst.transforms``)."""
+"""What the student sees: a manifest pulled over HTTP as Parquet (this rank's share, checked
+against the count and digest the service published), read into labeled and pseudo-labeled
+streams with soft targets kept sparse, and the noisy training transform built by timm (the clean
+one is ``nst.transforms``)."""
 
 from __future__ import annotations
 
@@ -7,58 +9,135 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
+from nst import targets
 from nst.client import Client
 from trainer.config import Recipe
 
 
 @dataclass
+class Sparse:
+    """Soft targets as the manifest's Parquet carries them (``nst.targets``): ``[N, k]`` class
+    indices and values and ``[N]`` rest masses, made dense one entry at a time."""
+
+    indices: np.ndarray
+    values: np.ndarray
+    rest: np.ndarray
+    num_classes: int
+
+    def dense(self, index: int) -> np.ndarray:
+        row = slice(index, index + 1)
+        return targets.dense(self.indices[row], self.values[row], self.rest[row], self.num_classes)[0]
+
+
+@dataclass
 class Split:
-    """Image URIs with targets: class indices (int64) or soft distributions (float32 [N, C])."""
+    """Image URIs with targets: class indices (int64), or soft ones kept sparse."""
 
     uris: list[str]
     targets: np.ndarray
     copies: np.ndarray
+    sparse: Sparse | None = None
 
     def __len__(self) -> int:
         return len(self.uris)
 
     @property
     def soft(self) -> bool:
-        return self.targets.ndim == 2
+        return self.sparse is not None
+
+    def target(self, index: int) -> torch.Tensor:
+        """Entry ``index``'s target: a class index, or a float32 distribution over the classes."""
+        if self.sparse is not None:
+            return torch.from_numpy(self.sparse.dense(index))
+        return torch.as_tensor(self.targets[index])
 
 
-def fetch_manifest(client: Client, manifest_id: str) -> tuple[dict, Split, Split]:
-    """The manifest's description and its labeled and pseudo-labeled entries."""
+class ManifestMismatch(ValueError):
+    """What was downloaded is not the manifest (or the share of it) that was asked for."""
+
+
+def fetch_manifest(
+    client: Client, manifest_id: str, *, part: int = 0, parts: int = 1
+) -> tuple[dict, Split, Split]:
+    """The manifest's description and the labeled and pseudo-labeled entries of share ``part``
+    of ``parts`` (one per data-parallel rank), checked against what the service published."""
     manifest = client.manifest(manifest_id)
+    headers, body = client.manifest_parquet(manifest_id, part=part, parts=parts)
+    parquet = pq.ParquetFile(pa.BufferReader(body))
+    table = parquet.read()
+    _verify(manifest_id, f"part {part} of {parts}", headers, parquet.metadata.metadata, table)
     num_classes = len(manifest["classes"])
-    rows = {"labeled": [], "pseudo": []}
-    for entry in client.manifest_entries(manifest_id):
-        rows[entry["source"]].append(entry)
-    labeled = _split(rows["labeled"], num_classes, soft=False)
+    labeled = table.filter(pc.equal(table["source"], "labeled"))
+    pseudo = table.filter(pc.equal(table["source"], "pseudo"))
     soft = bool(manifest["params"].get("soft", True))
-    pseudo = _split(rows["pseudo"], num_classes, soft=soft)
-    return manifest, labeled, pseudo
+    return manifest, _split(labeled, num_classes, soft=False), _split(pseudo, num_classes, soft=soft)
 
 
-def _split(entries: list[dict], num_classes: int, *, soft: bool) -> Split:
-    uris = [e["uri"] for e in entries]
-    copies = np.array([e.get("copies", 1) for e in entries], dtype=np.int64)
-    if soft:
-        targets = np.zeros((len(entries), num_classes), dtype=np.float32)
-        for i, e in enumerate(entries):
-            target = e["target"]
-            if isinstance(target, int):
-                targets[i, target] = 1.0
-            else:
-                targets[i] = target
-    else:
-        targets = np.array([e["target"] for e in entries], dtype=np.int64)
-    return Split(uris, targets, copies)
+def check_entries(manifest: dict, received: int) -> None:
+    """All ranks' shares together hold the manifest's entries."""
+    expected = manifest["totals"]["entries"]
+    if received != expected:
+        raise ManifestMismatch(
+            f"manifest {manifest['id']} has {expected} entries, the ranks received {received} in all"
+        )
+
+
+def _verify(
+    manifest_id: str, share: str, headers: dict, metadata: dict[bytes, bytes], table: pa.Table
+) -> None:
+    footer = {key.decode(): value.decode() for key, value in (metadata or {}).items()}
+    headers = {key.lower(): value for key, value in headers.items()}
+    sent_for = [headers.get("x-manifest-id"), footer.get("nst.manifest_id")]
+    if sent_for != [manifest_id, manifest_id]:
+        raise ManifestMismatch(
+            f"asked for manifest {manifest_id}, the service sent entries of {sent_for[0]} "
+            f"(header) / {sent_for[1]} (Parquet metadata)"
+        )
+    announced, streamed = headers.get("x-manifest-entries"), footer.get("nst.entries")
+    if announced != streamed or streamed != str(table.num_rows):
+        raise ManifestMismatch(
+            f"manifest {manifest_id} ({share}): the service announced {announced} entries and streamed "
+            f"{streamed}, {table.num_rows} arrived; fetch it again"
+        )
+    digest = targets.EntriesDigest()
+    digest.update({name: _column(table, name) for name in targets.DIGEST_COLUMNS})
+    if digest.hexdigest() != footer.get("nst.sha256"):
+        raise ManifestMismatch(
+            f"manifest {manifest_id} ({share}): the entries that arrived hash to {digest.hexdigest()}, "
+            f"the service published {footer.get('nst.sha256')}; fetch it again"
+        )
+
+
+def _column(table: pa.Table, name: str):
+    column = table[name].combine_chunks()
+    if pa.types.is_string(column.type):
+        return column.to_pylist()
+    if pa.types.is_fixed_size_list(column.type):
+        return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    return column.to_numpy()
+
+
+def _split(table: pa.Table, num_classes: int, *, soft: bool) -> Split:
+    uris = table["uri"].to_pylist()
+    copies = table["copies"].to_numpy().astype(np.int64)
+    classes = table["target_class"].to_numpy().astype(np.int64)
+    if not soft:
+        return Split(uris, classes, copies)
+    sparse = Sparse(
+        _column(table, "target_indices"),
+        _column(table, "target_values"),
+        _column(table, "target_rest"),
+        num_classes,
+    )
+    return Split(uris, classes, copies, sparse)
 
 
 def fetch_eval_split(client: Client, dataset_id: int, classes: list[str]) -> Split:
@@ -99,25 +178,23 @@ class ImageTargets(Dataset):
     def __getitem__(self, index: int):
         with Image.open(self.split.uris[index]) as image:
             x = self.transform(image.convert(self.mode))
-        return x, torch.as_tensor(self.split.targets[index])
+        return x, self.split.target(index)
 
 
 class EndlessSampler(Sampler[int]):
     """Indices forever: each entry ``copies`` times per epoch, reshuffled every epoch from
-    (seed, epoch), this rank's share only. Starting at ``start`` samples lets a resumed run
-    continue the stream where it stopped."""
+    (seed, epoch). A rank samples its own share of the manifest (``fetch_manifest``'s part).
+    Starting at ``start`` samples lets a resumed run continue the stream where it stopped."""
 
-    def __init__(self, copies: np.ndarray, *, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+    def __init__(self, copies: np.ndarray, *, seed: int, start: int = 0):
         self.base = np.repeat(np.arange(len(copies)), copies)
-        self.seed, self.rank, self.world, self.start = seed, rank, world, start
+        self.seed, self.start = seed, start
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.base)
-        return order[self.rank :: self.world]
+        return np.random.default_rng([self.seed, epoch]).permutation(self.base)
 
     def __iter__(self) -> Iterator[int]:
-        per_epoch = len(self.base[self.rank :: self.world])
-        epoch, offset = divmod(self.start, per_epoch)
+        epoch, offset = divmod(self.start, len(self.base))
         while True:
             yield from self.epoch_order(epoch)[offset:].tolist()
             epoch, offset = epoch + 1, 0

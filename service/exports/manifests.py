@@ -1,51 +1,83 @@
 """A manifest's entries as records, JSONL or Parquet. Soft targets are computed here from the
-job's stored distribution, with the manifest's temperature, a page at a time."""
+job's stored distribution, with the manifest's temperature, a page at a time: sparse (the kept
+classes and the rest mass, ``nst.targets``) in Parquet, rebuilt dense from that for JSON."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from pydantic_core import to_json
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from nst import targets
 from service.core.db import session_scope
 from service.exports import streaming
 from service.manifests.reads import entries_page
-from service.models import Manifest
-from service.pagination import all_pages
+from service.models import Item, Job, Label, Manifest, ManifestEntry, ManifestInput
+from service.pagination import all_pages, cut, from_cursor
 
 PAGE_SIZE = 5000
 
-ENTRY_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.int64()),
-        ("uri", pa.string()),
-        ("source", pa.string()),
-        ("target_class", pa.int32()),  # labeled entries and hard pseudo targets, else null
-        ("target_probs", pa.list_(pa.float32())),  # soft pseudo targets, else null
-        ("copies", pa.int32()),
-        ("confidence", pa.float32()),  # null for labeled entries
-    ]
-)
+
+@dataclass(frozen=True)
+class Part:
+    """One of ``parts`` disjoint shares of the entries that together cover them (item ID modulo
+    ``parts``): what one of ``parts`` data-parallel trainers reads."""
+
+    index: int = 0
+    parts: int = 1
 
 
-def full_distribution(probs: bytes, top_indices: bytes | None, rest_mass: float | None, num_classes: int):
-    """The stored float16 distribution over all classes. A top-k label spreads its rest mass
-    evenly over the classes it did not keep."""
-    stored = np.frombuffer(probs, dtype=np.float16).astype(np.float64)
-    if top_indices is None:
-        return stored
-    others = num_classes - len(stored)
-    full = np.full(num_classes, max(rest_mass or 0.0, 0.0) / others if others else 0.0)
-    full[np.frombuffer(top_indices, dtype=np.int32)] = stored
-    return full
+def width(session: Session, manifest: Manifest) -> int:
+    """The fixed width of the Parquet target columns: the most classes any entry keeps (every
+    class for a job that stores whole distributions, else its top-k; one for hard targets)."""
+    if not manifest.params.get("soft"):
+        return 1
+    jobs = session.scalars(
+        select(Job)
+        .join(ManifestInput, ManifestInput.job_id == Job.id)
+        .where(ManifestInput.manifest_key == manifest.key)
+    )
+    return max([job.num_classes if job.stores_full_distribution else job.top_k for job in jobs], default=1)
 
 
-def soft_targets(distributions: Sequence[np.ndarray], temperature: float) -> np.ndarray:
-    """``p^(1/T)`` renormalised, as the authors' code does; float16 storage is renormalised too."""
-    sharpened = np.stack(distributions) ** (1.0 / temperature)
-    return (sharpened / sharpened.sum(axis=1, keepdims=True)).astype(np.float32)
+def sparse_targets(rows: list[tuple], *, soft: bool, num_classes: int, temperature: float, width: int):
+    """``(indices [n, width] int32, values [n, width] float32, rest [n] float32)`` for rows of
+    ``(source, target_class, probs, top_indices, rest_mass)``. A soft target is ``p^(1/T)``
+    renormalised, as the authors' code does; a top-k label's rest mass is spread evenly over the
+    classes it did not keep before sharpening. Hard targets keep their one class at 1."""
+    n = len(rows)
+    indices = np.full((n, width), targets.PAD, dtype=np.int32)
+    values = np.zeros((n, width), dtype=np.float32)
+    rest = np.zeros(n, dtype=np.float32)
+    groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+    for i, (source, target_class, probs, top, _rest) in enumerate(rows):
+        if soft and source == "pseudo":
+            groups[(len(probs) // 2, top is None)].append(i)
+        else:
+            indices[i, 0], values[i, 0] = target_class, 1.0
+    for (k, whole), members in groups.items():
+        stored = np.frombuffer(b"".join(rows[i][2] for i in members), dtype=np.float16)
+        stored = stored.reshape(-1, k).astype(np.float64)
+        if whole:
+            kept, others, each = np.arange(k, dtype=np.int32), 0, np.zeros(len(members))
+        else:
+            kept = np.frombuffer(b"".join(rows[i][3] for i in members), dtype=np.int32).reshape(-1, k)
+            others = num_classes - k
+            masses = np.maximum([rows[i][4] or 0.0 for i in members], 0.0)
+            each = masses / others if others else np.zeros(len(members))
+        sharpened, sharpened_each = stored ** (1.0 / temperature), each ** (1.0 / temperature)
+        total = sharpened.sum(axis=1) + others * sharpened_each
+        indices[members, :k] = kept
+        values[members, :k] = sharpened / total[:, None]
+        rest[members] = others * sharpened_each / total
+    return indices, values, rest
 
 
 def _float32(value: float | None) -> float | None:
@@ -54,20 +86,29 @@ def _float32(value: float | None) -> float | None:
 
 
 def records(rows, manifest: Manifest) -> list[dict]:
-    """Entry dicts for a page of ``entries_page`` rows."""
+    """Entry dicts for a page of ``entries_page`` rows, with the class name of ``target_class``."""
     soft = bool(manifest.params.get("soft"))
+    dense: dict[int, list[float]] = {}
     pseudo = [i for i, row in enumerate(rows) if soft and row[0].source == "pseudo"]
-    targets: dict[int, list[float]] = {}
     if pseudo:
-        distributions = [full_distribution(*rows[i][2:5], len(manifest.classes)) for i in pseudo]
-        matrix = soft_targets(distributions, manifest.params["temperature"])
-        targets = dict(zip(pseudo, matrix.tolist(), strict=True))
+        num_classes = len(manifest.classes)
+        stored = [(rows[i][0].source, rows[i][0].target_class, *rows[i][2:5]) for i in pseudo]
+        width = max(len(s[2]) // 2 for s in stored)
+        sparse = sparse_targets(
+            stored,
+            soft=True,
+            num_classes=num_classes,
+            temperature=manifest.params["temperature"],
+            width=width,
+        )
+        dense = dict(zip(pseudo, targets.dense(*sparse, num_classes).tolist(), strict=True))
     return [
         {
             "item_id": row[0].item_id,
             "uri": row[1],
             "source": row[0].source,
-            "target": targets.get(i, row[0].target_class),
+            "target": dense.get(i, row[0].target_class),
+            "class_name": manifest.classes[row[0].target_class],
             "copies": row[0].copies,
             "confidence": _float32(row[0].confidence),
         }
@@ -91,13 +132,105 @@ def entries_jsonl(manifest_key: int) -> Iterator[bytes]:
     return streaming.jsonl(_pages(manifest_key), to_json)
 
 
-def _columns(page: list[dict]) -> dict[str, list]:
-    columns = {name: [r[name] for r in page] for name in ("item_id", "uri", "source", "copies", "confidence")}
-    columns["target_class"] = [r["target"] if isinstance(r["target"], int) else None for r in page]
-    columns["target_probs"] = [r["target"] if isinstance(r["target"], list) else None for r in page]
-    return columns
+def entry_schema(width: int, *, manifest_id: str, classes: list[str]) -> pa.Schema:
+    return pa.schema(
+        [
+            ("item_id", pa.int64()),
+            ("uri", pa.string()),
+            ("source", pa.string()),
+            ("target_class", pa.int32()),  # the class a hard target is, the top one of a soft one
+            ("class_name", pa.string()),
+            ("copies", pa.int32()),
+            ("confidence", pa.float32()),  # null for labeled entries
+            ("target_indices", pa.list_(pa.int32(), width)),
+            ("target_values", pa.list_(pa.float32(), width)),
+            ("target_rest", pa.float32()),
+        ],
+        metadata={"nst.manifest_id": manifest_id, "nst.classes": json.dumps(classes)},
+    )
 
 
-def entries_parquet(manifest_key: int) -> Iterator[bytes]:
-    tables = (pa.Table.from_pydict(_columns(page), schema=ENTRY_SCHEMA) for page in _pages(manifest_key))
-    return streaming.parquet(tables, ENTRY_SCHEMA)
+def _part_query(manifest: Manifest, part: Part):
+    query = select(ManifestEntry).where(ManifestEntry.manifest_key == manifest.key)
+    if part.parts > 1:
+        query = query.where(ManifestEntry.item_id % part.parts == part.index)
+    return query
+
+
+def count(session: Session, manifest: Manifest, part: Part) -> int:
+    """The entries in ``part``, counted apart from the stream that sends them."""
+    return session.scalar(select(func.count()).select_from(_part_query(manifest, part).subquery())) or 0
+
+
+def _column_page(session: Session, manifest: Manifest, part: Part, cursor: int | None, limit: int):
+    """Plain columns (no ORM objects: a million of them cost more than the rest of the export)."""
+    # Cut the page before joining, as ``entries_page`` does, for the same planner reason.
+    page = from_cursor(_part_query(manifest, part), key=ManifestEntry.item_id, cursor=cursor, limit=limit)
+    entry = page.subquery()
+    query = select(
+        entry.c.item_id, Item.uri, entry.c.source, entry.c.target_class, entry.c.copies, entry.c.confidence
+    ).join(Item, Item.id == entry.c.item_id)
+    if manifest.params.get("soft"):
+        query = query.add_columns(Label.probs, Label.top_indices, Label.rest_mass).outerjoin(
+            Label, (Label.job_id == entry.c.job_id) & (Label.item_id == entry.c.item_id)
+        )
+    rows = session.execute(query.order_by(entry.c.item_id)).all()
+    return cut(rows, limit=limit, key=lambda row: row[0])
+
+
+def _columns(rows, manifest: Manifest, width: int) -> dict:
+    item_id, uri, source, target_class, copies, confidence, *_ = zip(*rows, strict=True)
+    indices, values, rest = sparse_targets(
+        [(r[2], r[3], *(tuple(r[6:9]) or (None, None, None))) for r in rows],
+        soft=bool(manifest.params.get("soft")),
+        num_classes=len(manifest.classes),
+        temperature=manifest.params.get("temperature", 1.0),
+        width=width,
+    )
+    return {
+        "item_id": np.array(item_id, dtype=np.int64),
+        "uri": list(uri),
+        "source": list(source),
+        "target_class": np.array(target_class, dtype=np.int32),
+        "class_name": [manifest.classes[c] for c in target_class],
+        "copies": np.array(copies, dtype=np.int32),
+        "confidence": [_float32(c) for c in confidence],
+        "target_indices": indices,
+        "target_values": values,
+        "target_rest": rest,
+    }
+
+
+def _table(columns: dict, schema: pa.Schema, width: int) -> pa.Table:
+    arrays = []
+    for field in schema:
+        column = columns[field.name]
+        if pa.types.is_fixed_size_list(field.type):
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(column.ravel()), width))
+        else:
+            arrays.append(pa.array(column, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def entries_parquet(manifest_key: int, part: Part = Part()) -> Iterator[bytes]:
+    """Row groups of ``PAGE_SIZE`` entries in item order; the footer's metadata adds the count
+    and ``nst.targets.EntriesDigest`` of what was streamed, for the reader to check."""
+    with session_scope() as session:
+        manifest = session.get(Manifest, manifest_key)
+        k = width(session, manifest)
+        schema = entry_schema(k, manifest_id=manifest.id, classes=manifest.classes)
+        digest = targets.EntriesDigest()
+
+        def tables() -> Iterator[pa.Table]:
+            def fetch(cursor: int | None):
+                return _column_page(session, manifest, part, cursor, PAGE_SIZE)
+
+            for rows in all_pages(fetch):
+                columns = _columns(rows, manifest, k)
+                digest.update(columns)
+                yield _table(columns, schema, k)
+
+        def footer() -> dict[str, str]:
+            return {"nst.entries": str(digest.count), "nst.sha256": digest.hexdigest()}
+
+        yield from streaming.parquet(tables(), schema, footer=footer)

@@ -36,11 +36,16 @@ def jsonl(pages: Iterable[list[dict]], dumps: Callable[[dict], bytes]) -> Iterat
         yield b"".join(dumps(record) + b"\n" for record in page)
 
 
-def parquet(tables: Iterable[pa.Table], schema: pa.Schema) -> Iterator[bytes]:
-    """One chunk per table (a row group each), then the footer."""
+def parquet(
+    tables: Iterable[pa.Table], schema: pa.Schema, footer: Callable[[], dict[str, str]] | None = None
+) -> Iterator[bytes]:
+    """One chunk per table (a row group each), then the footer, with ``footer()``'s key-value
+    metadata added once every table is written (what only the end of the stream knows)."""
     sink = _Chunks()
     with pq.ParquetWriter(sink, schema) as writer:
         for table in tables:
             writer.write_table(table)
             yield sink.drain()
+        if footer is not None:
+            writer.add_key_value_metadata(footer())
     yield sink.drain()

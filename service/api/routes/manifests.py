@@ -1,11 +1,11 @@
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
 from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
-from service.exports.manifests import entries_jsonl, entries_parquet, records
+from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, records
 from service.manifests import reads
 from service.manifests.build import build_manifest, prepare_manifest
 from service.manifests.validation import ManifestRequestError
@@ -102,6 +102,8 @@ def get_entries(
     format: Literal["json", "jsonl", "parquet"] = "json",
     cursor: Cursor = None,
     limit: PageLimit = 1000,
+    part: Annotated[int, Query(ge=0, description="Parquet only: which share of the entries")] = 0,
+    parts: Annotated[int, Query(ge=1, le=4096, description="Parquet only: into how many shares")] = 1,
 ) -> ManifestEntriesPage | StreamingResponse:
     """A page of entries (JSON, ``{"data", "next_cursor"}``), or the whole manifest streamed as
     JSONL (one entry per line) or Parquet, in item order.
@@ -113,18 +115,38 @@ def get_entries(
     the manifest's temperature; a top-k label spreads its rest mass evenly over the other
     classes).
 
-    Parquet has the same columns, except that ``target`` is split in two: ``target_class``
-    (int32; null for soft targets) and ``target_probs`` (list<float32>; null for hard ones).
-    ``item_id`` is int64, ``copies`` int32, ``confidence`` float32.
+    JSONL records add ``class_name``, the name of the entry's class (``target``, or the
+    teacher's top class for a soft target).
+
+    Parquet keeps targets sparse: ``target_class`` (int32: the class, or a soft target's top
+    class) and ``class_name``, then ``target_indices`` (int32) and ``target_values`` (float32),
+    two fixed-width lists (padded with index -1 and value 0), and ``target_rest`` (float32): the
+    mass spread evenly over every class not in ``target_indices``. A hard target is its one class
+    at 1.0. ``nst.targets.dense`` rebuilds the JSON ``target`` from them exactly. ``item_id`` is
+    int64, ``copies`` int32, ``confidence`` float32. The schema metadata holds ``nst.manifest_id``
+    and ``nst.classes``; the footer adds ``nst.entries`` and ``nst.sha256`` (the count and
+    ``nst.targets.EntriesDigest`` of what was streamed). ``part`` of ``parts`` streams only the
+    entries whose ``item_id`` modulo ``parts`` is ``part``: the shares are disjoint and cover the
+    manifest. The headers ``X-Manifest-Id`` and ``X-Manifest-Entries`` (the entries in this
+    share, counted before streaming) let a reader check what it got.
     """
     manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
+    if part >= parts:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"part: {part} is not below parts ({parts})"
+        )
     if format == "jsonl":
         return StreamingResponse(entries_jsonl(manifest.key), media_type="application/x-ndjson")
     if format == "parquet":
+        share = Part(part, parts)
+        name = f"manifest-{manifest.id[:16]}" + (f"-part{part}of{parts}" if parts > 1 else "")
+        headers = {
+            "Content-Disposition": f'attachment; filename="{name}.parquet"',
+            "X-Manifest-Id": manifest.id,
+            "X-Manifest-Entries": str(count(session, manifest, share)),
+        }
         return StreamingResponse(
-            entries_parquet(manifest.key),
-            media_type="application/vnd.apache.parquet",
-            headers={"Content-Disposition": f'attachment; filename="manifest-{manifest.id[:16]}.parquet"'},
+            entries_parquet(manifest.key, share), media_type="application/vnd.apache.parquet", headers=headers
         )
     rows, next_cursor = reads.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
     return ManifestEntriesPage(data=records(rows, manifest), next_cursor=next_cursor)

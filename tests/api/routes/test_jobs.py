@@ -81,3 +81,27 @@ def test_unknown_job_is_404(client):
     ]:
         response = getattr(client, method)(path)
         assert response.status_code == 404 and "job 5 not found" in response.json()["detail"]
+
+
+@pytest.mark.usefixtures("backend")
+def test_label_exports_name_the_classes_beside_the_indices(client):
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tests.utils import synthetic
+
+    names = [f"c{i}" for i in range(6)]
+    whole = synthetic.finished_job(synthetic.teacher(names[:3], name="whole"), [(2, 0.9)])
+    top_k = synthetic.finished_job(synthetic.teacher(names, name="top"), [(4, 0.7)], full_distribution_max=4)
+    line = json.loads(client.get(f"/jobs/{top_k.id}/labels", params={"format": "jsonl"}).text)
+    assert line["predicted_class"] == "c4" and line["top_classes"] == [names[i] for i in line["top_indices"]]
+    line = json.loads(client.get(f"/jobs/{whole.id}/labels", params={"format": "jsonl"}).text)
+    assert (line["predicted_class"], line["top_classes"]) == ("c2", None)
+    parquet = pq.ParquetFile(
+        io.BytesIO(client.get(f"/jobs/{top_k.id}/labels", params={"format": "parquet"}).content)
+    )
+    row = parquet.read().to_pylist()[0]
+    assert row["predicted_class"] == "c4" and row["top_classes"] == [names[i] for i in row["top_indices"]]
+    assert json.loads(parquet.schema_arrow.metadata[b"nst.classes"]) == names

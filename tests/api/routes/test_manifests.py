@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from nst import targets
 from tests.utils import synthetic
 from tests.utils.transport import in_process_client
 
@@ -159,29 +160,104 @@ def test_entries_page_with_a_cursor_and_stream_as_jsonl_and_parquet(client, labe
     assert len(pages) == 4 and len(paged) == manifest["totals"]["entries"] == 8
     assert [e["item_id"] for e in paged] == sorted(e["item_id"] for e in paged)
 
-    lines = client.get(url, params={"format": "jsonl"}).text.splitlines()
-    assert [json.loads(line) for line in lines] == paged
+    lines = [json.loads(line) for line in client.get(url, params={"format": "jsonl"}).text.splitlines()]
+    assert [{k: v for k, v in line.items() if k != "class_name"} for line in lines] == paged
+    for line in lines:
+        top = line["target"] if line["source"] == "labeled" else int(np.argmax(line["target"]))
+        assert line["class_name"] == CLASSES[top]
 
-    response = client.get(url, params={"format": "parquet"})
-    table = pq.read_table(io.BytesIO(response.content))
+    table = pq.read_table(io.BytesIO(client.get(url, params={"format": "parquet"}).content))
     assert table.column_names == [
         "item_id",
         "uri",
         "source",
         "target_class",
-        "target_probs",
+        "class_name",
         "copies",
         "confidence",
+        "target_indices",
+        "target_values",
+        "target_rest",
     ]
     rows = table.to_pylist()
-    for row, entry in zip(rows, paged, strict=True):
-        target = row["target_class"] if row["target_probs"] is None else row["target_probs"]
-        assert target == pytest.approx(entry["target"], abs=1e-6)
-        assert (row["item_id"], row["source"], row["copies"]) == (
-            entry["item_id"],
-            entry["source"],
-            entry["copies"],
-        )
+    assert [(r["item_id"], r["uri"], r["source"], r["copies"]) for r in rows] == [
+        (e["item_id"], e["uri"], e["source"], e["copies"]) for e in paged
+    ]
+
+
+def _dense_from_parquet(client, manifest: dict, **params) -> tuple[list[int], np.ndarray, pq.ParquetFile]:
+    response = client.get(f"/manifests/{manifest['id']}/entries", params={"format": "parquet", **params})
+    parquet = pq.ParquetFile(io.BytesIO(response.content))
+    table = parquet.read()
+    width = table.schema.field("target_indices").type.list_size
+    indices = table["target_indices"].combine_chunks().flatten().to_numpy().reshape(-1, width)
+    values = table["target_values"].combine_chunks().flatten().to_numpy().reshape(-1, width)
+    rest = table["target_rest"].to_numpy()
+    dense = targets.dense(indices, values, rest, len(manifest["classes"]))
+    return table["item_id"].to_pylist(), dense, parquet
+
+
+def _dense_from_json(client, manifest: dict) -> list[list[float]]:
+    entries = client.get(f"/manifests/{manifest['id']}/entries", params={"limit": 1000}).json()["data"]
+    num_classes = len(manifest["classes"])
+    return [
+        e["target"] if isinstance(e["target"], list) else np.eye(num_classes)[e["target"]].tolist()
+        for e in entries
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("soft, whole distributions", {"temperature": 2.0}),
+        ("hard", {"soft": False}),
+        ("labeled only", {"job_ids": []}),
+    ],
+)
+def test_parquet_sparse_targets_rebuild_exactly_the_json_targets(client, labeled, job, kind, body):
+    manifest = post(
+        client, **({"labeled_dataset_ids": [labeled], "job_ids": [job.id], "balance": False} | body)
+    ).json()
+    item_ids, dense, parquet = _dense_from_parquet(client, manifest)
+    assert dense.dtype == np.float32 and len(item_ids) == manifest["totals"]["entries"]
+    assert dense.tolist() == _dense_from_json(client, manifest)
+    metadata = parquet.metadata.metadata
+    assert metadata[b"nst.manifest_id"].decode() == manifest["id"]
+    assert json.loads(metadata[b"nst.classes"]) == CLASSES
+    assert metadata[b"nst.entries"] == str(len(item_ids)).encode()
+
+
+def test_parquet_top_k_targets_rebuild_exactly_the_json_targets(client):
+    names = [f"c{i}" for i in range(6)]
+    teacher = synthetic.teacher(names, name="topk")
+    job = synthetic.finished_job(teacher, [(2, 0.5), (4, 0.7), (0, 0.9)], full_distribution_max=4)
+    manifest = post(client, job_ids=[job.id], balance=False, temperature=0.5).json()
+    _, dense, parquet = _dense_from_parquet(client, manifest)
+    assert parquet.schema_arrow.field("target_indices").type.list_size == 3  # the job's top 3
+    assert dense.tolist() == _dense_from_json(client, manifest)
+
+
+def test_parquet_parts_are_disjoint_cover_the_manifest_and_carry_their_count(client, labeled, job):
+    manifest = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id], balance=False).json()
+    whole, dense, _ = _dense_from_parquet(client, manifest)
+    parts = []
+    for part in range(3):
+        url = f"/manifests/{manifest['id']}/entries"
+        response = client.get(url, params={"format": "parquet", "part": part, "parts": 3})
+        assert response.headers["x-manifest-id"] == manifest["id"]
+        ids, part_dense, _ = _dense_from_parquet(client, manifest, part=part, parts=3)
+        assert response.headers["x-manifest-entries"] == str(len(ids))
+        assert part_dense.tolist() == [dense[whole.index(i)].tolist() for i in ids]
+        parts.append(set(ids))
+    assert sum(map(len, parts)) == len(set().union(*parts)) == len(whole)
+    assert set().union(*parts) == set(whole)
+
+
+@pytest.mark.parametrize(("params", "field"), [({"part": 3, "parts": 3}, "part"), ({"parts": 0}, "parts")])
+def test_a_part_outside_the_parts_is_422_naming_the_field(client, job, params, field):
+    manifest = post(client, job_ids=[job.id]).json()
+    response = client.get(f"/manifests/{manifest['id']}/entries", params={"format": "parquet", **params})
+    assert response.status_code == 422 and field in response.text
 
 
 def test_the_client_creates_reads_and_pages_manifests(client, labeled, job):

@@ -1,0 +1,89 @@
+import io
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.utils import synthetic
+from tests.utils.transport import in_process_client
+from trainer.data import ManifestMismatch, check_entries, fetch_manifest
+
+CLASSES = ["cat", "dog", "eel"]
+
+pytestmark = pytest.mark.usefixtures("backend")  # first, so that the app opens the right database
+
+
+@pytest.fixture
+def manifest(client):
+    teacher = synthetic.teacher(CLASSES)
+    labeled = synthetic.labeled_dataset(CLASSES, [0, 1, 2, 0])
+    job = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.8), (2, 0.6), (1, 0.7), (0, 0.5)])
+    body = {"labeled_dataset_ids": [labeled], "job_ids": [job.id], "balance": False, "temperature": 2.0}
+    return client.post("/manifests", json=body).json()
+
+
+def _json_targets(client, manifest: dict) -> dict[str, list[float] | int]:
+    entries = client.get(f"/manifests/{manifest['id']}/entries", params={"limit": 1000}).json()["data"]
+    return {e["uri"]: e["target"] for e in entries}
+
+
+def test_the_trainer_rebuilds_the_json_targets_from_sparse_ones(client, manifest):
+    with in_process_client(client) as nst:
+        _, labeled, pseudo = fetch_manifest(nst, manifest["id"])
+    expected = _json_targets(client, manifest)
+    assert len(labeled) + len(pseudo) == manifest["totals"]["entries"] and pseudo.soft and not labeled.soft
+    for i, uri in enumerate(labeled.uris):
+        assert labeled.target(i).item() == expected[uri]
+    for i, uri in enumerate(pseudo.uris):
+        assert pseudo.target(i).tolist() == expected[uri]
+    assert pseudo.target(0).dtype == torch.float32
+
+
+def test_ranks_take_disjoint_shares_that_cover_the_manifest(client, manifest):
+    with in_process_client(client) as nst:
+        shares = [fetch_manifest(nst, manifest["id"], part=r, parts=2)[1:] for r in range(2)]
+    uris = [set(labeled.uris) | set(pseudo.uris) for labeled, pseudo in shares]
+    assert not uris[0] & uris[1] and uris[0] | uris[1] == set(_json_targets(client, manifest))
+    check_entries(manifest, sum(len(labeled) + len(pseudo) for labeled, pseudo in shares))
+    with pytest.raises(ManifestMismatch, match=r"has 9 entries, the ranks received \d+ in all"):
+        check_entries(manifest, len(shares[0][0]) + len(shares[0][1]))
+
+
+class _Tampering:
+    """A client whose Parquet download is changed on the way."""
+
+    def __init__(self, client, change):
+        self.client, self.change = client, change
+
+    def manifest(self, manifest_id):
+        return self.client.manifest(manifest_id)
+
+    def manifest_parquet(self, manifest_id, **share):
+        headers, body = self.client.manifest_parquet(manifest_id, **share)
+        return self.change(headers, body)
+
+
+def _altered_value(headers, body):
+    parquet = pq.ParquetFile(io.BytesIO(body))
+    table = parquet.read()
+    copies = table["copies"].to_numpy().copy()
+    copies[0] += 1
+    table = table.set_column(table.column_names.index("copies"), "copies", [copies])
+    out = io.BytesIO()
+    with pq.ParquetWriter(out, table.schema) as writer:  # the footer as the service wrote it
+        writer.write_table(table)
+        writer.add_key_value_metadata({k.decode(): v.decode() for k, v in parquet.metadata.metadata.items()})
+    return headers, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_altered_value, "the entries that arrived hash to"),
+        (lambda h, b: ({**h, "x-manifest-entries": "8"}, b), "announced 8 entries and streamed 9, 9 arrived"),
+        (lambda h, b: ({**h, "x-manifest-id": "f" * 64}, b), "the service sent entries of " + "f" * 64),
+    ],
+)
+def test_a_download_that_does_not_match_the_manifest_is_refused(client, manifest, change, message):
+    with in_process_client(client) as nst, pytest.raises(ManifestMismatch, match=message):
+        fetch_manifest(_Tampering(nst, change), manifest["id"])
