@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from nst import storage
 
 
 class SettingsError(RuntimeError):
@@ -26,15 +28,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".nst")
     database_url: str = ""
     broker_url: str = ""
-    # Comma-separated folders; datasets and teacher files must lie under one of them.
-    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    artifact_dir: Path | None = None
+    # Comma-separated folders or URL prefixes (s3://bucket/prefix); datasets and teacher files
+    # must lie under one of them. Uploaded checkpoints go to artifact_dir, a folder or a URL.
+    data_roots: Annotated[list[Path | str], NoDecode] = Field(default_factory=list)
+    artifact_dir: Path | str | None = None
     api_token: SecretStr | None = None
 
     # Celery: a shard must finish well inside the visibility timeout, or Redis redelivers it.
     visibility_timeout_s: int = Field(3600, ge=1)
     task_max_retries: int = Field(5, ge=0, le=100)
-    worker_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto/cuda: pool process i takes GPU i (modulo the GPUs); cuda:N pins GPU N; cpu.
+    worker_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     decode_workers: int = Field(2, ge=0, le=64)
     # Shard messages a worker process holds: the one it labels and the next, so the hand-off
     # between shards skips a broker round trip (about 50 ms a shard on the embedded broker,
@@ -44,6 +48,16 @@ class Settings(BaseSettings):
     # made the database the bottleneck (bench/label_write_rate.py); a crash loses at most one.
     commit_rows: int = Field(1024, ge=1)
     commit_seconds: float = Field(1.0, ge=0)
+    # Self-healing (service/lifecycle.py, workers/reaper.py): a running shard holds a lease its
+    # worker renews every quarter of it; the reaper in every worker, every `reaper_interval_s`,
+    # queues again a shard whose lease lapsed, or one queued `unclaimed_s` ago while no shard runs
+    # (its message was lost), and fails it after `shard_max_attempts` with the reason.
+    lease_s: float = Field(20.0, gt=0)
+    reaper_interval_s: float = Field(5.0, gt=0)
+    unclaimed_s: float = Field(30.0, gt=0)
+    shard_max_attempts: int = Field(5, ge=1, le=100)
+    # Lifecycle events (every state change of a job or shard) as JSON lines instead of text.
+    log_json: bool = False
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -54,14 +68,19 @@ class Settings(BaseSettings):
 
     @field_validator("data_roots")
     @classmethod
-    def _roots_exist(cls, roots: list[Path]) -> list[Path]:
+    def _roots_exist(cls, roots: list[Path | str]) -> list[Path | str]:
         resolved = []
         for root in roots:
-            root = root.expanduser()
-            if not root.is_dir():
+            root = storage.location(str(root).strip())
+            if isinstance(root, Path) and not root.is_dir():
                 raise ValueError(f"data root {str(root)!r} is not an existing folder")
-            resolved.append(root.resolve())
+            resolved.append(root)
         return resolved
+
+    @field_validator("artifact_dir")
+    @classmethod
+    def _artifact_location(cls, value: Path | str | None) -> Path | str | None:
+        return None if value is None else storage.location(str(value))
 
     @field_validator("database_url", "broker_url")
     @classmethod
@@ -83,7 +102,6 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
-        self.artifact_dir = self.artifact_dir.expanduser().resolve()
         if not self.data_roots:
             self.data_roots = [self.data_dir / "datasets"]
         return self
@@ -94,7 +112,8 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for path in (self.data_dir, self.artifact_dir, *self.data_roots):
-            path.mkdir(parents=True, exist_ok=True)
+            if isinstance(path, Path):
+                path.mkdir(parents=True, exist_ok=True)
 
 
 def _describe(error: ValidationError) -> str:

@@ -3,11 +3,15 @@
 A shard::
 
     queued ──claim──> running ──succeed──> succeeded
-      │                  ├──fail─────────> failed ──resume──> queued
-      │                  └──cancel───────> cancelled
+      │ ^                │ ├──fail─────────> failed ──resume──> queued
+      │ └──reap/release──┘ └──cancel───────> cancelled
       └──cancel (the job's)──────────────> cancelled
 
-Claiming a running or failed shard (a redelivered message) is one attempt more. A claim
+Claiming a running or failed shard (a redelivered message) is one attempt more. A running shard
+holds a lease that its worker renews while it labels; the reaper (``reap``) queues again a shard
+whose lease lapsed (its worker died) or one queued long ago while no shard runs (its message was
+lost), and fails it once it has had ``shard_max_attempts``. A worker releases its shard back to
+queued when a later attempt must retry some of its items (transient read errors). A claim
 cancels the shard instead if its job was cancelled, and fails it if its teacher is not ready; a
 running shard sees its job's cancellation at its next commit. Succeeded and cancelled are final:
 a late copy of the shard (redelivery, retry) leaves them as they are.
@@ -19,20 +23,43 @@ was claimed) and queued.
 A teacher: pending (registered) ──validated──> ready | invalid; an invalid one may be validated
 again.
 
-Every function here works inside the caller's transaction; the caller commits.
+Every function here works inside the caller's transaction; the caller commits. Every state
+change of a job or shard is logged as one line on the ``nst.lifecycle`` logger (JSON with
+``NST_LOG_JSON=1``), so a fault can be followed from the log alone.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from nst.config import get_settings
 from nst.states import UNFINISHED_SHARD_STATES, JobState, ShardState, TeacherStatus
 from service.models import Item, ItemError, Job, Label, Shard, Teacher, utcnow
 
 _FINAL = (ShardState.SUCCEEDED, ShardState.CANCELLED)
+PERMANENT, TRANSIENT = "permanent", "transient"  # the kinds of an item error
+
+logger = logging.getLogger("nst.lifecycle")
+logger.setLevel(logging.INFO)
+
+
+def log_event(event: str, **fields) -> None:
+    """One line per state change: ``event key=value ...``, or a JSON object with NST_LOG_JSON."""
+    if not logger.handlers and not logging.getLogger().handlers:
+        # A process that configured no logging (uvicorn leaves the root bare) still gets the lines.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+    if get_settings().log_json:
+        logger.info(json.dumps({"event": event, "at": utcnow().isoformat(), **fields}, default=str))
+    else:
+        logger.info("%s %s", event, " ".join(f"{key}={value}" for key, value in fields.items()))
 
 
 @dataclass
@@ -49,7 +76,7 @@ class ShardResult:
 
 def create_shards(session: Session, *, job: Job) -> list[Shard]:
     """The job's items cut into shards of ``job.shard_size``, each queued."""
-    size, total = job.shard_size, job.items_total
+    size, total, now = job.shard_size, job.items_total, utcnow()
     shards = [
         Shard(
             job_id=job.id,
@@ -60,11 +87,14 @@ def create_shards(session: Session, *, job: Job) -> list[Shard]:
             items_done=0,
             items_failed=0,
             attempts=0,
+            reaped_count=0,
+            enqueued_at=now,
         )
         for i, start in enumerate(range(0, total, size))
     ]
     session.add_all(shards)
     session.flush()
+    log_event("job.queued", job=job.id, shards=len(shards), items=total)
     return shards
 
 
@@ -88,6 +118,7 @@ def cancel_job(session: Session, *, job: Job) -> None:
         .where(Shard.job_id == job.id, Shard.state == ShardState.QUEUED)
         .values(state=ShardState.CANCELLED, finished_at=job.cancelled_at)
     )
+    log_event("job.cancelled", job=job.id)
 
 
 def resume_job(session: Session, *, job_id: int) -> list[int]:
@@ -105,6 +136,8 @@ def resume_job(session: Session, *, job_id: int) -> list[int]:
         .where(Shard.job_id == job_id, Shard.state == ShardState.FAILED)
         .values(state=ShardState.QUEUED, error=None, finished_at=None)
     )
+    session.execute(update(Shard).where(Shard.id.in_(shard_ids)).values(enqueued_at=utcnow()))
+    log_event("job.resumed", job=job_id, shards_sent=len(shard_ids))
     return shard_ids
 
 
@@ -128,9 +161,102 @@ def claim_shard(session: Session, *, shard_id: int) -> ShardResult | None:
     if teacher.status != TeacherStatus.READY:
         reason = f"teacher {teacher.id} is {teacher.status}: {teacher.status_reason}"
         return _settle(shard, ShardState.FAILED, reason)
+    if not session.scalar(select(exists().where(Shard.job_id == job.id, Shard.started_at.is_not(None)))):
+        log_event("job.running", job=job.id)
     shard.state, shard.attempts, shard.error = ShardState.RUNNING, shard.attempts + 1, None
     shard.started_at = shard.started_at or utcnow()
+    shard.lease_expires_at = utcnow() + timedelta(seconds=get_settings().lease_s)
+    log_event("shard.running", job=job.id, shard=shard.id, index=shard.index, attempt=shard.attempts)
     return None
+
+
+def renew_lease(session: Session, *, shard_id: int, lease_s: float) -> None:
+    """Extend a running shard's lease: its worker is alive. A shard the reaper took back stays
+    queued; its new delivery claims it again."""
+    session.execute(
+        update(Shard)
+        .where(Shard.id == shard_id, Shard.state == ShardState.RUNNING)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release_shard(session: Session, *, shard_id: int, reason: str) -> None:
+    """Put a running shard back to queued for a later attempt (its message is sent again by a
+    Celery retry); it counts as just sent, so the reaper leaves it alone meanwhile."""
+    shard = session.get(Shard, shard_id, with_for_update=True)
+    if shard is None or shard.state != ShardState.RUNNING:
+        return
+    shard.state, shard.lease_expires_at, shard.enqueued_at = ShardState.QUEUED, None, utcnow()
+    log_event("shard.released", job=shard.job_id, shard=shard.id, index=shard.index, reason=reason)
+
+
+def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> list[int]:
+    """Take back the shards nobody is working on; return those to send again.
+
+    A running shard whose lease lapsed lost its worker. A queued shard sent ``unclaimed_s`` ago
+    (None: not checked) while no shard holds a live lease lost its message (a broker restarted
+    empty, a task that gave up while the database was down, a pool process killed holding it).
+    Either is queued again with one reap more, or failed, with the reason, once it has had
+    ``max_attempts`` claims or sends. Cancelled jobs' shards are settled instead. Locked rows are
+    skipped: another reaper, or the shard's own worker, holds them right now.
+    """
+    now = utcnow()
+    expired = _lockable(
+        select(Shard).where(
+            Shard.state == ShardState.RUNNING,
+            or_(
+                Shard.lease_expires_at.is_(None),
+                Shard.lease_expires_at < now,
+            ),
+        )
+    )
+    stale: list[Shard] = []
+    live = exists().where(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now)
+    if unclaimed_s is not None and not session.scalar(select(live)):
+        since = now - timedelta(seconds=unclaimed_s)
+        stale = list(
+            session.scalars(
+                _lockable(
+                    select(Shard).where(
+                        Shard.state == ShardState.QUEUED,
+                        or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < since),
+                    )
+                )
+            )
+        )
+    resend = []
+    for shard, why in [(s, "lease expired") for s in session.scalars(expired)] + [
+        (s, "never claimed") for s in stale
+    ]:
+        job = session.get(Job, shard.job_id)
+        if job.cancelled_at is not None:
+            _settle(shard, ShardState.CANCELLED)
+        elif max(shard.attempts, shard.reaped_count) >= max_attempts:
+            reason = (
+                f"{why} after {shard.attempts} attempts and {shard.reaped_count} sends by the "
+                f"reaper (NST_SHARD_MAX_ATTEMPTS={max_attempts})"
+            )
+            _settle(shard, ShardState.FAILED, reason)
+        else:
+            shard.state, shard.lease_expires_at, shard.enqueued_at = ShardState.QUEUED, None, now
+            shard.reaped_count += 1
+            resend.append(shard.id)
+            log_event(
+                "shard.reaped",
+                job=job.id,
+                shard=shard.id,
+                index=shard.index,
+                reason=why,
+                attempts=shard.attempts,
+                reaped=shard.reaped_count,
+            )
+    return resend
+
+
+def _lockable(query):
+    # PostgreSQL: rows another transaction holds are skipped, not waited for (SQLite ignores it).
+    return query.with_for_update(skip_locked=True).order_by(Shard.id)
 
 
 def succeed_shard(session: Session, *, shard_id: int, job: Job) -> ShardResult:
@@ -157,6 +283,13 @@ def succeed_shard(session: Session, *, shard_id: int, job: Job) -> ShardResult:
         .returning(Shard.items_done, Shard.items_failed)
         .execution_options(synchronize_session=False)
     ).one()
+    if shard.state != ShardState.SUCCEEDED:  # a late copy of a finished shard changes nothing
+        log_event(
+            "shard.succeeded", job=job.id, shard=shard_id, index=shard.index, labeled=done, failed=failed
+        )
+        unfinished = exists().where(Shard.job_id == job.id, Shard.state != ShardState.SUCCEEDED)
+        if not session.scalar(select(unfinished)):
+            log_event("job.succeeded", job=job.id)
     return ShardResult(ShardState.SUCCEEDED, done, failed)
 
 
@@ -175,6 +308,10 @@ def stop_shard(
 
 def _settle(shard: Shard, state: ShardState, error: str | None = None) -> ShardResult:
     shard.state, shard.error, shard.finished_at = state, error, utcnow()
+    shard.lease_expires_at = None
+    log_event(f"shard.{state}", job=shard.job_id, shard=shard.id, index=shard.index, error=error)
+    if state == ShardState.FAILED:
+        log_event("job.failed", job=shard.job_id, shard=shard.id)
     return _result(shard)
 
 

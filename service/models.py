@@ -88,6 +88,7 @@ class Teacher(Base):
     manifest_id: Mapped[str | None] = mapped_column(String(64))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    calibrated_temperature: Mapped[float | None] = mapped_column(Double)  # fitted on a val split
     status: Mapped[str] = mapped_column(String(16))  # a TeacherStatus, set by service.lifecycle
     status_reason: Mapped[str | None] = mapped_column(Text)
     file_path: Mapped[str] = mapped_column(Text)
@@ -108,6 +109,7 @@ class Job(Base):
     top_k: Mapped[int] = mapped_column(Integer)
     full_distribution_max: Mapped[int] = mapped_column(Integer)
     shard_size: Mapped[int] = mapped_column(Integer)
+    inference: Mapped[str] = mapped_column(String(16), default="auto")  # a mode, or auto
     num_classes: Mapped[int] = mapped_column(Integer)
     items_total: Mapped[int] = mapped_column(Integer)
     shards_total: Mapped[int] = mapped_column(Integer)
@@ -133,8 +135,14 @@ class Shard(Base):
     items_failed: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    inference: Mapped[str | None] = mapped_column(String(16))  # the mode that labeled it
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Self-healing (see service.lifecycle): when its message was last sent, until when its
+    # worker's lease holds while it runs, and how often the reaper sent it again.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    reaped_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Label(Base):
@@ -163,6 +171,8 @@ class ItemError(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     message: Mapped[str] = mapped_column(Text)
+    # permanent (the file does not decode) | transient (reading it failed: a later attempt retries)
+    kind: Mapped[str] = mapped_column(String(16), default="permanent")
 
 
 class Manifest(Base):

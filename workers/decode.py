@@ -1,11 +1,13 @@
 """The decode pipeline: image files to tensors in decode processes, in batches the model takes.
 
 One DataLoader lives as long as the worker process and serves every shard of every teacher;
-``ShardBatches.start`` points it at the next shard's items before each pass.
+``ShardBatches.start`` points it at the next shard's items before each pass. ``reset`` drops it
+when one of its processes died, so the next pass starts fresh ones.
 """
 
 from __future__ import annotations
 
+import errno
 from functools import lru_cache
 
 import torch
@@ -17,11 +19,38 @@ from workers.teacher_model import ImageFormat, eval_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
 
+# Reading the file failed, not decoding it (a network file system or object storage that
+# hiccupped): a later attempt may well read it.
+_TRANSIENT_ERRNOS = {
+    errno.EIO,
+    errno.EAGAIN,
+    errno.EINTR,
+    errno.ETIMEDOUT,
+    errno.ESTALE,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+}
+
+
+class TransientError(str):
+    """An item's error message whose cause may pass (see ``is_transient``): the shard retries
+    the item in a later attempt instead of recording it for good."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
+    )
+
 
 class ImageFiles(TorchDataset):
     """Decodes the image a key names, ``(item_id, uri, image_format)``: keyed rather than
     indexed, and the key says which teacher's transform applies, so one set of decode processes
-    serves every shard of every teacher. An unreadable file becomes an error string."""
+    serves every shard of every teacher. An unreadable file becomes an error string, a
+    ``TransientError`` when reading it may succeed later."""
 
     def __getitem__(self, key: tuple[int, str, ImageFormat]):
         item_id, uri, image_format = key
@@ -31,7 +60,12 @@ class ImageFiles(TorchDataset):
                 tensor = transform(image.convert(image_format.mode))
             return tensor, item_id, ""
         except Exception as exc:  # any decode failure is recorded on the item
-            return torch.zeros(image_format.shape), item_id, f"{type(exc).__name__}: {exc}"[:500]
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            return (
+                torch.zeros(image_format.shape),
+                item_id,
+                TransientError(message) if is_transient(exc) else message,
+            )
 
 
 class ShardBatches(Sampler):
@@ -101,6 +135,17 @@ def decoder(device: str, workers: int) -> tuple[DataLoader, ShardBatches]:
         pin_memory=device.startswith("cuda"),
     )
     return loader, batches
+
+
+def reset(loader: DataLoader) -> None:
+    """Drop the worker's DataLoader and stop its decode processes; the next ``decoder`` call
+    starts fresh ones. After one of them died (SIGKILL: the OOM killer on a large image) the
+    persistent iterator is broken for good: every later pass failed with "DataLoader worker
+    exited unexpectedly" or ``KeyError: _ResumeIteration``."""
+    decoder.cache_clear()
+    iterator, loader._iterator = getattr(loader, "_iterator", None), None
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()  # torch's own clean-up: live processes exit, pids unregistered
 
 
 def model_batches(loader: DataLoader, batch_size: int):

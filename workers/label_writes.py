@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from nst.states import ShardState
 from service.core.db import session_scope
-from service.lifecycle import ShardResult, stop_shard, succeed_shard
+from service.lifecycle import TRANSIENT, ShardResult, stop_shard, succeed_shard
 from service.models import Item, ItemError, Job, Label, Shard
 
 
@@ -36,6 +36,23 @@ def pending_items(session: Session, shard: Shard, job: Job) -> list[tuple[int, s
         .order_by(Item.ordinal)
     )
     return [tuple(row) for row in session.execute(query)]
+
+
+def forget_transient_errors(session: Session, shard: Shard, job: Job) -> None:
+    """Delete the shard's transient item errors (a read that failed in an earlier attempt), so
+    this attempt reads those items again; the progress forgets them too."""
+    in_shard = select(Item.id).where(
+        Item.dataset_id == job.dataset_id,
+        Item.ordinal >= shard.start_ordinal,
+        Item.ordinal < shard.end_ordinal,
+    )
+    forgotten = session.execute(
+        delete(ItemError)
+        .where(ItemError.job_id == job.id, ItemError.kind == TRANSIENT, ItemError.item_id.in_(in_shard))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if forgotten:
+        shard.items_failed = max(0, shard.items_failed - forgotten)
 
 
 def insert_ignoring_duplicates(session: Session, model, rows: list[dict]) -> int:

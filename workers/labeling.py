@@ -8,19 +8,31 @@ progress (``workers.label_writes``); the shard's state changes in ``service.life
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from sqlalchemy.exc import OperationalError
 
 from nst.config import Settings
 from nst.states import ShardState
 from service.core.db import session_scope
-from service.lifecycle import ShardResult, claim_shard, stop_shard
+from service.lifecycle import TRANSIENT, ShardResult, claim_shard, release_shard, renew_lease, stop_shard
 from service.models import Job, Shard
-from workers.decode import decoder, model_batches
-from workers.label_writes import ShardWriter, pending_items
+from workers import decode, inference
+from workers.decode import TransientError, model_batches
+from workers.label_writes import ShardWriter, forget_transient_errors, pending_items
 from workers.soft_labels import soft_labels
 from workers.teacher_model import cached_teacher, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+class TransientItemErrors(RuntimeError):
+    """Some items could not be read this attempt; the shard was released for a later one."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class LabelingSettings:
     decode_workers: int
     commit_rows: int
     commit_seconds: float
+    lease_s: float = 20.0
+    max_attempts: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LabelingSettings:
@@ -39,56 +53,115 @@ class LabelingSettings:
             decode_workers=settings.decode_workers,
             commit_rows=settings.commit_rows,
             commit_seconds=settings.commit_seconds,
+            lease_s=settings.lease_s,
+            max_attempts=settings.shard_max_attempts,
         )
 
 
-def start_shard(shard_id: int) -> tuple[ShardResult | None, list[tuple[int, str]], Job | None]:
-    """Claim the shard; return a final result if there is nothing to do, else the work."""
+def start_shard(shard_id: int) -> tuple[ShardResult | None, list[tuple[int, str]], Job | None, int]:
+    """Claim the shard; return a final result if there is nothing to do, else the work and the
+    attempt this is. Items whose read failed in an earlier attempt are pending again."""
     with session_scope() as session:
         if (result := claim_shard(session, shard_id=shard_id)) is not None:
-            return result, [], None
+            return result, [], None, 0
         shard = session.get(Shard, shard_id)
         job = session.get(Job, shard.job_id)
-        return None, pending_items(session, shard, job), job
+        forget_transient_errors(session, shard, job)
+        return None, pending_items(session, shard, job), job, shard.attempts
 
 
 def label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
-    result, items, job = start_shard(shard_id)
+    result, items, job, attempt = start_shard(shard_id)
     if result is not None:
         return result
+    final = attempt >= settings.max_attempts  # the last attempt records transient errors for good
+    with _lease(shard_id, settings.lease_s):
+        for run in (1, 2):
+            try:
+                return _label(shard_id, job, items, settings, final=final)
+            except OperationalError:
+                raise  # the database: the task retries it
+            except Exception:
+                # A dead decode process (SIGKILL: the OOM killer on a large image) breaks the
+                # worker's DataLoader for every later shard: rebuild it and label the rest again.
+                decode.reset(decode.decoder(settings.device, settings.decode_workers)[0])
+                if run == 2:
+                    raise
+                logger.warning(
+                    "shard %s: labeling failed, decode processes restarted", shard_id, exc_info=True
+                )
+                with session_scope() as session:
+                    items = pending_items(session, session.get(Shard, shard_id), job)
+    raise AssertionError("unreachable")
+
+
+def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final: bool) -> ShardResult:
     device = settings.device
-    model, spec = cached_teacher(job.teacher_id, device)
-    on_gpu = device.startswith("cuda")
-    loader, batches = decoder(device, settings.decode_workers)
+    mode = inference.resolve(job.inference, device)
+    runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size)
+    with session_scope() as session:  # provenance: the mode that ran, after any fallback
+        session.get(Shard, shard_id).inference = runner.mode
+    loader, batches = decode.decoder(device, settings.decode_workers)
     batches.start(items, spec.image_format, job.batch_size)
     writer = ShardWriter(
         shard_id, job, commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
     )
+    unread = 0
     for images, item_ids, errors in model_batches(loader, job.batch_size):
         ok = [i for i, e in enumerate(errors) if not e]
         rows: list[dict] = []
         if ok:
-            logits = _forward(model, images if len(ok) == len(errors) else images[ok], device, on_gpu)
+            logits = _forward(runner, images if len(ok) == len(errors) else images[ok])
             rows = soft_labels(
                 logits, temperature=job.temperature, keep_all=job.stores_full_distribution, top_k=job.top_k
             )
             for row, i in zip(rows, ok, strict=True):
                 row.update(job_id=job.id, item_id=item_ids[i])
-        bad = [{"job_id": job.id, "item_id": item_ids[i], "message": e} for i, e in enumerate(errors) if e]
+        bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
+        unread += sum(b["kind"] == TRANSIENT for b in bad)
         if (stopped := writer.add(rows, bad)) is not None:
             return stopped
+    if unread and not final:
+        if (stopped := writer.flush()) is not None:
+            return stopped
+        reason = f"{unread} items could not be read; a later attempt reads them again"
+        with session_scope() as session:
+            release_shard(session, shard_id=shard_id, reason=reason)
+        raise TransientItemErrors(f"shard {shard_id}: {reason}")
     return writer.finish()
 
 
-def _forward(model, images: torch.Tensor, device: str, on_gpu: bool) -> torch.Tensor:
-    with torch.inference_mode():
-        if on_gpu:
-            images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(images)
-        else:
-            logits = model(images)
-    return logits.float().cpu()
+def _item_error(job_id: int, item_id: int, message: str) -> dict:
+    kind = TRANSIENT if isinstance(message, TransientError) else "permanent"
+    return {"job_id": job_id, "item_id": item_id, "message": str(message), "kind": kind}
+
+
+@contextmanager
+def _lease(shard_id: int, lease_s: float) -> Iterator[None]:
+    """Renew the shard's lease every quarter of it while the block runs, from a thread: by
+    time, not by progress, so a slow model's long batch keeps its shard. A worker that dies stops
+    renewing, and the reaper takes the shard back once the lease lapses."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 4):
+            try:
+                with session_scope() as session:
+                    renew_lease(session, shard_id=shard_id, lease_s=lease_s)
+            except Exception:  # the database is away: the next beat tries again
+                logger.warning("shard %s: lease not renewed", shard_id, exc_info=True)
+
+    beat = threading.Thread(target=renew, name=f"lease-{shard_id}", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+
+
+def _forward(runner: inference.Runner, images: torch.Tensor) -> torch.Tensor:
+    return runner(images)
 
 
 def mark_failed(shard_id: int, error: str) -> None:

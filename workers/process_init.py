@@ -23,3 +23,15 @@ def _freeze_the_imported_heap(**_) -> None:
     # each walked that whole heap: 8% of the labeling loop on PostgreSQL (bench/label_profile.py).
     # Frozen objects are left out of the collector's walks (reference counting still frees them).
     gc.freeze()
+
+
+@worker_process_init.connect
+def _drop_the_inherited_engine(**_) -> None:
+    # The worker's main process (its reaper) may have opened database connections before this
+    # pool process was forked: they must not be shared. SQLAlchemy's recipe for a fork.
+    from service.core.db import get_engine, get_session_factory
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+    get_engine.cache_clear()
+    get_session_factory.cache_clear()

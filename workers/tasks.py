@@ -17,12 +17,16 @@ from service.lifecycle import set_teacher_status
 from service.models import Teacher
 from service.queue import LABEL_SHARD, VALIDATE_TEACHER, app
 from workers import labeling, process_init  # noqa: F401  (process_init connects signal handlers)
+from workers.reaper import Reaper
 from workers.teacher_model import InvalidCheckpoint, TeacherSpec, validate
 
 logger = get_task_logger(__name__)
 
-# Only a lost or busy database connection is worth retrying; anything else would fail again.
-TRANSIENT = (OperationalError,)
+# Only a lost or busy database connection, or items whose files could not be read, are worth
+# retrying; anything else would fail again.
+TRANSIENT = (OperationalError, labeling.TransientItemErrors)
+
+app.steps["worker"].add(Reaper)
 
 
 class RetryingTask(Task):
@@ -35,8 +39,11 @@ class RetryingTask(Task):
 
 class ShardTask(RetryingTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Reached for a non-transient error, or once the retries are spent.
-        labeling.mark_failed(args[0], f"{type(exc).__name__}: {exc}")
+        # Reached for a non-transient error, or once the retries are spent. A transient error
+        # (the database away longer than the retries last) is no verdict on the shard: the
+        # reaper sends it again once its lease lapses, within its bounded attempts.
+        if not isinstance(exc, TRANSIENT):
+            labeling.mark_failed(args[0], f"{type(exc).__name__}: {exc}")
 
 
 @app.task(

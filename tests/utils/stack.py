@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from cli.localstack import LocalStack
@@ -17,6 +18,12 @@ def children(pid: int) -> list[int]:
 
 
 class Stack(LocalStack):
+    orphans: list[int]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.orphans = []
+
     def pool_child(self, worker: subprocess.Popen, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
         while not (kids := children(worker.pid)):
@@ -24,6 +31,30 @@ class Stack(LocalStack):
                 raise TimeoutError("the worker started no pool process")
             time.sleep(0.1)
         return kids[0]
+
+    def decode_child(self, worker: subprocess.Popen, timeout: float = 60) -> int:
+        """A decode process of the worker's (first) pool process, once it has started them."""
+        deadline = time.monotonic() + timeout
+        while not (kids := children(self.pool_child(worker, timeout))):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the pool process started no decode process")
+            time.sleep(0.05)
+        return kids[0]
+
+    def kill_main(self, worker: subprocess.Popen) -> None:
+        """SIGKILL only the worker's main process; its pool processes, orphaned, go with their
+        group at the end of the test (or exit when they notice)."""
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        self.orphans.append(worker.pid)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            for group in self.orphans:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
 
     def kill_worker(self, worker: subprocess.Popen) -> None:
         """SIGKILL the whole worker: its main process and every pool and decoder process."""
