@@ -1,10 +1,13 @@
 """Time a /metrics scrape on PostgreSQL next to a job of 1,000,000 synthetic labels, then again
-with a long history of finished jobs' shards, through the real endpoint (in-process).
+with a long history of finished jobs' shards and item errors, through the real endpoint
+(in-process).
 
     .venv/bin/python -m bench.metrics_scrape [--labels 1000000] [--history-shards 100000]
+        [--item-errors 100000]
 
 The database's figures are aggregates over the shards table (one row per shard), never over the
-labels, so the scrape should not grow with the labels. Baseline, measured in the same run: the
+labels, so the scrape should not grow with the labels; the item errors by kind are counted over
+their own table. Baseline, measured in the same run: the
 one aggregate over the labels a naive exporter would run each scrape, ``SELECT count(*) FROM
 labels``. The history rows are shards of extra finished jobs (no labels behind them): 100,000
 shards stand for 100,000,000 labels at the default shard size of 1,000. Uses a fresh database on
@@ -52,6 +55,21 @@ def add_history(engine: sa.Engine, *, shards: int, per_job: int = 1000) -> None:
         conn.execute(sa.text("VACUUM ANALYZE"))
 
 
+def add_item_errors(engine: sa.Engine, count: int) -> None:
+    """``count`` item errors, one in ten transient, on the first history job."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO item_errors (job_id, item_id, message, kind) "
+                "SELECT (SELECT max(id) FROM jobs), i, 'cannot identify image file', "
+                "CASE WHEN i % 10 = 0 THEN 'transient' ELSE 'permanent' END "
+                "FROM generate_series(1, :n) AS i"
+            ),
+            {"n": count},
+        )
+        conn.execute(sa.text("ANALYZE item_errors"))
+
+
 def count_labels(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return conn.scalar(sa.text("SELECT count(*) FROM labels"))
@@ -61,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, default=1_000_000)
     parser.add_argument("--history-shards", type=int, default=100_000)
+    parser.add_argument("--item-errors", type=int, default=100_000, help="added last")
     args = parser.parse_args()
 
     with postgres_database() as url:
@@ -90,9 +109,14 @@ def _run(url: str, args) -> None:
             assert response.status_code == 200, response.text
             return response.text
 
-        for history in (0, args.history_shards):
-            if history:
-                add_history(engine, shards=history)
+        # The job alone, then with the history's shards, then with the item errors too.
+        for stage in ("job", "history", "errors"):
+            if stage == "history":
+                add_history(engine, shards=args.history_shards)
+            elif stage == "errors":
+                add_item_errors(engine, args.item_errors)
+            with engine.connect() as conn:
+                errors = conn.scalar(sa.text("SELECT count(*) FROM item_errors"))
             with engine.connect() as conn:
                 shards = conn.scalar(sa.text("SELECT count(*) FROM shards"))
             scrape()  # warm: the first scrape opens the connections
@@ -104,6 +128,7 @@ def _run(url: str, args) -> None:
                 (
                     f"{args.labels:,}",
                     f"{shards:,}",
+                    f"{errors:,}",
                     f"{took * 1000:.1f}",
                     f"{base * 1000:.1f}",
                     f"{took / base:.2f}",
@@ -114,6 +139,7 @@ def _run(url: str, args) -> None:
         [
             "labels",
             "shards",
+            "item errors",
             "scrape ms (median)",
             "baseline: count(*) labels, ms",
             "ratio",

@@ -4,11 +4,12 @@ Two kinds of figures, so that several API processes never disagree:
 
 * Requests (counts and latencies per route template) are counted in this process: each API
   process reports its own, and Prometheus sums them over its targets.
-* Jobs, shards, labels, item errors and attempts are read from the database at scrape time:
-  every API process reports the same values, and the workers' figures arrive this way too (they
-  write them into the shard rows). Each is an aggregate over the ``shards`` table, one row per
-  shard and never one per label, so a scrape costs the same for a job of a thousand labels or
-  of a million (bench/metrics_scrape.py).
+* Jobs, shards, labels, attempts, re-enqueues, lapsed leases and item errors are read from the
+  database at scrape time: every API process reports the same values, and the workers' figures
+  arrive this way too (they write them into the shard rows). All but the item errors are one
+  aggregate over the ``shards`` table, one row per shard and never one per label, so a scrape
+  costs the same for a job of a thousand labels or of a million (bench/metrics_scrape.py); the
+  item errors by kind are counted over their own table.
 
 The queue depth is asked of the broker itself: the list length on Redis, the visible rows of the
 embedded SQLAlchemy broker's message table.
@@ -23,13 +24,15 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nst.states import JobState, ShardState
 from service import lifecycle
 from service.core.db import get_session_factory
-from service.models import Job, Shard
+from service.models import ItemError, Job, Shard, utcnow
+
+ERROR_KINDS = (lifecycle.PERMANENT, lifecycle.TRANSIENT)
 
 UNMATCHED = "<unmatched>"  # one label for every path no route knows, so scanners add no series
 
@@ -89,6 +92,7 @@ class DatabaseCollector(Collector):
     """Job, shard, label and item-error figures, read from the database at each scrape."""
 
     def collect(self) -> Iterator[Metric]:
+        now = utcnow()
         with get_session_factory()() as session:
             per_job_state = session.execute(
                 select(
@@ -97,16 +101,28 @@ class DatabaseCollector(Collector):
                     func.count(),
                     func.count().filter(Shard.attempts > 0),
                     func.coalesce(func.sum(Shard.items_done), 0),
-                    func.coalesce(func.sum(Shard.items_failed), 0),
                     func.coalesce(func.sum(Shard.attempts), 0),
+                    func.coalesce(func.sum(Shard.reaped_count), 0),
+                    # the reaper's own test for a worker that died (service.lifecycle.reap)
+                    func.count().filter(or_(Shard.lease_expires_at.is_(None), Shard.lease_expires_at < now)),
+                    func.min(Shard.enqueued_at),
                 ).group_by(Shard.job_id, Shard.state)
             ).all()
             jobs = session.scalars(select(Job)).all()
-        shards, by_job = Tally(), {}
-        done = failed = attempts = 0
-        for job_id, state, count, claimed, items_done, items_failed, tries in per_job_state:
+            # Item errors are rare beside labels, and transient ones are deleted when an attempt
+            # reads the item again, so this is a gauge counted over the errors table itself.
+            errors = Tally(
+                dict(session.execute(select(ItemError.kind, func.count()).group_by(ItemError.kind)).all())
+            )
+        shards, by_job, totals = Tally(), {}, Tally()
+        oldest_queued = None
+        for job_id, state, count, claimed, done, tries, reaped, lapsed, enqueued in per_job_state:
             shards[state] += count
-            done, failed, attempts = done + items_done, failed + items_failed, attempts + tries
+            totals.update(labels=done, attempts=tries, reaped=reaped)
+            if state == ShardState.RUNNING:
+                totals["lapsed"] += lapsed
+            if state == ShardState.QUEUED and enqueued is not None:
+                oldest_queued = min(oldest_queued or enqueued, enqueued)
             tally = by_job.setdefault(job_id, Tally())
             tally[state] += count
             tally["started"] += claimed
@@ -121,23 +137,41 @@ class DatabaseCollector(Collector):
                     shards_started=counts["started"],
                 )
             ] += 1
-        yield _gauge("nst_jobs", "Labeling jobs by state (derived from their shards)", job_states, JobState)
-        yield _gauge("nst_shards", "Shards of every job by state", shards, ShardState)
-        yield CounterMetricFamily("nst_labels_written", "Labels committed by the workers", value=done)
+        yield _by(
+            "nst_jobs", "Labeling jobs by state (derived from their shards)", "state", job_states, JobState
+        )
+        yield _by("nst_shards", "Shards of every job by state", "state", shards, ShardState)
         yield CounterMetricFamily(
-            "nst_item_errors", "Items the workers could not label (read, decode)", value=failed
+            "nst_labels_written", "Labels committed by the workers", value=totals["labels"]
         )
         yield CounterMetricFamily(
             "nst_shard_attempts",
             "Times a worker claimed a shard (a retry or redelivery adds one)",
-            value=attempts,
+            value=totals["attempts"],
         )
+        yield CounterMetricFamily(
+            "nst_shard_reenqueues",
+            "Shards the reaper sent again: lease expired (worker died) or message never claimed",
+            value=totals["reaped"],
+        )
+        yield GaugeMetricFamily(
+            "nst_shard_leases_expired",
+            "Running shards whose lease lapsed, waiting for the reaper to take them back",
+            value=totals["lapsed"],
+        )
+        age = (now - oldest_queued).total_seconds() if oldest_queued else 0.0
+        yield GaugeMetricFamily(
+            "nst_oldest_queued_shard_seconds",
+            "Time since the longest-waiting queued shard was sent",
+            value=age,
+        )
+        yield _by("nst_item_errors", "Items that could not be labeled, by kind", "kind", errors, ERROR_KINDS)
 
 
-def _gauge(name: str, documentation: str, counts: Tally, states) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=["state"])
-    for state in states:  # every state, zeros included, so a rule sees 0 rather than no series
-        family.add_metric([state.value], counts[state])
+def _by(name: str, documentation: str, label: str, counts: Tally, values) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for value in values:  # every value, zeros included, so a rule sees 0 rather than no series
+        family.add_metric([str(value)], counts[value])
     return family
 
 

@@ -1,5 +1,6 @@
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -7,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, insert, update
 
 from service.core.db import session_scope
-from service.models import ItemError, Label, Shard
+from service.models import ItemError, Label, Shard, utcnow
 from tests.utils import env as test_env
 from tests.utils import synthetic
 from tests.utils.env import clear_caches
@@ -62,16 +63,35 @@ def test_token_guards_metrics(monkeypatch, enqueued):
 def test_job_shard_label_and_error_figures_equal_the_api(client):
     teacher = synthetic.teacher(CLASSES)
     done = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.8), (2, 0.7)])
-    synthetic.finished_job(teacher, [(1, 0.6)], state="running")
+    running = synthetic.finished_job(teacher, [(1, 0.6)], state="running")
     broken = synthetic.finished_job(teacher, [(0, 0.5)] * 5, state="failed")
-    with session_scope() as session:  # two of its items failed to decode instead of being labeled
-        failed_items = broken.item_ids[:2]
-        session.execute(delete(Label).where(Label.job_id == broken.id, Label.item_id.in_(failed_items)))
+    with session_scope() as session:
+        # Two of its items failed instead of being labeled; the reaper sent its shard twice.
         session.execute(
-            insert(ItemError), [{"job_id": broken.id, "item_id": i, "message": "x"} for i in failed_items]
+            delete(Label).where(Label.job_id == broken.id, Label.item_id.in_(broken.item_ids[:2]))
         )
         session.execute(
-            update(Shard).where(Shard.job_id == broken.id).values(items_done=3, items_failed=2, attempts=4)
+            insert(ItemError),
+            [
+                {
+                    "job_id": broken.id,
+                    "item_id": broken.item_ids[0],
+                    "message": "no image",
+                    "kind": "permanent",
+                },
+                {"job_id": broken.id, "item_id": broken.item_ids[1], "message": "EIO", "kind": "transient"},
+            ],
+        )
+        session.execute(
+            update(Shard)
+            .where(Shard.job_id == broken.id)
+            .values(items_done=3, items_failed=2, attempts=4, reaped_count=2)
+        )
+        # The running shard's worker died: its lease lapsed a minute ago.
+        session.execute(
+            update(Shard)
+            .where(Shard.job_id == running.id)
+            .values(lease_expires_at=utcnow() - timedelta(minutes=1))
         )
     body = {"teacher_id": teacher, "dataset_id": done.dataset_id, "shard_size": 2, "top_k": 3}
     queued, cancelled = (client.post("/jobs", json=body) for _ in range(2))
@@ -89,8 +109,13 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
     shard_states = {dict(k)["state"]: v for k, v in samples["nst_shards"].items()}
     assert shard_states == {s: Counter(s_["state"] for s_ in shards)[s] for s in shard_states}
     assert samples["nst_labels_written_total"][()] == sum(j["items_done"] for j in jobs) == 3 + 1 + 3
-    assert samples["nst_item_errors_total"][()] == sum(j["items_failed"] for j in jobs) == errors == 2
+    kinds = {dict(k)["kind"]: v for k, v in samples["nst_item_errors"].items()}
+    assert sum(kinds.values()) == sum(j["items_failed"] for j in jobs) == errors == 2
+    assert kinds == {"permanent": 1, "transient": 1}
     assert samples["nst_shard_attempts_total"][()] == sum(s["attempts"] for s in shards) == 1 + 1 + 4
+    assert samples["nst_shard_reenqueues_total"][()] == 2
+    assert samples["nst_shard_leases_expired"][()] == 1
+    assert 0 < samples["nst_oldest_queued_shard_seconds"][()] < 60  # the queued job's shards, just sent
 
 
 @pytest.mark.parametrize("broker", ["embedded", pytest.param("redis", marks=pytest.mark.redis)])
