@@ -1,6 +1,7 @@
 """A dataset's per-channel pixel mean and std, measured once at registration on an evenly spread
 sample of its images, so that a student's normalisation comes from its own data rather than
-from a fixed default (``trainer/train.py`` reads it when the recipe names none)."""
+from a fixed default (``trainer/train.py`` reads it when the recipe names none). The images are
+read through ``nst.storage``: local files and objects in a store alike."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
+from nst import storage
 
 SAMPLE = 256
 MIN_STD = 1e-3  # a blank sample still gives a usable divisor
@@ -24,7 +27,7 @@ def measure(uris: Sequence[str], sample: int = SAMPLE) -> dict | None:
     pixels = decoded = 0
     for uri in chosen:
         try:
-            with Image.open(uri) as image:
+            with Image.open(storage.openable(uri)) as image:
                 image.load()
                 planes = {mode: image.convert(mode) for mode in sums}
         except (OSError, ValueError, Image.DecompressionBombError):

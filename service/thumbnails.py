@@ -1,12 +1,15 @@
 """Thumbnails of dataset images, made on the server: decoded, oriented, fitted into a square of
-the requested size and encoded as JPEG. Pure functions on files; the route decides which files."""
+the requested size and encoded as JPEG. Pure functions on files, local or in an object store
+(``nst.storage``); the route decides which files."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nst import storage
+from nst.storage import Location
 
 SIZES = (64, 128, 256)
 QUALITY = 85
@@ -16,14 +19,17 @@ class ThumbnailError(ValueError):
     """The file is not an image Pillow can read."""
 
 
-def render(path: Path, size: int) -> bytes:
+def render(path: Location, size: int) -> bytes:
+    """Raises ``ThumbnailError`` for a file that is no image, a ``storage.StorageError`` when the
+    file cannot be read."""
+    source = storage.openable(str(path))
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale: far less work
             image = ImageOps.exif_transpose(image)
             image = image.convert("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
     except (UnidentifiedImageError, OSError) as exc:
-        raise ThumbnailError(f"{path.name} is not a readable image ({exc})") from None
+        raise ThumbnailError(f"{storage.name(path)} is not a readable image ({exc})") from None
     scale = size / max(image.size)
     fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     # Small images (28 px Fashion-MNIST) are enlarged with hard pixel edges, not blurred.
