@@ -1,7 +1,8 @@
 """Teacher checkpoint files: safetensors only, stored under their sha256, never unpickled.
 
 The API process reads the safetensors header itself (8-byte length, then JSON) so that it never
-needs torch; workers load the tensors later with ``safetensors.torch``.
+needs torch; workers load the tensors later with ``safetensors.torch``. The store is a folder or
+a URL prefix (``NST_ARTIFACT_DIR=s3://…``, through ``nst.storage``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from nst import storage
+from nst.storage import Location
 
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar"})
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -87,17 +91,19 @@ def embedded_metadata(header: dict[str, Any]) -> dict[str, Any] | None:
         raise CheckpointError("the file's embedded 'nst' metadata is not JSON") from None
 
 
-def store(chunks: Iterable[bytes], *, name: str, store_dir: Path) -> tuple[str, Path, int, dict]:
-    """Write ``chunks`` into the store under their sha256; return (sha, path, size, header).
+def store(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> tuple[str, Location, int, dict]:
+    """Write ``chunks`` into the store under their sha256; return (sha, location, size, header).
 
-    The bytes go to a temporary file first and are renamed into place only once the header
-    checks out, so a failed or interrupted upload leaves nothing behind.
+    The bytes go to a local temporary file first and are moved (or uploaded) into place only once
+    the header checks out, so a failed or interrupted upload leaves nothing behind.
     """
-    store_dir.mkdir(parents=True, exist_ok=True)
+    local = isinstance(store_dir, Path)
+    if local:
+        store_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
     head = b""  # the first SNIFF_BYTES bytes, sniffed before the rest of a large file is written
-    fd, tmp_name = tempfile.mkstemp(dir=store_dir, prefix=".upload-", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(dir=store_dir if local else None, prefix=".upload-", suffix=".part")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -116,14 +122,12 @@ def store(chunks: Iterable[bytes], *, name: str, store_dir: Path) -> tuple[str, 
             raise CheckpointError(f"{name!r} is too short to be a safetensors file")
         header = read_header(tmp)
         sha = digest.hexdigest()
-        final = store_dir / f"{sha}.safetensors"
-        os.replace(tmp, final)
+        final = storage.join(store_dir, f"{sha}.safetensors")
+        storage.write_file(tmp, final)
         return sha, final, size, header
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def file_chunks(path: Path, chunk_size: int = 1 << 20) -> Iterable[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            yield chunk
+def file_chunks(path: Location, chunk_size: int = 1 << 20) -> Iterable[bytes]:
+    return storage.chunks(path, chunk_size)

@@ -1,7 +1,9 @@
-"""Scan a folder tree or a list file into dataset items, refusing anything outside the data roots.
+"""Scan a folder tree, a URL prefix or a list file into dataset items, refusing anything outside
+the data roots.
 
-Pure functions: they read the file system and return rows or raise ``ScanError`` whose message
-names the problem; they never touch the database, so a failed scan leaves nothing behind.
+Pure functions: they read the file system or list the object store (``nst.storage``; objects are
+listed, never downloaded) and return rows or raise ``ScanError`` whose message names the
+problem; they never touch the database, so a failed scan leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nst import storage
+from nst.storage import Location
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".csv", ".jsonl", ".txt"})
@@ -22,30 +27,30 @@ class ScanError(ValueError):
 
 @dataclass
 class ScanResult:
-    source_path: Path
+    source_path: Location
     source_format: str  # folder | csv | jsonl | list
     uris: list[str] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
     classes: list[str] | None = None
 
 
-def resolve_under_roots(raw: str, roots: list[Path], *, what: str = "path") -> Path:
-    """Resolve ``raw`` (absolute, or relative to the first root) following every symlink and
-    ``..``, and require the result to lie under one of ``roots``."""
-    candidate = Path(raw).expanduser()
-    if not candidate.is_absolute():
-        candidate = roots[0] / candidate
-    real = candidate.resolve()
-    if not any(real.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(r) for r in roots)
-        raise ScanError(f"{what} {raw!r} resolves to {str(real)!r}, outside the data roots ({allowed})")
-    if not real.exists():
+def resolve_under_roots(raw: str, roots: list[Location], *, what: str = "path") -> Location:
+    """Resolve ``raw`` (a URL, an absolute path, or one relative to the first root) following
+    every symlink and ``..``, and require the result to lie under one of ``roots``. A local path
+    must exist; a URL is only checked for its form here (listing or reading it says the rest)."""
+    try:
+        real = storage.confine(raw, roots, what=what)
+    except storage.BadLocation as exc:
+        raise ScanError(str(exc)) from None
+    if isinstance(real, Path) and not real.exists():
         raise ScanError(f"{what} {raw!r} does not exist")
     return real
 
 
-def scan(raw_path: str, *, labeled: bool, roots: list[Path], classes: list[str] | None) -> ScanResult:
+def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[str] | None) -> ScanResult:
     path = resolve_under_roots(raw_path, roots)
+    if isinstance(path, str):
+        return _scan_url(path, roots, labeled=labeled, classes=classes)
     if path.is_dir():
         if labeled:
             return _scan_image_folder(path, roots, classes)
@@ -91,17 +96,52 @@ def _scan_tree(folder: Path, roots: list[Path]) -> ScanResult:
     return ScanResult(folder, "folder", [str(f) for f in files], [None] * len(files))
 
 
-def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | None) -> ScanResult:
-    subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[str] | None) -> ScanResult:
+    """A list object, or every image under a prefix (its first level names the classes of a
+    labeled set), from one listing."""
+    if Path(storage.name(url)).suffix.lower() in LIST_SUFFIXES:
+        return _scan_list(url, roots, labeled=labeled, classes=classes)
+    try:
+        found = storage.list_files(url)
+    except storage.StorageError as exc:
+        raise ScanError(str(exc)) from None
+    if not found:
+        raise ScanError(f"path {url!r} names no object and no prefix with objects under it")
+    if found == [url]:
+        raise ScanError(f"path {url!r} is an object but not a list (.csv, .jsonl or .txt); give a prefix")
+    images = storage.suffix_filter(found, IMAGE_SUFFIXES)
+    if not images:
+        raise ScanError(f"prefix {url!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not labeled:
+        return ScanResult(url, "folder", images, [None] * len(images))
+    by_class: dict[str, list[str]] = {}
+    for image in images:
+        first, _, rest = image[len(url) + 1 :].partition("/")
+        if rest:
+            by_class.setdefault(first, []).append(image)
+    result = ScanResult(url, "folder", classes=_class_order(sorted(by_class), classes, url))
+    for index, name in enumerate(result.classes):
+        result.uris.extend(by_class[name])
+        result.labels.extend([index] * len(by_class[name]))
+    return result
+
+
+def _class_order(subfolders: list[str], classes: list[str] | None, folder: Location) -> list[str]:
     if not subfolders:
         raise ScanError(
             f"folder {str(folder)!r} has no class sub-folders; a labeled folder needs one "
             "sub-folder per class (ImageFolder layout)"
         )
     if classes is None:
-        classes = subfolders
-    elif sorted(classes) != subfolders:
+        return subfolders
+    if sorted(classes) != subfolders:
         raise ScanError(f"classes {classes} do not match the sub-folders of {str(folder)!r}: {subfolders}")
+    return list(classes)
+
+
+def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | None) -> ScanResult:
+    subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    classes = _class_order(subfolders, classes, folder)
     result = ScanResult(folder, "folder", classes=list(classes))
     for index, name in enumerate(classes):
         files = _image_files(folder / name, roots)
@@ -112,41 +152,71 @@ def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | Non
     return result
 
 
-def _scan_list(list_path: Path, roots: list[Path], *, labeled: bool, classes: list[str] | None) -> ScanResult:
+def _scan_list(
+    list_path: Location, roots: list[Location], *, labeled: bool, classes: list[str] | None
+) -> ScanResult:
     try:
-        text = list_path.read_text(encoding="utf-8")
+        text = storage.read_bytes(list_path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScanError(f"list {str(list_path)!r} is unreadable: {exc}") from None
-    suffix = list_path.suffix.lower()
-    rows = list(_parse_rows(text, suffix, list_path))
+    list_name = storage.name(list_path)
+    suffix = Path(list_name).suffix.lower()
+    rows = list(_parse_rows(text, suffix, list_name))
     if not rows:
         raise ScanError(f"list {str(list_path)!r} names no files")
     if labeled:
         missing = [(n, p) for n, p, label in rows if label is None]
         if missing:
             line, _ = missing[0]
-            raise ScanError(f"list {list_path.name} line {line}: a labeled list needs a label")
+            raise ScanError(f"list {list_name} line {line}: a labeled list needs a label")
         if classes is None:
             classes = sorted({label for _, _, label in rows})
     index_of = {name: i for i, name in enumerate(classes or [])}
     result = ScanResult(list_path, {"csv": "csv", "jsonl": "jsonl"}.get(suffix[1:], "list"))
     result.classes = list(classes) if labeled else None
+    listed: dict[str, set[str]] = {}  # a URL entry's parent prefix: its objects, listed once
     for line, raw, label in rows:
-        file_path = Path(raw) if Path(raw).is_absolute() else list_path.parent / raw
-        real = file_path.resolve()
-        _require_inside(real, roots, shown=raw)
-        if not real.is_file():
-            raise ScanError(f"list {list_path.name} line {line}: file {raw!r} does not exist")
+        real = _list_entry(raw, list_path, roots, f"list {list_name} line {line}")
+        if not _is_file(real, listed):
+            raise ScanError(f"list {list_name} line {line}: file {raw!r} does not exist")
         if labeled and label not in index_of:
-            raise ScanError(
-                f"list {list_path.name} line {line}: unknown class {label!r} (classes: {classes})"
-            )
+            raise ScanError(f"list {list_name} line {line}: unknown class {label!r} (classes: {classes})")
         result.uris.append(str(real))
         result.labels.append(index_of[label] if labeled else None)
     return result
 
 
-def _parse_rows(text: str, suffix: str, list_path: Path):
+def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str) -> Location:
+    """A list's entry: a URL, an absolute path, or a path relative to the list's own folder."""
+    try:
+        if storage.is_url(raw):
+            real = storage.location(raw)
+        elif Path(raw).is_absolute():
+            real = Path(raw).resolve()
+        else:
+            real = storage.location(str(storage.join(storage.parent(list_path), raw)))
+    except storage.BadLocation as exc:
+        raise ScanError(f"{where}: {exc}") from None
+    if isinstance(real, Path):
+        _require_inside(real, roots, shown=raw)
+    elif not storage.inside(real, roots):
+        raise ScanError(f"{where}: {raw!r} lies outside the data roots")
+    return real
+
+
+def _is_file(real: Location, listed: dict[str, set[str]]) -> bool:
+    if isinstance(real, Path):
+        return real.is_file()
+    folder = storage.parent(real)
+    if folder not in listed:
+        try:
+            listed[folder] = set(storage.list_files(folder, recursive=False))
+        except storage.StorageError as exc:
+            raise ScanError(str(exc)) from None
+    return real in listed[folder]
+
+
+def _parse_rows(text: str, suffix: str, list_name: str):
     """Yield (line number, path, label or None) from a CSV, JSONL or plain list."""
     if suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
@@ -157,7 +227,7 @@ def _parse_rows(text: str, suffix: str, list_path: Path):
                 path, label = record["path"], record.get("label")
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise ScanError(
-                    f"list {list_path.name} line {number}: expected a JSON object with "
+                    f"list {list_name} line {number}: expected a JSON object with "
                     '"path" (and "label" for labeled data)'
                 ) from None
             yield number, str(path), None if label is None else str(label)

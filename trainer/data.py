@@ -17,7 +17,7 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
-from nst import targets
+from nst import storage, targets
 from nst.client import Client
 from trainer.config import Recipe
 
@@ -176,7 +176,8 @@ class ImageTargets(Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
-        with Image.open(self.split.uris[index]) as image:
+        # Local files, or objects read through this DataLoader process's own file system.
+        with Image.open(storage.openable(self.split.uris[index])) as image:
             x = self.transform(image.convert(self.mode))
         return x, self.split.target(index)
 

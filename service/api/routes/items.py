@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import anyio
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 
+from nst import storage
 from nst.config import get_settings
 from service.core.db import get_session_factory
 from service.models import Item
@@ -40,14 +40,14 @@ def _decoders(request: Request) -> anyio.CapacityLimiter:
     return state.thumbnail_decoders
 
 
-def _item_file(item_id: int) -> Path:
+def _item_file(item_id: int) -> storage.Location:
     with get_session_factory()() as session:
         item = session.get(Item, item_id)
         uri = item.uri if item is not None else None
     if uri is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id} not found")
-    path = Path(uri).resolve()
-    if not any(path.is_relative_to(root) for root in get_settings().data_roots):
+    path = storage.location(uri)
+    if not storage.inside(path, get_settings().data_roots):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail=f"item {item_id}: its file lies outside the data roots"
         )
@@ -57,14 +57,15 @@ def _item_file(item_id: int) -> Path:
 def _thumbnail(item_id: int, size: int, if_none_match: str | None) -> _Thumbnail:
     path = _item_file(item_id)
     try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id}: its file is gone") from None
-    etag = f'"{item_id}-{size}-{stat.st_size}-{stat.st_mtime_ns}"'
-    if if_none_match == etag:
-        return _Thumbnail(etag, None)
-    try:
+        found = storage.info(path)
+        etag = f'"{item_id}-{size}-{found["size"]}-{found["version"]}"'
+        if if_none_match == etag:
+            return _Thumbnail(etag, None)
         return _Thumbnail(etag, render(path, size))
+    except storage.ObjectMissing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id}: its file is gone") from None
+    except storage.StorageError as exc:  # denied, or the store did not answer
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"item {item_id}: {exc}") from None
     except ThumbnailError as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail=f"item {item_id}: {exc}") from None
 
