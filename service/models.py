@@ -215,6 +215,10 @@ class ManifestClass(Base):
     # Double, not REAL: a float32 threshold would round 0.7 down and admit a 0.69999999 label.
     threshold: Mapped[float | None] = mapped_column(Double)  # null: no pseudo labels
     target: Mapped[int | None] = mapped_column(Integer)  # null: balancing off
+    # The pseudo labels at or above the threshold, and the confidence below which none of them
+    # can be selected (``service.manifests.selection.class_plan``); null: no pseudo labels.
+    available: Mapped[int | None] = mapped_column(Integer)
+    cutoff: Mapped[float | None] = mapped_column(Double)
     labeled: Mapped[int] = mapped_column(Integer, default=0)
     pseudo_unique: Mapped[int] = mapped_column(Integer, default=0)
     pseudo_with_copies: Mapped[int] = mapped_column(Integer, default=0)

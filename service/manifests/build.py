@@ -44,19 +44,13 @@ def _labeled_counts(session: Session, *, dataset_ids: list[int], num_classes: in
     return counts
 
 
-def _pool_size(session: Session, params: dict) -> int:
-    return selection.filtered_pool_size(session, job_ids=params["job_ids"], threshold=params["threshold"])
-
-
-def _targets(session: Session, prepared: PreparedManifest) -> list[int | None]:
-    params, num_classes = prepared.params, len(prepared.classes)
+def _targets(params: dict, *, labeled: list[int], pool_size: int, num_classes: int) -> list[int | None]:
     if not params["balance"]:
         return [None] * num_classes
     given = params["target_per_class"]
     if params["target_mode"] == "even":
-        return [given or math.ceil(_pool_size(session, params) / num_classes)] * num_classes
-    labeled = _labeled_counts(session, dataset_ids=params["labeled_dataset_ids"], num_classes=num_classes)
-    total = given * num_classes if given else _pool_size(session, params)
+        return [given or math.ceil(pool_size / num_classes)] * num_classes
+    total = given * num_classes if given else pool_size
     return selection.distribution_targets(labeled, total=total)
 
 
@@ -69,19 +63,42 @@ def _add_inputs(session: Session, prepared: PreparedManifest, *, manifest_key: i
 
 
 def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int) -> None:
-    threshold = prepared.params["threshold"]
-    session.add_all(
-        ManifestClass(
-            manifest_key=manifest_key,
-            class_index=i,
-            threshold=threshold,
-            target=target,
-            labeled=0,
-            pseudo_unique=0,
-            pseudo_with_copies=0,
+    params, num_classes = prepared.params, len(prepared.classes)
+    if not prepared.jobs:
+        session.add_all(
+            ManifestClass(
+                manifest_key=manifest_key, class_index=i, labeled=0, pseudo_unique=0, pseudo_with_copies=0
+            )
+            for i in range(num_classes)
         )
-        for i, target in enumerate(_targets(session, prepared))
-    )
+        session.flush()
+        return
+    threshold = params["threshold"]
+    histogram = selection.pool_histogram(session, job_ids=params["job_ids"], threshold=threshold)
+    labeled = []
+    if params["balance"] and params["target_mode"] == "labeled_distribution":
+        labeled = _labeled_counts(session, dataset_ids=params["labeled_dataset_ids"], num_classes=num_classes)
+    pool_size = sum(sum(bins.values()) for bins in histogram.values())
+    targets = _targets(params, labeled=labeled, pool_size=pool_size, num_classes=num_classes)
+    rows = []
+    for i, target in enumerate(targets):
+        class_threshold, available, cutoff = selection.class_plan(
+            histogram.get(i, {}), threshold=threshold, target=target, per_class=params["per_class_thresholds"]
+        )
+        rows.append(
+            ManifestClass(
+                manifest_key=manifest_key,
+                class_index=i,
+                threshold=class_threshold,
+                target=target,
+                available=available,
+                cutoff=cutoff,
+                labeled=0,
+                pseudo_unique=0,
+                pseudo_with_copies=0,
+            )
+        )
+    session.add_all(rows)
     session.flush()
 
 
@@ -116,10 +133,6 @@ def build_manifest(session: Session, *, prepared: PreparedManifest) -> Manifest:
         dataset_ids = [d.id for d in prepared.labeled]
         selection.insert_labeled_entries(session, manifest_key=key, dataset_ids=dataset_ids)
     if prepared.jobs:
-        if params["per_class_thresholds"]:
-            selection.raise_thresholds_to_targets(
-                session, manifest_key=key, job_ids=params["job_ids"], threshold=params["threshold"]
-            )
         selection.insert_pseudo_entries(
             session,
             manifest_key=key,

@@ -1,7 +1,8 @@
 """Filter and balance pseudo labels into manifest entries, in SQL (docs/METHOD.md steps 3-4).
 
-Everything here runs as a few INSERT ... SELECT statements with window functions, identical on
-SQLite (3.25+) and PostgreSQL, so a million labels never pass through Python.
+One grouped scan plans every class (``pool_histogram``, ``class_plan``) and one INSERT ... SELECT
+with one window function writes the entries, identical on SQLite (3.25+) and PostgreSQL, so a
+million labels never pass through Python.
 
 Per class ``c`` with target ``T`` and ``n`` labels at or above its threshold:
 
@@ -19,10 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import text
 from sqlalchemy.orm import Session
-
-from service.models import Label, ManifestClass
 
 PRIME = 2**31 - 1
 GRID = 100  # per-class thresholds are multiples of 1/GRID, as in the authors' code
@@ -83,12 +82,32 @@ def _pool_sql(job_ids: Sequence[int]) -> tuple[str, dict]:
     return sql, params
 
 
-def filtered_pool_size(session: Session, *, job_ids: Sequence[int], threshold: float) -> int:
-    """Distinct items with a label at or above the threshold (the deduplicated, filtered pool)."""
-    # One job has one label per item; only several need the (costlier) distinct count.
-    counted = func.count() if len(job_ids) == 1 else func.count(func.distinct(Label.item_id))
-    query = select(counted).where(Label.job_id.in_(job_ids), Label.confidence >= threshold)
-    return session.scalar(query) or 0
+def _grid_step_sql(column: str) -> str:
+    """``grid_step`` in SQL: a first guess from ``column * GRID`` (PostgreSQL's cast rounds,
+    SQLite's truncates), then the same one-step corrections, in doubles as the filter compares."""
+    x = f"CAST({column} AS DOUBLE PRECISION)"
+    guess = f"CAST({x} * {GRID} AS INTEGER)"
+    up = f"CASE WHEN CAST({guess} + 1 AS DOUBLE PRECISION) / {GRID} <= {x} THEN 1 ELSE 0 END"
+    down = f"CASE WHEN CAST({guess} AS DOUBLE PRECISION) / {GRID} > {x} THEN 1 ELSE 0 END"
+    return f"{guess} + {up} - {down}"
+
+
+def pool_histogram(
+    session: Session, *, job_ids: Sequence[int], threshold: float
+) -> dict[int, dict[int, int]]:
+    """Per class, the pool's labels at or above the threshold counted by grid step (the highest
+    multiple of 1/GRID at or below the confidence): one scan, no sort, at most GRID + 1 rows a
+    class. It gives each class's size, the pool's, and every threshold the selection needs."""
+    pool, params = _pool_sql(job_ids)
+    sql = f"""
+        SELECT predicted, step, count(*) FROM (
+            SELECT predicted, {_grid_step_sql("confidence")} AS step
+            FROM ({pool}) AS pool WHERE confidence >= :threshold
+        ) AS stepped GROUP BY predicted, step"""
+    histogram: dict[int, dict[int, int]] = {}
+    for predicted, step, count in session.execute(text(sql), {**params, "threshold": threshold}):
+        histogram.setdefault(predicted, {})[step] = count
+    return histogram
 
 
 # --- targets and thresholds -------------------------------------------------------------------
@@ -105,41 +124,47 @@ def distribution_targets(labeled_counts: Sequence[int], *, total: int) -> list[i
     return targets
 
 
-def grid_threshold(confidence: float, minimum: float) -> float:
-    """The highest multiple of 1/GRID at or below ``confidence`` (so that the image holding it
-    stays in), but not below ``minimum``. Float comparisons, exactly as the SQL filter makes them."""
+def grid_step(confidence: float) -> int:
+    """The highest step with ``step / GRID <= confidence``: float comparisons, exactly as the SQL
+    filter makes them."""
     step = math.floor(confidence * GRID)
     while (step + 1) / GRID <= confidence:
         step += 1
     while step / GRID > confidence:
         step -= 1
-    return max(minimum, step / GRID)
+    return step
 
 
-def raise_thresholds_to_targets(
-    session: Session, *, manifest_key: int, job_ids: Sequence[int], threshold: float
-) -> None:
-    """Per class, lift the threshold as high as the target allows: to the grid step at or below
-    the confidence of the target-th most confident image. Classes short of their target keep the
-    minimum."""
-    pool, params = _pool_sql(job_ids)
-    sql = f"""
-        SELECT c.class_index, CAST(ranked.confidence AS DOUBLE PRECISION) FROM (
-            SELECT predicted, confidence,
-                   row_number() OVER (PARTITION BY predicted ORDER BY confidence DESC, item_id) AS rank
-            FROM ({pool}) AS pool WHERE confidence >= :threshold
-        ) AS ranked
-        JOIN manifest_classes AS c
-          ON c.manifest_key = :manifest_key AND c.class_index = ranked.predicted AND ranked.rank = c.target"""
-    # The cast: PostgreSQL prints a REAL as its shortest decimal (0.7 for 0.69999999), which
-    # would read back as a larger double than the value that the filter compares.
-    rows = session.execute(text(sql), {**params, "threshold": threshold, "manifest_key": manifest_key})
-    updates = [
-        {"manifest_key": manifest_key, "class_index": index, "threshold": grid_threshold(conf, threshold)}
-        for index, conf in rows
-    ]
-    if updates:
-        session.execute(update(ManifestClass), updates)
+def grid_threshold(confidence: float, minimum: float) -> float:
+    """The highest multiple of 1/GRID at or below ``confidence`` (so that the image holding it
+    stays in), but not below ``minimum``."""
+    return max(minimum, grid_step(confidence) / GRID)
+
+
+def class_plan(
+    bins: dict[int, int], *, threshold: float, target: int | None, per_class: bool
+) -> tuple[float, int, float]:
+    """One class's threshold, its labels at or above it (``available``) and the ``cutoff`` below
+    which none of them can be selected, from its histogram (``pool_histogram``).
+
+    Over its target, the ``target``-th most confident label sits in the highest grid step
+    whose labels and those above it number at least ``target``: per-class thresholds rise to
+    that step (``grid_threshold`` of that label), and a single threshold keeps its top
+    ``target`` among the labels from that step up, so the rest need no ranking."""
+    available = sum(bins.values())
+    if not target or available < target:
+        return threshold, available, threshold
+    above = 0
+    for step in sorted(bins, reverse=True):
+        above += bins[step]
+        if above >= target:
+            break
+    cutoff = step / GRID
+    if cutoff <= threshold:
+        return threshold, available, threshold
+    if per_class:
+        return cutoff, above, cutoff
+    return threshold, available, cutoff
 
 
 # --- entries ----------------------------------------------------------------------------------
@@ -157,20 +182,29 @@ def insert_labeled_entries(session: Session, *, manifest_key: int, dataset_ids: 
     session.execute(text(sql), {**params, "manifest_key": manifest_key})
 
 
-def _copies_sql(*, balance: bool, keep_most_confident: bool) -> tuple[str, list[str]]:
-    """How many copies each filtered label gets, and the window columns that expression needs."""
+def _copies_sql(*, balance: bool, keep_most_confident: bool) -> tuple[str, str]:
+    """How many copies each label gets, and the columns that needs beside the label's: its
+    class's target and size and its rank in the class. A class at or over its target with one
+    threshold ranks by confidence and keeps its top ``target``; any other class ranks by the
+    lottery and spreads ``target`` over its ``available`` labels."""
     if not balance:
-        return "1", []
-    by_class = "PARTITION BY pool.predicted"
-    windows = [
-        f"row_number() OVER ({by_class} ORDER BY {_lottery_sql('pool.item_id')}, pool.item_id) AS draw",
-        f"count(*) OVER ({by_class}) AS n",
-    ]
-    spread = "target / n + CASE WHEN draw <= target % n THEN 1 ELSE 0 END"
+        return "1", ""
+    spread = "target / available + CASE WHEN rank <= target % available THEN 1 ELSE 0 END"
+    lottery = _lottery_sql("pool.item_id")
     if not keep_most_confident:
-        return spread, windows
-    windows.append(f"row_number() OVER ({by_class} ORDER BY pool.confidence DESC, pool.item_id) AS rank")
-    return f"CASE WHEN n >= target THEN CASE WHEN rank <= target THEN 1 ELSE 0 END ELSE {spread} END", windows
+        order, copies = f"{lottery}, pool.item_id", spread
+    else:
+        # Two keys, each null in the other's classes: a class is ordered by exactly one.
+        short = "c.available < c.target"
+        order = (
+            f"CASE WHEN {short} THEN {lottery} END, "
+            f"CASE WHEN NOT ({short}) THEN pool.confidence END DESC, pool.item_id"
+        )
+        copies = (
+            f"CASE WHEN available < target THEN {spread} ELSE CASE WHEN rank <= target THEN 1 ELSE 0 END END"
+        )
+    window = f"row_number() OVER (PARTITION BY pool.predicted ORDER BY {order})"
+    return copies, f", c.target, c.available, {window} AS rank"
 
 
 def insert_pseudo_entries(
@@ -182,21 +216,22 @@ def insert_pseudo_entries(
     keep_most_confident: bool,
     seed: int,
 ) -> None:
-    """Filter each class at its threshold and balance it to its target, in one statement."""
+    """Filter each class at its threshold and balance it to its target, in one statement. Only
+    labels at or above a class's ``cutoff`` are ranked, and the entries are written in item
+    order (the primary key's), which makes their index grow at its right edge."""
     pool, params = _pool_sql(job_ids)
-    copies, windows = _copies_sql(balance=balance, keep_most_confident=keep_most_confident)
-    columns = ",\n".join(["pool.item_id, pool.job_id, pool.predicted, pool.confidence, c.target", *windows])
+    copies, columns = _copies_sql(balance=balance, keep_most_confident=keep_most_confident)
     sql = f"""
         INSERT INTO manifest_entries
             (manifest_key, item_id, source, job_id, target_class, copies, confidence)
         SELECT :manifest_key, item_id, 'pseudo', job_id, predicted, copies, confidence FROM (
             SELECT item_id, job_id, predicted, confidence, {copies} AS copies FROM (
-                SELECT {columns}
+                SELECT pool.item_id, pool.job_id, pool.predicted, pool.confidence{columns}
                 FROM ({pool}) AS pool
                 JOIN manifest_classes AS c
                   ON c.manifest_key = :manifest_key AND c.class_index = pool.predicted
-                WHERE pool.confidence >= c.threshold
+                WHERE pool.confidence >= c.cutoff
             ) AS ranked
-        ) AS selected WHERE copies > 0"""
+        ) AS selected WHERE copies > 0 ORDER BY item_id"""
     params |= {"manifest_key": manifest_key, **seed_offsets(seed)}
     session.execute(text(sql), params)

@@ -204,6 +204,17 @@ def test_the_lottery_in_sql_matches_python_on_both_databases(db):
     assert [selection.lottery_key(i, 0) for i in (1, 2, 3)] == [861155699, 989775134, 342214878]
 
 
+def test_the_grid_step_in_sql_matches_python_on_both_databases(db):
+    # 0.29 * 100 and 0.57 * 100 fall just below their integers, 0.07 * 100 and 0.14 * 100 just
+    # above; PostgreSQL's cast rounds 0.576 * 100 up to 58.
+    values = [0.0, 0.07, 0.14, 0.29, 0.57, 0.576, 0.7, 0.949, 1.0]
+    values += [synthetic.f32(v) for v in values + [0.95, 0.3, 0.31]]
+    with session_scope() as session:
+        for value in values:
+            got = session.scalar(text(f"SELECT {selection._grid_step_sql(':value')}"), {"value": value})
+            assert got == selection.grid_step(value), value
+
+
 @pytest.mark.parametrize(
     ("confidence", "minimum", "expected"),
     [
