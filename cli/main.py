@@ -17,6 +17,17 @@ def _client(ctx: click.Context) -> Client:
     return Client(ctx.obj["api"], token=ctx.obj["token"])
 
 
+def _full_teacher_id(client: Client, given: str) -> str:
+    """A teacher's ID from a unique prefix of it, as `nst teachers list` prints them."""
+    if len(given) == 64:
+        return given
+    matches = [t["id"] for t in client.teachers() if t["id"].startswith(given.lower())]
+    if len(matches) != 1:
+        found = "no teacher" if not matches else f"{len(matches)} teachers"
+        raise click.BadParameter(f"{found} with an ID starting {given!r}", param_hint="teacher ID")
+    return matches[0]
+
+
 def _print(value) -> None:
     click.echo(json.dumps(value, indent=2))
 
@@ -104,6 +115,9 @@ def datasets() -> None:
 @click.option("--classes", help="Comma-separated class order (labeled data).")
 @click.pass_context
 def datasets_register(ctx, path, name, kind, split, classes) -> None:
+    """Register a folder or list file (a path under a data root, or a URL under a root prefix)."""
+    if Path(path).exists():  # a path the user sees from here means the same on the service's host
+        path = str(Path(path).resolve())
     with _client(ctx) as client:
         _print(
             client.register_dataset(
@@ -257,7 +271,7 @@ def teachers_list(ctx) -> None:
 @click.pass_context
 def teachers_show(ctx, teacher_id) -> None:
     with _client(ctx) as client:
-        _print(client.teacher(teacher_id))
+        _print(client.teacher(_full_teacher_id(client, teacher_id)))
 
 
 @teachers.command("delete")
@@ -266,6 +280,7 @@ def teachers_show(ctx, teacher_id) -> None:
 def teachers_delete(ctx, teacher_id) -> None:
     """Delete a teacher that no job uses (its uploaded file too)."""
     with _client(ctx) as client:
+        teacher_id = _full_teacher_id(client, teacher_id)
         client.delete_teacher(teacher_id)
     click.echo(f"deleted teacher {teacher_id}")
 
@@ -290,7 +305,7 @@ def jobs() -> None:
 def jobs_create(ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, wait):
     with _client(ctx) as client:
         job = client.create_job(
-            teacher_id=teacher_id,
+            teacher_id=_full_teacher_id(client, teacher_id),
             dataset_id=dataset_id,
             batch_size=batch_size,
             temperature=temperature,

@@ -86,3 +86,14 @@ def test_list_calls_follow_every_page(client):
     api = in_process_client(client)
     assert len(api._listing("/teachers", {}, page_size=2)) == 5
     assert len(api.teachers()) == client.get("/teachers").json()["count"] == 5
+
+
+def test_teacher_commands_take_a_unique_id_prefix(run, client):
+    teacher = synthetic.teacher(CLASSES, name="prefixed")
+    assert json.loads(run("teachers", "show", teacher[:12]))["id"] == teacher
+    other = synthetic.teacher(CLASSES, name="other")
+    common = next(n for n in range(64) if teacher[n] != other[n])
+    refused = CliRunner().invoke(cli, ["teachers", "show", teacher[:common]])
+    assert refused.exit_code != 0 and "2 teachers with an ID starting" in refused.output
+    run("teachers", "delete", teacher[:12])
+    assert client.get(f"/teachers/{teacher}").status_code == 404
