@@ -208,6 +208,10 @@ class Client:
             raise ValueError(f"teacher {teacher_id}: the downloaded file's sha256 is {digest.hexdigest()}")
         return out
 
+    def set_teacher_temperature(self, teacher_id: str, temperature: float | None) -> dict:
+        """Store the teacher's calibrated softmax temperature (None clears it)."""
+        return self._json("PUT", f"/teachers/{teacher_id}/temperature", json={"temperature": temperature})
+
     def delete_teacher(self, teacher_id: str) -> None:
         self._json("DELETE", f"/teachers/{teacher_id}")
 
@@ -292,6 +296,11 @@ class Client:
         """Per-class counts, mean confidence and histograms; ``labeled_dataset_id=`` picks the
         labeled dataset to compare with."""
         return self._json("GET", f"/jobs/{job_id}/stats", params={"threshold": threshold, **params})
+
+    def job_quality(self, job_id: int, thresholds: list[float] | None = None) -> dict:
+        """Coverage and precision per threshold of a job over a labeled dataset."""
+        params = {"thresholds": ",".join(map(str, thresholds))} if thresholds else {}
+        return self._json("GET", f"/jobs/{job_id}/quality", params=params)
 
     def job_stats_chart(
         self, job_id: int, out_path: str | Path, threshold: float = 0.3, fmt: str = "png", **params

@@ -89,36 +89,127 @@ def train_command(**values) -> None:
 @click.option("--teacher", "teacher_id", required=True, help="A registered teacher's ID.")
 @click.option("--dataset", "dataset_id", type=int, required=True, help="A labeled dataset's ID.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Save the result as JSON.")
+@click.option(
+    "--robustness",
+    "robust",
+    is_flag=True,
+    help="Also accuracy under common corruptions (5 severities) and FGSM.",
+)
+@click.option(
+    "--reference",
+    "reference_id",
+    help="With --robustness: the teacher the mean corruption error is relative to.",
+)
+@click.option(
+    "--epsilons",
+    default="0,0.00392,0.00784,0.0157,0.0314",
+    show_default=True,
+    callback=_floats,
+    help="FGSM step sizes in [0, 1] pixel units (0 to 8/255 by default).",
+)
+@click.option(
+    "--fit-temperature",
+    is_flag=True,
+    help="Fit the teacher's softmax temperature on --dataset (a labeled val split) and store it.",
+)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images.")
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu.")
 @click.option("--api", "api_url", envvar="NST_API_URL", default="http://127.0.0.1:8000", show_default=True)
 @click.option("--token", "api_token", envvar="NST_API_TOKEN", default=None)
-def evaluate_command(teacher_id, dataset_id, out, batch_size, workers, device, api_url, api_token) -> None:
-    """Top-1, top-5, per-class accuracy and the confusion matrix of any registered teacher."""
+def evaluate_command(
+    teacher_id,
+    dataset_id,
+    out,
+    robust,
+    reference_id,
+    epsilons,
+    fit_temperature,
+    batch_size,
+    workers,
+    device,
+    api_url,
+    api_token,
+) -> None:
+    """Top-1, top-5, per-class accuracy, the confusion matrix and calibration of any registered
+    teacher; optionally its robustness, or the fitting of its temperature."""
     import torch
 
-    from trainer.evaluate import evaluate_teacher
+    from trainer.evaluate import NotAValidationSplit, calibrate_teacher, evaluate_teacher
+    from trainer.robustness import mean_corruption_error
 
+    if reference_id and not robust:
+        raise click.UsageError("--reference: needs --robustness")
+    if fit_temperature and (robust or reference_id):
+        raise click.UsageError("--fit-temperature: runs alone (evaluate on the test split separately)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = {
+        "device": torch.device(device),
+        "batch_size": batch_size,
+        "num_workers": workers,
+    }
     with Client(api_url, token=api_token) as client:
-        result = evaluate_teacher(
-            client,
-            teacher_id,
-            dataset_id,
-            device=torch.device(device),
-            batch_size=batch_size,
-            num_workers=workers,
-        )
+        if fit_temperature:
+            try:
+                result = calibrate_teacher(client, teacher_id, dataset_id, **options)
+            except NotAValidationSplit as error:
+                raise click.UsageError(str(error)) from error
+            _echo_calibration(result)
+        else:
+            result = evaluate_teacher(
+                client, teacher_id, dataset_id, robust=robust, epsilons=epsilons or [], **options
+            )
+            if reference_id:
+                reference = evaluate_teacher(
+                    client, reference_id, dataset_id, robust=True, epsilons=[], **options
+                )
+                result["robustness"]["reference"] = {
+                    "teacher_id": reference_id,
+                    **mean_corruption_error(result["robustness"], reference["robustness"]),
+                }
+            _echo_evaluation(teacher_id, dataset_id, result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {out}")
+        from trainer.calibration import plot_reliability
+
+        diagram = out.with_suffix(".reliability.png")
+        plot_reliability(result["calibration"], diagram, f"teacher {teacher_id[:12]}, dataset {dataset_id}")
+        click.echo(f"wrote {diagram}")
+
+
+def _echo_calibration(result: dict) -> None:
+    before, after = result["calibration"]
+    click.echo(
+        f"temperature {result['temperature']:.4f} fitted on {result['count']} images and stored: "
+        f"NLL {result['nll']['before']:.4f} -> {result['nll']['after']:.4f}, "
+        f"ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+    )
+
+
+def _echo_evaluation(teacher_id: str, dataset_id: int, result: dict) -> None:
     width = max(len(name) for name in result["classes"])
     click.echo(f"teacher {teacher_id[:12]} on dataset {dataset_id}: {result['count']} images")
     click.echo(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
     for name, value in result["per_class"].items():
         click.echo(f"  {name:<{width}}  {'-' if value is None else f'{value:.4f}'}")
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-        click.echo(f"wrote {out}")
+    for diagram in result["calibration"]:
+        click.echo(
+            f"ECE ({len(diagram['bins'])} bins) at T = {diagram['temperature']:.4g}: {diagram['ece']:.4f}"
+        )
+    robust = result.get("robustness")
+    if robust is None:
+        return
+    for name, accuracies in robust["corruptions"].items():
+        click.echo(f"  {name:<16}  " + "  ".join(f"{a:.4f}" for a in accuracies))
+    for point in robust["fgsm"]:
+        click.echo(f"FGSM epsilon {point['epsilon']:.4f}: top-1 {point['top1']:.4f}")
+    reference = robust.get("reference")
+    if reference is None:
+        click.echo("mCE: give --reference TEACHER_ID to compare the corruption errors with")
+    elif reference["mce"] is not None:
+        click.echo(f"mCE {reference['mce']:.1f} relative to teacher {reference['teacher_id'][:12]}")
 
 
 def main() -> None:
@@ -143,6 +234,19 @@ def main() -> None:
 )
 @click.option("--out", "out_dir", default="runs/iterate", show_default=True)
 @click.option("--truth", "truth_csv", help="CSV path,label of the pool, to score pseudo labels.")
+@click.option(
+    "--probe",
+    "probe_dataset_id",
+    type=int,
+    help="Labeled dataset held out from training: each teacher labels it too, and the table "
+    "shows its precision and coverage at --threshold.",
+)
+@click.option(
+    "--robustness/--no-robustness",
+    default=False,
+    show_default=True,
+    help="Per generation, corruption and FGSM accuracy on --eval, and mCE against generation 0.",
+)
 @click.option("--threshold", default=0.3, show_default=True)
 @click.option("--soft/--hard", default=True, show_default=True)
 @click.option("--balance/--no-balance", default=True, show_default=True)

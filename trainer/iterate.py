@@ -44,6 +44,8 @@ class IterateConfig:
     students: list[str] = field(default_factory=lambda: ["resnet18"])
     out_dir: str = _operational("runs/iterate")
     truth_csv: str | None = _operational(None)  # path,label of the unlabeled images, to score pseudo labels
+    probe_dataset_id: int | None = _operational(None)  # labeled, held out: each teacher labels it too
+    robustness: bool = _operational(False)  # corruption and FGSM accuracy per generation (eval dataset)
     # manifest
     threshold: float = 0.3
     soft: bool = True
@@ -287,6 +289,8 @@ def _generation(
         seed=cfg.seed,
     )
     architecture = cfg.student_for(generation)
+    sizes = _sizes(cfg, teacher, architecture)
+    probe = _probe_quality(cfg, client, generation, teacher_id) if cfg.probe_dataset_id is not None else {}
     _say(
         f"generation {generation}: training student {architecture} on manifest "
         f"{manifest['id'][:12]} ({manifest['totals']})"
@@ -315,8 +319,83 @@ def _generation(
         "pseudo_acc_kept": acc_kept,
         "teacher_top1": teacher["metrics"].get("top1"),
         "student_top1": result["metrics"].get("top1"),
+        **sizes,
+        **probe,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def parameter_count(architecture: str, num_classes: int, channels: int, **model_kwargs) -> int:
+    """A timm model's parameters, counted on the meta device: nothing allocated or trained."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(architecture, num_classes=num_classes, in_chans=channels, **model_kwargs)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _sizes(cfg: IterateConfig, teacher: dict, architecture: str) -> dict:
+    """Teacher and student parameter counts; a student smaller than its teacher is against the
+    paper's advice (equal or larger students), so it is said before training."""
+    classes = len(teacher["class_names"])
+    teacher_params = parameter_count(
+        teacher["architecture"], classes, teacher["channels"], **teacher["model_kwargs"]
+    )
+    student_params = parameter_count(architecture, classes, cfg.train.recipe.channels)
+    if student_params < teacher_params:
+        _say(
+            f"warning: student {architecture} ({student_params:,} parameters) is smaller than its "
+            f"teacher {teacher['architecture']} ({teacher_params:,}); the paper's students are "
+            "equal or larger"
+        )
+    return {"teacher_params": teacher_params, "student_params": student_params}
+
+
+def _probe_quality(cfg: IterateConfig, client: Client, generation: int, teacher_id: str) -> dict:
+    """The teacher labels the probe (a labeled dataset held out from training): how many of its
+    labels the run's threshold keeps, and how many of those are right."""
+    _say(f"generation {generation}: labeling probe dataset {cfg.probe_dataset_id}")
+    job = client.create_job(
+        teacher_id=teacher_id,
+        dataset_id=cfg.probe_dataset_id,
+        batch_size=cfg.label_batch_size,
+        shard_size=cfg.shard_size,
+    )
+    job = wait_with_progress(client, job)
+    if job["state"] != JobState.SUCCEEDED:
+        raise RuntimeError(f"probe labeling job {job['id']} ended {job['state']}: {job['errors']}")
+    (point,) = client.job_quality(job["id"], thresholds=[cfg.threshold])["overall"]
+    return {
+        "probe_job": job["id"],
+        "probe_precision": point["precision"],
+        "probe_coverage": point["coverage"],
+    }
+
+
+def _measure_robustness(cfg: IterateConfig, client: Client, rows: list[dict]) -> None:
+    """The last row's model under corruptions and FGSM on the eval dataset; its mCE is relative
+    to the first teacher (generation 0), measured first when it has not been."""
+    import torch
+
+    from trainer.evaluate import evaluate_teacher
+    from trainer.robustness import mean_corruption_error
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for row in (rows[0], rows[-1]):
+        if "robustness" not in row:
+            _say(f"generation {row['generation']}: robustness of {row['student'][:12]}")
+            row["robustness"] = evaluate_teacher(
+                client,
+                row["student"],
+                cfg.eval_dataset_id,
+                device=device,
+                num_workers=cfg.train.runtime.workers,
+                robust=True,
+            )["robustness"]
+    for row in (rows[0], rows[-1]):
+        mce = mean_corruption_error(row["robustness"], rows[0]["robustness"])["mce"]
+        row["mce"] = None if mce is None else round(mce, 1)
 
 
 def _pseudo_accuracy(
@@ -384,6 +463,8 @@ def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
         _save(cfg, rows)
     for generation in range(rows[-1]["generation"] + 1, cfg.generations + 1):
         rows.append(_generation(cfg, client, generation, rows[-1]["student"], truth))
+        if cfg.robustness and cfg.eval_dataset_id is not None:
+            _measure_robustness(cfg, client, rows)
         _save(cfg, rows)
         _say(
             f"generation {generation}: student top-1 {rows[-1]['student_top1']} "

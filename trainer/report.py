@@ -12,8 +12,13 @@ COLUMNS = [
     ("pseudo_with_copies", "pseudo (with copies)"),
     ("pseudo_acc_all", "pseudo-label acc (all)"),
     ("pseudo_acc_kept", "pseudo-label acc (kept)"),
+    ("probe_precision", "probe precision (kept)"),
+    ("probe_coverage", "probe coverage"),
     ("teacher_top1", "teacher top-1"),
     ("student_top1", "student top-1"),
+    ("teacher_params", "teacher params"),
+    ("student_params", "student params"),
+    ("mce", "mCE"),
     ("seconds", "seconds"),
 ]
 
