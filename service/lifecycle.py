@@ -195,8 +195,9 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
     """Take back the shards nobody is working on; return those to send again.
 
     A running shard whose lease lapsed lost its worker. A queued shard sent ``unclaimed_s`` ago
-    (None: not checked) while no shard holds a live lease lost its message (a broker restarted
-    empty, a task that gave up while the database was down, a pool process killed holding it).
+    (None: not checked), while no shard holds a live lease and none finished for as long, lost
+    its message (a broker restarted empty, a task that gave up while the database was down, a
+    pool process killed holding it).
     Either is queued again with one reap more, or failed, with the reason, once it has had
     ``max_attempts`` claims or sends. Cancelled jobs' shards are settled instead. Locked rows are
     skipped: another reaper, or the shard's own worker, holds them right now.
@@ -212,9 +213,12 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
         )
     )
     stale: list[Shard] = []
-    live = exists().where(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now)
-    if unclaimed_s is not None and not session.scalar(select(live)):
-        since = now - timedelta(seconds=unclaimed_s)
+    since = now - timedelta(seconds=unclaimed_s or 0)
+    busy = or_(
+        exists().where(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now),
+        exists().where(Shard.finished_at >= since),
+    )
+    if unclaimed_s is not None and not session.scalar(select(busy)):
         stale = list(
             session.scalars(
                 _lockable(

@@ -13,8 +13,12 @@ from cli.localstack import LocalStack
 
 
 def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """Every thread's children: billiard forks a replacement pool process from a thread."""
+    kids = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):  # the thread ended meanwhile
+            kids += [int(p) for p in path.read_text().split()]
+    return sorted(kids)
 
 
 class Stack(LocalStack):
