@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # made the database the bottleneck (bench/label_write_rate.py); a crash loses at most one.
     commit_rows: int = Field(1024, ge=1)
     commit_seconds: float = Field(1.0, ge=0)
+    # Request bodies beyond these are a 413: JSON bodies, and teacher uploads (streamed to disk).
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_upload_bytes: int = Field(4 << 30, ge=1024)
     # Self-healing (service/lifecycle.py, workers/reaper.py): a running shard holds a lease its
     # worker renews every quarter of it; the reaper in every worker, every `reaper_interval_s`,
     # queues again a shard whose lease lapsed, or one queued `unclaimed_s` ago while no shard runs

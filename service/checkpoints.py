@@ -47,36 +47,38 @@ def refuse_pickle(name: str, head: bytes) -> None:
         raise CheckpointError(f"{name!r} looks like a pickle or PyTorch file: {CONVERT_HINT}")
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    """Parse and check a safetensors header; raise ``CheckpointError`` when it is not one."""
+def read_header(path: Path, *, name: str | None = None) -> dict[str, Any]:
+    """Parse and check a safetensors header; raise ``CheckpointError``, naming the file as
+    ``name`` (an upload's own name rather than its temporary file's), when it is not one."""
+    name = name or path.name
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(SNIFF_BYTES)
-        refuse_pickle(path.name, head)
+        refuse_pickle(name, head)
         if len(head) < SNIFF_BYTES:
-            raise CheckpointError(f"{path.name!r} is too short to be a safetensors file")
+            raise CheckpointError(f"{name!r} is too short to be a safetensors file")
         (length,) = struct.unpack("<Q", head[:8])
         handle.seek(8)
         if length == 0 or length > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{path.name!r} is not a safetensors file (bad header length)")
+            raise CheckpointError(f"{name!r} is not a safetensors file (bad header length)")
         try:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path.name!r} is not a safetensors file (header is not JSON)") from None
+            raise CheckpointError(f"{name!r} is not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name!r} is not a safetensors file (header is not an object)")
+        raise CheckpointError(f"{name!r} is not a safetensors file (header is not an object)")
     data_size = size - 8 - length
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     if not tensors:
-        raise CheckpointError(f"{path.name!r} holds no tensors")
+        raise CheckpointError(f"{name!r} holds no tensors")
     for key, info in tensors.items():
         try:
             start, end = info["data_offsets"]
             info["dtype"], info["shape"]
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path.name!r}: tensor {key!r} has a malformed entry") from None
+            raise CheckpointError(f"{name!r}: tensor {key!r} has a malformed entry") from None
         if not 0 <= start <= end <= data_size:
-            raise CheckpointError(f"{path.name!r}: tensor {key!r} lies outside the file")
+            raise CheckpointError(f"{name!r}: tensor {key!r} lies outside the file")
     return header
 
 
@@ -120,7 +122,7 @@ def store(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> tuple[s
         if len(head) < SNIFF_BYTES:  # too short for a safetensors file; named as uploaded
             refuse_pickle(name, head)
             raise CheckpointError(f"{name!r} is too short to be a safetensors file")
-        header = read_header(tmp)
+        header = read_header(tmp, name=name)
         sha = digest.hexdigest()
         final = storage.join(store_dir, f"{sha}.safetensors")
         storage.write_file(tmp, final)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from nst.config import get_settings
+from service.api import errors
 from service.api.main import api_router
 from service.core.migrate import upgrade_head
 from service.metrics import RequestMetrics, metrics_registry
@@ -29,6 +30,8 @@ def create_app() -> FastAPI:
     )
     app.state.metrics = metrics_registry()
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
+    settings = get_settings()
+    errors.install(app, body_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)
     app.include_router(api_router)
     install_ui(app)
     return app

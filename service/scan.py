@@ -42,9 +42,27 @@ def resolve_under_roots(raw: str, roots: list[Location], *, what: str = "path") 
         real = storage.confine(raw, roots, what=what)
     except storage.BadLocation as exc:
         raise ScanError(str(exc)) from None
-    if isinstance(real, Path) and not real.exists():
-        raise ScanError(f"{what} {raw!r} does not exist")
+    except (OSError, RuntimeError, ValueError) as exc:  # "~nobody", a NUL byte, a name too long
+        raise ScanError(f"{what} {shown(raw)} cannot be resolved: {_reason(exc)}") from None
+    if isinstance(real, Path) and not _exists(real):
+        raise ScanError(f"{what} {shown(raw)} does not exist")
     return real
+
+
+def shown(raw: str) -> str:
+    """``raw`` as an error message quotes it: escaped, and cut short."""
+    return repr(raw) if len(raw) <= 200 else f"{raw[:200]!r}... ({len(raw)} characters)"
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def _exists(real: Path) -> bool:
+    try:
+        return real.exists()
+    except (OSError, ValueError):  # a name too long to look up
+        return False
 
 
 def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[str] | None) -> ScanResult:
@@ -57,7 +75,7 @@ def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[s
         return _scan_tree(path, roots)
     if path.suffix.lower() not in LIST_SUFFIXES:
         raise ScanError(
-            f"path {raw_path!r} is a file but not a list (.csv, .jsonl or .txt); "
+            f"path {shown(raw_path)} is a file but not a list (.csv, .jsonl or .txt); "
             "give a folder or a list of files"
         )
     return _scan_list(path, roots, labeled=labeled, classes=classes)
@@ -197,6 +215,8 @@ def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str
             real = storage.location(str(storage.join(storage.parent(list_path), raw)))
     except storage.BadLocation as exc:
         raise ScanError(f"{where}: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ScanError(f"{where}: {shown(raw)} cannot be resolved: {_reason(exc)}") from None
     if isinstance(real, Path):
         _require_inside(real, roots, shown=raw)
     elif not storage.inside(real, roots):
@@ -206,7 +226,7 @@ def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str
 
 def _is_file(real: Location, listed: dict[str, set[str]]) -> bool:
     if isinstance(real, Path):
-        return real.is_file()
+        return _exists(real) and real.is_file()
     folder = storage.parent(real)
     if folder not in listed:
         try:

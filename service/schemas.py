@@ -5,10 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from nst.states import JobState, ShardState, TeacherStatus
 from nst.teacher_metadata import TeacherMetadata
+from nst.text import Text
+
+# Integers a request may carry, as the INTEGER columns they meet hold them.
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+PATH_MAX = 4096  # PATH_MAX on Linux
 
 # Timestamps are stored as naive UTC; they leave the API marked as UTC.
 UtcDatetime = Annotated[
@@ -26,16 +31,17 @@ class _Public(BaseModel):
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     kind: Literal["labeled", "unlabeled"]
     split: Literal["train", "val", "test"] | None = None
-    path: str = Field(
+    path: Text = Field(
         min_length=1,
+        max_length=PATH_MAX,
         description="A folder (ImageFolder layout when labeled) or a .csv/.jsonl/.txt list, "
         "absolute or relative to the first data root; it must lie under a data root.",
     )
-    classes: list[str] | None = Field(
-        None, description="Class order for a labeled dataset; default: sorted names."
+    classes: list[Annotated[Text, Field(min_length=1, max_length=200)]] | None = Field(
+        None, max_length=100_000, description="Class order for a labeled dataset; default: sorted names."
     )
     modality: Literal["image"] = "image"
 
@@ -101,7 +107,7 @@ class ItemsPage(BaseModel):
 class TeacherCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, description="A .safetensors file under a data root")
+    path: Text = Field(min_length=1, max_length=PATH_MAX, description="A .safetensors file under a data root")
     metadata: TeacherMetadata | None = Field(
         None, description="Default: the metadata the `nst teachers convert` command embedded"
     )
@@ -125,6 +131,9 @@ class TeacherPublic(_Public):
     manifest_id: str | None
     generation: int
     metrics: dict[str, Any]
+    calibrated_temperature: float | None = Field(
+        None, description="Softmax temperature fitted on a val split (`nst evaluate --fit-temperature`)"
+    )
     status: TeacherStatus
     status_reason: str | None
     size_bytes: int
@@ -136,21 +145,48 @@ class TeachersPublic(BaseModel):
     count: int
 
 
+class TeacherTemperature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(
+        gt=0.0, le=100.0, description="The calibrated softmax temperature, in (0, 100]; null clears it"
+    )
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+InferenceMode = Literal["auto", "eager", "bf16", "compile", "openvino"]
 
-    teacher_id: str
-    dataset_id: int
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    teacher_id: Text = Field(min_length=1, max_length=64)
+    dataset_id: RowId
     batch_size: int = Field(64, ge=1, le=4096)
-    temperature: float = Field(1.0, gt=0.0, le=100.0, description="softmax(logits / T)")
+    temperature: float | Literal["calibrated"] = Field(
+        1.0,
+        description='softmax(logits / T), T in (0, 100]; "calibrated": the teacher\'s '
+        "calibrated_temperature (422 when it has none); the job records the number used",
+    )
     top_k: int = Field(10, ge=1, le=1000, description="Classes kept when not storing them all")
     full_distribution_max: int = Field(
         100, ge=0, le=10000, description="Store the whole distribution up to this many classes"
     )
     shard_size: int = Field(1000, ge=1, le=1_000_000)
+    inference: InferenceMode = Field(
+        "auto",
+        description="How the teacher runs: eager (float32, the reference), bf16, compile, "
+        "openvino (CPU); auto: the worker's default for its device",
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_range(cls, value: float | str) -> float | str:
+        if value != "calibrated" and not 0.0 < value <= 100.0:
+            raise ValueError(f"{value} is outside (0, 100]")
+        return value
 
 
 class JobPublic(BaseModel):
@@ -163,6 +199,8 @@ class JobPublic(BaseModel):
     top_k: int
     full_distribution_max: int
     shard_size: int
+    inference: InferenceMode
+    inference_used: list[str] = Field(description="The modes that labeled its shards so far")
     num_classes: int
     items_total: int
     items_done: int
@@ -192,6 +230,7 @@ class ShardPublic(_Public):
     items_failed: int
     attempts: int
     error: str | None
+    inference: str | None = Field(description="The mode that labeled it; null until a worker starts it")
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
 
@@ -262,18 +301,23 @@ class JobStats(BaseModel):
 
 
 class ManifestCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    labeled_dataset_ids: list[int] = Field(
-        default_factory=list, description="Labeled train splits; may be empty only if jobs are given"
+    labeled_dataset_ids: list[RowId] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Labeled train splits; may be empty only if jobs are given",
     )
-    job_ids: list[int] = Field(
-        default_factory=list, description="Succeeded labeling jobs; empty for a labeled-only manifest"
+    job_ids: list[RowId] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Succeeded labeling jobs; empty for a labeled-only manifest",
     )
     threshold: float = Field(0.3, ge=0.0, le=1.0, description="Keep pseudo labels at or above")
     target_per_class: int | None = Field(
         None,
         ge=1,
+        le=2**31 - 1,
         description="Pseudo-labeled images per class (with copies). Default: the filtered pool "
         "spread evenly ('even') or split like the labeled set ('labeled_distribution'); with "
         "'labeled_distribution' a number sets the mean per class",
@@ -352,3 +396,31 @@ class ManifestEntryPublic(BaseModel):
 class ManifestEntriesPage(BaseModel):
     data: list[ManifestEntryPublic]
     next_cursor: int | None
+
+
+# --- pseudo-label quality -------------------------------------------------------------------
+
+
+class QualityPoint(BaseModel):
+    threshold: float
+    kept: int = Field(description="Labels at or above the threshold")
+    right: int = Field(description="Kept labels whose predicted class is the item's true class")
+    coverage: float | None = Field(description="kept / labels; null when there are none")
+    precision: float | None = Field(description="right / kept; null when none is kept")
+
+
+class ClassQuality(BaseModel):
+    index: int
+    labels: int = Field(description="Labels predicting this class")
+    points: list[QualityPoint]
+
+
+class JobQuality(BaseModel):
+    job_id: int
+    teacher_id: str
+    dataset_id: int
+    labels: int = Field(description="Labels of items that carry a true label")
+    overall: list[QualityPoint]
+    classes: dict[str, ClassQuality] = Field(
+        description="By predicted class name, in the teacher's order: what a per-class threshold keeps"
+    )

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import timm
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from nst import transforms
+from nst import storage, transforms
+from nst.config import get_settings
+from nst.teacher_metadata import check_model_kwargs
 from service.core.db import session_scope
 from service.models import Teacher
+from workers.inference import Runner, prepare
 
 
 class InvalidCheckpoint(ValueError):
@@ -70,6 +74,10 @@ class TeacherSpec:
 
 
 def build_model(spec: TeacherSpec) -> nn.Module:
+    try:  # again here: a row written before the API checked them must not name a file either
+        check_model_kwargs(dict(spec.model_kwargs))
+    except ValueError as exc:
+        raise InvalidCheckpoint(f"model_kwargs: {exc}") from None
     try:
         model = timm.create_model(
             spec.architecture,
@@ -80,10 +88,19 @@ def build_model(spec: TeacherSpec) -> nn.Module:
         )
     except (RuntimeError, TypeError, ValueError) as exc:  # timm: "Unknown model (...)"
         raise InvalidCheckpoint(f"architecture {spec.architecture!r} does not build: {exc}") from None
-    state = load_file(spec.file_path, device="cpu")
+    state = load_file(local_checkpoint(spec.file_path), device="cpu")
     _check_state(model.state_dict(), state, spec)
     model.load_state_dict(state)
     return model.eval()
+
+
+def local_checkpoint(file_path: str) -> str:
+    """The checkpoint as a local file. One in an object store is fetched once into
+    ``NST_DATA_DIR/cache/teachers`` and checked against its sha256, which names it in the store."""
+    if not storage.is_url(file_path):
+        return file_path
+    sha = Path(storage.name(file_path)).stem
+    return str(storage.cached_copy(file_path, get_settings().data_dir / "cache" / "teachers", sha))
 
 
 def _check_state(
@@ -134,18 +151,35 @@ def validate(spec: TeacherSpec) -> None:
         )
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+def resolve_device(setting: str, *, index: int | None = None, count: int | None = None) -> torch.device:
+    """The device a worker process labels on. ``cuda:N`` pins one GPU; ``auto`` and ``cuda`` give
+    pool process ``index`` GPU ``index`` (modulo the ``count`` GPUs), so ``nst worker
+    --concurrency N`` on an N-GPU host runs one process per GPU. By default ``index`` is the
+    Celery pool process's own (billiard numbers them 0..N-1) and ``count`` the visible GPUs."""
+    if setting == "cpu" or setting.startswith("cuda:"):
+        return torch.device(setting)
+    count = torch.cuda.device_count() if count is None else count
+    if count == 0:
+        if setting == "cuda":
+            raise RuntimeError("NST_WORKER_DEVICE is cuda but no GPU is visible")
+        return torch.device("cpu")
+    index = _pool_index() if index is None else index
+    return torch.device(f"cuda:{index % count}")
+
+
+def _pool_index() -> int:
+    from billiard.process import current_process
+
+    return getattr(current_process(), "index", None) or 0
 
 
 @lru_cache(maxsize=2)
-def cached_teacher(teacher_id: str, device: str) -> tuple[nn.Module, TeacherSpec]:
-    """Loaded once per worker process (lazily, after the fork) and reused by every shard."""
+def cached_teacher(
+    teacher_id: str, device: str, mode: str = "eager", batch_size: int = 64
+) -> tuple[Runner, TeacherSpec]:
+    """Loaded and prepared once per worker process (lazily, after the fork) and teacher, and
+    reused by every shard; a job with another mode or batch size prepares its own."""
     with session_scope() as session:
         spec = TeacherSpec.from_row(session.get(Teacher, teacher_id))
     model = build_model(spec).to(device)
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-    return model, spec
+    return prepare(model, spec.image_format.shape, device, mode, batch_size), spec

@@ -6,12 +6,14 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Query, status
+from fastapi import Depends, HTTPException, Path, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nst.config import Settings, get_settings
+from nst.text import check_text
 from service.core.db import get_session_factory
 
 Model = TypeVar("Model")
@@ -29,11 +31,25 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
+# Every integer the API takes fits the column it meets (INTEGER or BIGINT), so a larger one is
+# a 422 naming the parameter, never a database error.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+RowId = Annotated[int, Path(ge=1, le=INT32_MAX)]  # datasets, jobs
+ItemId = Annotated[int, Path(ge=1, le=INT64_MAX)]
+# Teacher and manifest IDs are sha256 hex; anything longer cannot be one.
+HashId = Annotated[str, Path(min_length=1, max_length=64), AfterValidator(check_text)]
+
 # Paging parameters; each route sets the default. Registries page by offset, long lists by cursor.
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=INT64_MAX)]
 RegistryLimit = Annotated[int, Query(ge=1, le=1000)]
 PageLimit = Annotated[int, Query(ge=1, le=10000)]
-Cursor = Annotated[int | None, Query(ge=0, description="The previous page's next_cursor; none for the first")]
+Cursor = Annotated[
+    int | None, Query(ge=0, le=INT64_MAX, description="The previous page's next_cursor; none for the first")
+]
+OrdinalCursor = Annotated[
+    int | None, Query(ge=0, le=INT32_MAX, description="The previous page's next_cursor; none for the first")
+]
 
 
 def get_or_404(session: Session, model: type[Model], ident: Any, *, column: Any = None) -> Model:

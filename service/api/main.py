@@ -1,6 +1,7 @@
 from fastapi import APIRouter, Depends
 
 from service.api.deps import require_token
+from service.api.errors import responses
 from service.api.routes import (
     browse,
     compare,
@@ -10,6 +11,7 @@ from service.api.routes import (
     jobs,
     manifests,
     metrics,
+    quality,
     stats,
     teachers,
 )
@@ -17,7 +19,7 @@ from service.api.routes import (
 api_router = APIRouter()
 api_router.include_router(health.router)
 
-protected = APIRouter(dependencies=[Depends(require_token)])
-for module in (datasets, teachers, jobs, stats, manifests, items, browse, compare, metrics):
+protected = APIRouter(dependencies=[Depends(require_token)], responses=responses(401, 422))
+for module in (datasets, teachers, jobs, stats, quality, manifests, items, browse, compare, metrics):
     protected.include_router(module.router)
 api_router.include_router(protected)

@@ -5,7 +5,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from service.api.deps import SessionDep
+from service.api.deps import INT32_MAX, HashId, RowId, SessionDep
+from service.api.errors import responses
 from service.browse_schemas import ClassProbability, EntryTile, EntryTilesPage, Tile, TilesPage
 from service.crud import browse as crud
 from service.models import Job
@@ -23,7 +24,9 @@ def get_job_or_404(session, job_id: int) -> Job:
 
 
 def filters(
-    class_index: int | None = Query(None, ge=0, description="Only this class (predicted or target)"),
+    class_index: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="Only this class (predicted or target)"
+    ),
     min_confidence: float | None = Query(None, ge=0.0, le=1.0, description="Confidence at or above"),
     max_confidence: float | None = Query(None, ge=0.0, le=1.0, description="Confidence at or below"),
 ) -> crud.Filters:
@@ -37,7 +40,9 @@ def filters(
 
 FiltersDep = Annotated[crud.Filters, Depends(filters)]
 OrderQuery = Query("confidence_desc", description="Sort by confidence (then item ID), or by item ID")
-CursorQuery = Query(None, max_length=64, description="From next_cursor of the previous page")
+CursorQuery = Query(
+    None, max_length=64, pattern=r"^[\x20-\x7e]*$", description="From next_cursor of the previous page"
+)
 LimitQuery = Query(100, ge=1, le=500)
 TopKQuery = Query(5, ge=1, le=20, description="The teacher's most probable classes per tile")
 
@@ -74,9 +79,9 @@ def _paging(call):
         raise HTTPException(UNPROCESSABLE, detail=f"cursor: {exc}") from None
 
 
-@router.get("/jobs/{job_id}/labels/browse")
+@router.get("/jobs/{job_id}/labels/browse", responses=responses(404))
 def browse_labels(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     filters: FiltersDep,
     correct: bool | None = Query(
@@ -112,9 +117,9 @@ def browse_labels(
     )
 
 
-@router.get("/manifests/{manifest_id}/entries/browse")
+@router.get("/manifests/{manifest_id}/entries/browse", responses=responses(404))
 def browse_entries(
-    manifest_id: str,
+    manifest_id: HashId,
     session: SessionDep,
     filters: FiltersDep,
     source: Literal["labeled", "pseudo"] | None = Query(None, description="Only labeled or pseudo entries"),

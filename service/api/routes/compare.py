@@ -3,14 +3,15 @@ class to which, and the flipped items themselves."""
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from service.api.deps import SessionDep
+from service.api.deps import INT32_MAX, INT64_MAX, RowId, SessionDep
+from service.api.errors import responses
 from service.api.routes.browse import TopKQuery, get_job_or_404, tile
 from service.browse_schemas import ClassChange, FlipsPage, FlipTile, JobComparison
 from service.crud import compare as crud
 from service.crud.browse import job_classes
 from service.models import Job
 
-router = APIRouter(prefix="/jobs/{job_id}/compare/{other_job_id}", tags=["compare"])
+router = APIRouter(prefix="/jobs/{job_id}/compare/{other_job_id}", tags=["compare"], responses=responses(404))
 
 UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
 
@@ -33,7 +34,7 @@ def _comparable(session, job_id: int, other_job_id: int) -> tuple[Job, Job, list
 
 
 @router.get("")
-def compare_jobs(job_id: int, other_job_id: int, session: SessionDep) -> JobComparison:
+def compare_jobs(job_id: RowId, other_job_id: RowId, session: SessionDep) -> JobComparison:
     """Items labeled by both jobs, how many the second labels differently, and every
     from -> to change of class with its count (SQL aggregates over the joined labels)."""
     job, other, classes = _comparable(session, job_id, other_job_id)
@@ -53,12 +54,16 @@ def compare_jobs(job_id: int, other_job_id: int, session: SessionDep) -> JobComp
 
 @router.get("/flips")
 def list_flips(
-    job_id: int,
-    other_job_id: int,
+    job_id: RowId,
+    other_job_id: RowId,
     session: SessionDep,
-    from_class: int | None = Query(None, ge=0, description="Only items this job put in this class"),
-    to_class: int | None = Query(None, ge=0, description="Only items the other job put in this class"),
-    cursor: int | None = Query(None, ge=0, description="Next item ID (from next_cursor)"),
+    from_class: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="Only items this job put in this class"
+    ),
+    to_class: int | None = Query(
+        None, ge=0, le=INT32_MAX, description="Only items the other job put in this class"
+    ),
+    cursor: int | None = Query(None, ge=0, le=INT64_MAX, description="Next item ID (from next_cursor)"),
     limit: int = Query(100, ge=1, le=500),
     top_k: int = TopKQuery,
 ) -> FlipsPage:

@@ -1,7 +1,19 @@
+from typing import Literal
+
 from fastapi import APIRouter, HTTPException, Response, status
 
 from service import pixel_stats
-from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, SettingsDep, get_or_404
+from service.api.deps import (
+    Offset,
+    OrdinalCursor,
+    PageLimit,
+    RegistryLimit,
+    RowId,
+    SessionDep,
+    SettingsDep,
+    get_or_404,
+)
+from service.api.errors import BODY, responses
 from service.crud import datasets as crud
 from service.models import Dataset
 from service.scan import ScanError, scan
@@ -16,7 +28,7 @@ def _public(session, dataset: Dataset) -> DatasetPublic:
     return public
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY))
 def register_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep) -> DatasetPublic:
     try:
         result = scan(
@@ -42,23 +54,23 @@ def list_datasets(
     session: SessionDep,
     offset: Offset = 0,
     limit: RegistryLimit = 100,
-    kind: str | None = None,
-    split: str | None = None,
+    kind: Literal["labeled", "unlabeled"] | None = None,
+    split: Literal["train", "val", "test"] | None = None,
 ) -> DatasetsPublic:
     rows, count = crud.list_datasets(session, offset=offset, limit=limit, kind=kind, split=split)
     return DatasetsPublic(data=[_public(session, d) for d in rows], count=count)
 
 
-@router.get("/{dataset_id}")
-def get_dataset(dataset_id: int, session: SessionDep) -> DatasetPublic:
+@router.get("/{dataset_id}", responses=responses(404))
+def get_dataset(dataset_id: RowId, session: SessionDep) -> DatasetPublic:
     return _public(session, get_or_404(session, Dataset, dataset_id))
 
 
-@router.get("/{dataset_id}/items")
+@router.get("/{dataset_id}/items", responses=responses(404))
 def list_items(
-    dataset_id: int,
+    dataset_id: RowId,
     session: SessionDep,
-    cursor: Cursor = None,
+    cursor: OrdinalCursor = None,
     limit: PageLimit = 1000,
 ) -> ItemsPage:
     get_or_404(session, Dataset, dataset_id)
@@ -66,8 +78,8 @@ def list_items(
     return ItemsPage(data=rows, next_cursor=next_cursor)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: int, session: SessionDep) -> Response:
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
+def delete_dataset(dataset_id: RowId, session: SessionDep) -> Response:
     dataset = get_or_404(session, Dataset, dataset_id)
     jobs = crud.dependent_job_ids(session, dataset_id=dataset_id)
     if jobs:

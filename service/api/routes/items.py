@@ -14,6 +14,8 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 
 from nst import storage
 from nst.config import get_settings
+from service.api.deps import ItemId
+from service.api.errors import responses
 from service.core.db import get_session_factory
 from service.models import Item
 from service.thumbnails import SIZES, ThumbnailError, render
@@ -73,10 +75,13 @@ def _thumbnail(item_id: int, size: int, if_none_match: str | None) -> _Thumbnail
 @router.get(
     "/{item_id}/thumbnail",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "A JPEG within size x size"}},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "A JPEG within size x size"},
+        **responses(304, 403, 404, 415),
+    },
 )
 async def get_thumbnail(
-    item_id: int,
+    item_id: ItemId,
     request: Request,
     size: int = Query(
         128, description=f"Longest side in pixels, one of {SIZES}", json_schema_extra={"enum": list(SIZES)}

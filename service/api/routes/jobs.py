@@ -5,7 +5,8 @@ from fastapi.responses import StreamingResponse
 
 from nst.states import JobState, TeacherStatus
 from service import lifecycle
-from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
+from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, RowId, SessionDep, get_or_404
+from service.api.errors import BODY, responses
 from service.crud import jobs as crud
 from service.exports.labels import labels_jsonl, labels_parquet
 from service.models import Dataset, Job, Teacher
@@ -36,6 +37,8 @@ def job_public(session, job: Job) -> JobPublic:
         top_k=job.top_k,
         full_distribution_max=job.full_distribution_max,
         shard_size=job.shard_size,
+        inference=job.inference,
+        inference_used=crud.inference_used(session, job=job),
         num_classes=job.num_classes,
         items_total=job.items_total,
         items_done=p.items_done,
@@ -63,7 +66,7 @@ def _enqueue(job_id: int, shard_ids: list[int]) -> None:
         ) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 409, 503))
 def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
     teacher = session.get(Teacher, body.teacher_id)
     if teacher is None:
@@ -88,6 +91,14 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
             detail=f"top_k: {body.top_k} exceeds the teacher's {num_classes} classes",
         )
     options = body.model_dump(exclude={"teacher_id", "dataset_id"})
+    if body.temperature == "calibrated":
+        if teacher.calibrated_temperature is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"temperature: teacher {teacher.id} has no calibrated temperature "
+                f"(set one with PUT /teachers/{teacher.id}/temperature)",
+            )
+        options["temperature"] = teacher.calibrated_temperature
     job, shards = crud.create_job(
         session,
         teacher_id=teacher.id,
@@ -107,13 +118,13 @@ def list_jobs(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 10
     return JobsPublic(data=[job_public(session, j) for j in rows], count=count)
 
 
-@router.get("/{job_id}")
-def get_job(job_id: int, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}", responses=responses(404))
+def get_job(job_id: RowId, session: SessionDep) -> JobPublic:
     return job_public(session, get_or_404(session, Job, job_id))
 
 
-@router.post("/{job_id}/cancel")
-def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
+@router.post("/{job_id}/cancel", responses=responses(404, 409))
+def cancel_job(job_id: RowId, session: SessionDep) -> JobPublic:
     job = get_or_404(session, Job, job_id)
     state = crud.progress(session, job=job).state
     if state in (JobState.SUCCEEDED, JobState.CANCELLED):
@@ -123,8 +134,8 @@ def cancel_job(job_id: int, session: SessionDep) -> JobPublic:
     return job_public(session, job)
 
 
-@router.post("/{job_id}/resume")
-def resume_job(job_id: int, session: SessionDep) -> JobPublic:
+@router.post("/{job_id}/resume", responses=responses(404, 409, 503))
+def resume_job(job_id: RowId, session: SessionDep) -> JobPublic:
     """Re-enqueue every unfinished or failed shard. Safe at any time: a shard that runs twice
     writes each label once, and one that already finished returns at once."""
     job = get_or_404(session, Job, job_id)
@@ -136,9 +147,20 @@ def resume_job(job_id: int, session: SessionDep) -> JobPublic:
     return job_public(session, job)
 
 
-@router.get("/{job_id}/labels", response_model=None)
+@router.get(
+    "/{job_id}/labels",
+    response_model=None,
+    responses={
+        200: {
+            "model": LabelsPage,
+            "description": "A page of labels (JSON), or every label as JSONL or Parquet",
+            "content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}},
+        },
+        **responses(404),
+    },
+)
 def get_labels(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     format: Literal["json", "jsonl", "parquet"] = "json",
     cursor: Cursor = None,
@@ -172,16 +194,16 @@ def label_public(label, uri: str) -> LabelPublic:
     )
 
 
-@router.get("/{job_id}/shards")
-def list_shards(job_id: int, session: SessionDep) -> list[ShardPublic]:
+@router.get("/{job_id}/shards", responses=responses(404))
+def list_shards(job_id: RowId, session: SessionDep) -> list[ShardPublic]:
     """Each shard's state, progress and delivery attempts (for operators)."""
     get_or_404(session, Job, job_id)
     return crud.shards(session, job_id=job_id)
 
 
-@router.get("/{job_id}/errors")
+@router.get("/{job_id}/errors", responses=responses(404))
 def get_item_errors(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     cursor: Cursor = None,
     limit: PageLimit = 1000,

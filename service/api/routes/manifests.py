@@ -4,7 +4,8 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
+from service.api.deps import Cursor, HashId, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
+from service.api.errors import BODY, responses
 from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, records
 from service.manifests import reads
 from service.manifests.build import build_manifest, prepare_manifest
@@ -54,7 +55,7 @@ def manifest_public(session, manifest: Manifest) -> ManifestPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 409))
 def create_manifest(body: ManifestCreate, session: SessionDep, response: Response) -> ManifestPublic:
     """Filter and balance the jobs' pseudo labels and join them to the labeled datasets.
 
@@ -87,17 +88,27 @@ def list_manifests(session: SessionDep, offset: Offset = 0, limit: RegistryLimit
     return ManifestsPublic(data=[manifest_public(session, m) for m in rows], count=count)
 
 
-@router.get("/{manifest_id}")
-def get_manifest(manifest_id: str, session: SessionDep) -> ManifestPublic:
+@router.get("/{manifest_id}", responses=responses(404))
+def get_manifest(manifest_id: HashId, session: SessionDep) -> ManifestPublic:
     return manifest_public(session, get_or_404(session, Manifest, manifest_id, column=Manifest.id))
 
 
 # The declared model makes FastAPI serialise the page in pydantic-core; without one it walks
 # every float of every soft target through jsonable_encoder, ten times slower. Streaming
 # responses pass through untouched.
-@router.get("/{manifest_id}/entries", response_model=ManifestEntriesPage)
+@router.get(
+    "/{manifest_id}/entries",
+    response_model=ManifestEntriesPage,
+    responses={
+        200: {
+            "description": "A page of entries (JSON), or every entry as JSONL or Parquet",
+            "content": {"application/x-ndjson": {}, "application/vnd.apache.parquet": {}},
+        },
+        **responses(404),
+    },
+)
 def get_entries(
-    manifest_id: str,
+    manifest_id: HashId,
     session: SessionDep,
     format: Literal["json", "jsonl", "parquet"] = "json",
     cursor: Cursor = None,

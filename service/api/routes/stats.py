@@ -2,7 +2,8 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from service.api.deps import SessionDep, get_or_404
+from service.api.deps import INT32_MAX, RowId, SessionDep, get_or_404
+from service.api.errors import responses
 from service.charts import stats_chart
 from service.crud import stats as crud
 from service.crud.datasets import class_counts
@@ -16,6 +17,8 @@ router = APIRouter(prefix="/jobs", tags=["stats"])
 ThresholdQuery = Query(0.3, ge=0.0, le=1.0, description="Count labels at or above this confidence")
 LabeledQuery = Query(
     None,
+    ge=1,
+    le=INT32_MAX,
     description="Labeled dataset to compare with (same classes, same order); "
     "default: the newest labeled train split whose classes match the teacher's",
 )
@@ -77,9 +80,9 @@ def job_stats(session, job: Job, threshold: float, labeled_dataset_id: int | Non
     )
 
 
-@router.get("/{job_id}/stats")
+@router.get("/{job_id}/stats", responses=responses(404))
 def get_stats(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     threshold: float = ThresholdQuery,
     labeled_dataset_id: int | None = LabeledQuery,
@@ -90,9 +93,16 @@ def get_stats(
     return job_stats(session, get_or_404(session, Job, job_id), threshold, labeled_dataset_id)
 
 
-@router.get("/{job_id}/stats/chart", response_class=Response)
+@router.get(
+    "/{job_id}/stats/chart",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The chart"},
+        **responses(404),
+    },
+)
 def get_stats_chart(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     threshold: float = ThresholdQuery,
     labeled_dataset_id: int | None = LabeledQuery,

@@ -3,16 +3,25 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 
+from nst import storage
+from nst.states import TeacherStatus
 from service import checkpoints
-from service.api.deps import Offset, RegistryLimit, SessionDep, SettingsDep, get_or_404
+from service.api.deps import HashId, Offset, RegistryLimit, SessionDep, SettingsDep, get_or_404
+from service.api.errors import BODY, ErrorPublic, responses
 from service.crud import teachers as crud
 from service.models import Teacher
 from service.queue import QueueUnavailable, enqueue_teacher_validation
 from service.scan import ScanError, resolve_under_roots
-from service.schemas import TeacherCreate, TeacherMetadata, TeacherPublic, TeachersPublic
+from service.schemas import (
+    TeacherCreate,
+    TeacherMetadata,
+    TeacherPublic,
+    TeachersPublic,
+    TeacherTemperature,
+)
 
 router = APIRouter(prefix="/teachers", tags=["teachers"])
 
@@ -34,10 +43,12 @@ def _register(
 ) -> TeacherPublic:
     try:
         sha, path, size, header = checkpoints.store(
-            chunks, name=name, store_dir=settings.artifact_dir / "teachers"
+            chunks, name=name, store_dir=storage.join(settings.artifact_dir, "teachers")
         )
     except checkpoints.CheckpointError as exc:
         raise HTTPException(UNPROCESSABLE, detail=f"file: {exc}") from None
+    except storage.StorageError as exc:  # the artifact store refused or did not answer
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"artifact store: {exc}") from None
     existing = session.get(Teacher, sha)
     if existing is not None:
         response.status_code = status.HTTP_200_OK
@@ -52,7 +63,7 @@ def _register(
         session.commit()
     except BaseException:
         session.rollback()
-        path.unlink(missing_ok=True)  # no teacher row, so no stored file either
+        storage.remove(path)  # no teacher row, so no stored file either
         raise
     try:
         enqueue_teacher_validation(teacher.id)
@@ -82,7 +93,7 @@ def _embedded(header: dict) -> TeacherMetadata:
         raise HTTPException(UNPROCESSABLE, detail=_describe(exc, "metadata")) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 503))
 def register_teacher_by_path(
     body: TeacherCreate, session: SessionDep, settings: SettingsDep, response: Response
 ) -> TeacherPublic:
@@ -90,21 +101,22 @@ def register_teacher_by_path(
     roots = [*settings.data_roots, settings.artifact_dir]
     try:
         path = resolve_under_roots(body.path, roots)
-    except ScanError as exc:
+        found = storage.info(path)
+    except (ScanError, storage.StorageError) as exc:
         raise HTTPException(UNPROCESSABLE, detail=f"path: {exc}") from None
-    if not path.is_file():
+    if found["type"] != "file":
         raise HTTPException(UNPROCESSABLE, detail=f"path: {body.path!r} is not a file")
     return _register(
         session,
         settings,
         response,
-        name=path.name,
+        name=storage.name(path),
         chunks=checkpoints.file_chunks(path),
         metadata=body.metadata,
     )
 
 
-@router.post("/upload", status_code=status.HTTP_201_CREATED)
+@router.post("/upload", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 503))
 def upload_teacher(
     session: SessionDep,
     settings: SettingsDep,
@@ -140,36 +152,64 @@ def list_teachers(
     session: SessionDep,
     offset: Offset = 0,
     limit: RegistryLimit = 100,
-    status_: str | None = Query(None, alias="status"),
+    status_: TeacherStatus | None = Query(None, alias="status"),
 ) -> TeachersPublic:
     rows, count = crud.list_teachers(session, offset=offset, limit=limit, status=status_)
     return TeachersPublic(data=rows, count=count)
 
 
-@router.get("/{teacher_id}")
-def get_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
+@router.get("/{teacher_id}", responses=responses(404))
+def get_teacher(teacher_id: HashId, session: SessionDep) -> TeacherPublic:
     return get_or_404(session, Teacher, teacher_id)
+
+
+@router.put("/{teacher_id}/temperature", responses=responses(404, *BODY))
+def set_temperature(teacher_id: HashId, body: TeacherTemperature, session: SessionDep) -> TeacherPublic:
+    """Store the softmax temperature fitted on a val split (`nst evaluate --fit-temperature`);
+    a job created with `"temperature": "calibrated"` labels with it."""
+    teacher = get_or_404(session, Teacher, teacher_id)
+    teacher.calibrated_temperature = body.temperature
+    session.commit()
+    return teacher
 
 
 @router.get(
     "/{teacher_id}/checkpoint",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file"},
+        502: {"model": ErrorPublic, "description": "The artifact store failed"},
+        **responses(404),
+    },
 )
-def download_checkpoint(teacher_id: str, session: SessionDep) -> FileResponse:
+def download_checkpoint(teacher_id: HashId, session: SessionDep) -> Response:
     """The teacher's safetensors file, whose sha256 is its ID: what `nst evaluate` and any host
     without the service's disk load it from."""
     teacher = get_or_404(session, Teacher, teacher_id)
-    path = Path(teacher.file_path)
-    if not path.is_file():
+    path = storage.location(teacher.file_path)
+    filename = f"teacher-{teacher_id[:16]}.safetensors"
+    try:
+        found = storage.info(path)
+    except storage.ObjectMissing:
+        found = None
+    except storage.StorageError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"teacher {teacher_id}: {exc}") from None
+    if found is None or found["type"] != "file":
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"teacher {teacher_id}: its file is gone")
-    return FileResponse(
-        path, media_type="application/octet-stream", filename=f"teacher-{teacher_id[:16]}.safetensors"
+    if isinstance(path, Path):
+        return FileResponse(path, media_type="application/octet-stream", filename=filename)
+    return StreamingResponse(
+        storage.chunks(path),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(found["size"]),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
     )
 
 
-@router.post("/{teacher_id}/validate", status_code=status.HTTP_202_ACCEPTED)
-def revalidate_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
+@router.post("/{teacher_id}/validate", status_code=status.HTTP_202_ACCEPTED, responses=responses(404, 503))
+def revalidate_teacher(teacher_id: HashId, session: SessionDep) -> TeacherPublic:
     teacher = get_or_404(session, Teacher, teacher_id)
     try:
         enqueue_teacher_validation(teacher.id)
@@ -178,8 +218,8 @@ def revalidate_teacher(teacher_id: str, session: SessionDep) -> TeacherPublic:
     return teacher
 
 
-@router.delete("/{teacher_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_teacher(teacher_id: str, session: SessionDep) -> Response:
+@router.delete("/{teacher_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
+def delete_teacher(teacher_id: HashId, session: SessionDep) -> Response:
     teacher = get_or_404(session, Teacher, teacher_id)
     blockers = crud.dependents(session, teacher_id=teacher_id)
     if blockers:
@@ -187,8 +227,8 @@ def delete_teacher(teacher_id: str, session: SessionDep) -> Response:
             status.HTTP_409_CONFLICT,
             detail=f"teacher {teacher_id} is used by {', '.join(blockers)}; delete those first",
         )
-    path = Path(teacher.file_path)
+    path = storage.location(teacher.file_path)
     session.delete(teacher)
     session.commit()
-    path.unlink(missing_ok=True)
+    storage.remove(path)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
