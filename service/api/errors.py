@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -104,12 +105,21 @@ class BodyLimits:
     rest. Counted as the body arrives, so an oversized one is refused before it is all read."""
 
     def __init__(self, app: ASGIApp, *, body_bytes: int, upload_bytes: int) -> None:
+        self.limits = {False: body_bytes, True: upload_bytes}
         self.body = RequestBodyLimitMiddleware(app, body_bytes)
         self.upload = RequestBodyLimitMiddleware(app, upload_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limited = self.upload if scope.get("path") in UPLOAD_PATHS else self.body
-        await limited(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.body(scope, receive, send)
+        upload = scope["path"] in UPLOAD_PATHS
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limits[upload]:
+            # Refused before a byte is read, in our error shape (Starlette's own answer is text).
+            scope[MAX_BODY_SIZE_SCOPE_KEY] = self.limits[upload]
+            response = await _http_error(Request(scope, receive), HTTPException(413, "Content Too Large"))
+            return await response(scope, receive, send)
+        await (self.upload if upload else self.body)(scope, receive, send)
 
 
 def install(app: FastAPI, *, body_bytes: int, upload_bytes: int) -> None:
