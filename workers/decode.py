@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
+from nst import storage
 from workers.teacher_model import ImageFormat, eval_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
@@ -56,7 +57,9 @@ class ImageFiles(TorchDataset):
         item_id, uri, image_format = key
         transform = eval_transform(image_format)  # outside the try: a bad format is no item's fault
         try:
-            with Image.open(uri) as image:
+            # A URL's bytes through this process's own file system (nst.storage): safe after
+            # the fork; a store that did not answer raises a ConnectionError, transient.
+            with Image.open(storage.openable(uri)) as image:
                 tensor = transform(image.convert(image_format.mode))
             return tensor, item_id, ""
         except Exception as exc:  # any decode failure is recorded on the item
