@@ -62,8 +62,17 @@ def _children(pid: int) -> list[int]:
 
 
 def _ranks(root: int, ranks: int) -> list[int]:
-    """The rank processes: the trainer itself, or torchrun's children."""
-    return [root] if ranks == 1 else _children(root)
+    """The rank processes: the trainer itself, or torchrun's children that run it."""
+    if ranks == 1:
+        return [root]
+    return [pid for pid in _children(root) if b"trainer" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def run_trainer(args, manifest_id: str, api_url: str, out: Path) -> tuple[float, dict[int, int], int]:
