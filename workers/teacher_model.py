@@ -173,7 +173,7 @@ def _pool_index() -> int:
     return getattr(current_process(), "index", None) or 0
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # a teacher in a few modes (bench/label_throughput.py cycles three)
 def cached_teacher(
     teacher_id: str, device: str, mode: str = "eager", batch_size: int = 64
 ) -> tuple[Runner, TeacherSpec]:

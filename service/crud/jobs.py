@@ -51,6 +51,18 @@ def create_job(
     return job, lifecycle.create_shards(session, job=job)
 
 
+def inference_used(session: Session, *, job: Job) -> list[str]:
+    """The inference modes its shards were labeled in, so far."""
+    return list(
+        session.scalars(
+            select(Shard.inference)
+            .where(Shard.job_id == job.id, Shard.inference.is_not(None))
+            .distinct()
+            .order_by(Shard.inference)
+        )
+    )
+
+
 def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobProgress:
     row = session.execute(
         select(
