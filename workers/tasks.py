@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from nst.config import get_settings
 from nst.states import TeacherStatus
+from nst.storage import StorageUnavailable
 from service.core.db import session_scope
 from service.lifecycle import set_teacher_status
 from service.models import Teacher
@@ -61,7 +62,13 @@ def label_shard(shard_id: int) -> dict:
     return result.__dict__
 
 
-@app.task(name=VALIDATE_TEACHER, base=RetryingTask, autoretry_for=TRANSIENT, retry_backoff=2)
+# A store that cannot be reached says nothing about the file: retried, never a verdict.
+@app.task(
+    name=VALIDATE_TEACHER,
+    base=RetryingTask,
+    autoretry_for=(*TRANSIENT, StorageUnavailable),
+    retry_backoff=2,
+)
 def validate_teacher(teacher_id: str) -> str:
     with session_scope() as session:
         teacher = session.get(Teacher, teacher_id)
@@ -71,6 +78,8 @@ def validate_teacher(teacher_id: str) -> str:
     try:
         validate(spec)
         status, reason = TeacherStatus.READY, None
+    except StorageUnavailable:
+        raise
     except InvalidCheckpoint as exc:
         status, reason = TeacherStatus.INVALID, str(exc)
     except Exception as exc:  # safetensors or torch refusing the file is a verdict too
