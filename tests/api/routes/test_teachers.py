@@ -159,3 +159,16 @@ def test_lineage_must_name_a_known_parent(client, teacher_file, tmp_path):
     assert client.delete(f"/teachers/{child.json()['id']}").status_code == 204
     assert client.delete(f"/teachers/{parent['id']}").status_code == 204
     assert _stored_files() == []
+
+
+def test_a_store_that_refuses_the_delete_leaves_an_orphan_file_not_a_500(client, teacher_file, monkeypatch):
+    from nst import storage
+
+    teacher = _upload(client, teacher_file).json()
+
+    def refused(_where):
+        raise storage.AccessDenied("s3://nst-test/teachers/x: access denied")
+
+    monkeypatch.setattr(storage, "remove", refused)
+    assert client.delete(f"/teachers/{teacher['id']}").status_code == 204
+    assert client.get(f"/teachers/{teacher['id']}").status_code == 404
