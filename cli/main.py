@@ -76,7 +76,12 @@ def api(host: str, port: int) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
-    "--concurrency", "-c", default=1, show_default=True, help="Pool processes; one per GPU on a GPU machine."
+    "--concurrency",
+    "-c",
+    default=1,
+    show_default=True,
+    help="Pool processes; on a GPU machine one per GPU: process i labels on GPU i "
+    "(NST_WORKER_DEVICE=cuda:N pins every process to GPU N).",
 )
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int) -> None:
@@ -293,11 +298,24 @@ def jobs() -> None:
     """Labeling jobs."""
 
 
+def _number(option: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        message = f"{value!r} is neither a number nor 'calibrated'"
+        raise click.BadParameter(message, param_hint=option) from None
+
+
 @jobs.command("create")
 @click.option("--teacher", "teacher_id", required=True)
 @click.option("--dataset", "dataset_id", required=True, type=int)
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--temperature", default=1.0, show_default=True)
+@click.option(
+    "--temperature",
+    default="1.0",
+    show_default=True,
+    help="A number, or 'calibrated': the teacher's temperature fitted on a val split.",
+)
 @click.option("--top-k", default=10, show_default=True)
 @click.option("--shard-size", default=1000, show_default=True)
 @click.option("--wait/--no-wait", default=True, help="Show progress until the job ends.")
@@ -308,7 +326,7 @@ def jobs_create(ctx, teacher_id, dataset_id, batch_size, temperature, top_k, sha
             teacher_id=_full_teacher_id(client, teacher_id),
             dataset_id=dataset_id,
             batch_size=batch_size,
-            temperature=temperature,
+            temperature=temperature if temperature == "calibrated" else _number("--temperature", temperature),
             top_k=top_k,
             shard_size=shard_size,
         )
