@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from service.api.deps import INT32_MAX, HashId, RowId, SessionDep
+from service.api.deps import INT32_MAX, HashId, RowId, SessionDep, get_or_404
 from service.api.errors import responses
 from service.browse_schemas import ClassProbability, EntryTile, EntryTilesPage, Tile, TilesPage
 from service.crud import browse as crud
@@ -14,13 +14,6 @@ from service.models import Job
 router = APIRouter(tags=["browse"])
 
 UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
-
-
-def get_job_or_404(session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"job {job_id} not found")
-    return job
 
 
 def filters(
@@ -94,7 +87,7 @@ def browse_labels(
 ) -> TilesPage:
     """The job's labels as the browser shows them: predicted class, confidence, entropy, the
     teacher's top-k and, where the dataset has them, the true label."""
-    job = get_job_or_404(session, job_id)
+    job = get_or_404(session, Job, job_id)
     classes = crud.job_classes(session, job=job)
     _check_class(filters, classes)
     has_truth = crud.job_has_truth(session, job=job)

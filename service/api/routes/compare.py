@@ -3,9 +3,9 @@ class to which, and the flipped items themselves."""
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from service.api.deps import INT32_MAX, INT64_MAX, RowId, SessionDep
+from service.api.deps import INT32_MAX, INT64_MAX, RowId, SessionDep, get_or_404
 from service.api.errors import responses
-from service.api.routes.browse import TopKQuery, get_job_or_404, tile
+from service.api.routes.browse import TopKQuery, tile
 from service.browse_schemas import ClassChange, FlipsPage, FlipTile, JobComparison
 from service.crud import compare as crud
 from service.crud.browse import job_classes
@@ -17,7 +17,7 @@ UNPROCESSABLE = status.HTTP_422_UNPROCESSABLE_CONTENT
 
 
 def _comparable(session, job_id: int, other_job_id: int) -> tuple[Job, Job, list[str]]:
-    job, other = get_job_or_404(session, job_id), get_job_or_404(session, other_job_id)
+    job, other = get_or_404(session, Job, job_id), get_or_404(session, Job, other_job_id)
     if job.dataset_id != other.dataset_id:
         raise HTTPException(
             UNPROCESSABLE,
