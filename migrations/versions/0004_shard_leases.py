@@ -22,9 +22,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(), nullable=True))
         batch.add_column(sa.Column("reaped_count", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("item_errors") as batch:
-        batch.add_column(
-            sa.Column("kind", sa.String(16), nullable=False, server_default="permanent")
-        )
+        batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="permanent"))
 
 
 def downgrade() -> None:
