@@ -35,6 +35,11 @@ class TransientItemErrors(RuntimeError):
     """Some items could not be read this attempt; the shard was released for a later one."""
 
 
+class DecodeProcessDied(RuntimeError):
+    """A decode process died where the shard's own recovery could not catch it; the decode
+    processes were restarted and the task retries the shard."""
+
+
 @dataclass(frozen=True)
 class LabelingSettings:
     """What the labeling loop takes from the worker's settings."""
@@ -71,6 +76,19 @@ def start_shard(shard_id: int) -> tuple[ShardResult | None, list[tuple[int, str]
 
 
 def label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
+    try:
+        return _label_shard(shard_id, settings)
+    except RuntimeError as exc:
+        # PyTorch reports a dead decode process from its SIGCHLD handler, so the error can
+        # surface anywhere in this process (starting the lease thread, a commit), not only
+        # inside the pass that recovers from it.
+        if not str(exc).startswith("DataLoader worker"):
+            raise
+        decode.reset(decode.decoder(settings.device, settings.decode_workers)[0])
+        raise DecodeProcessDied(f"shard {shard_id}: {exc}") from exc
+
+
+def _label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
     result, items, job, attempt = start_shard(shard_id)
     if result is not None:
         return result

@@ -6,8 +6,11 @@ service's Celery app. Settings are read when a task runs, in the worker process.
 
 from __future__ import annotations
 
+import threading
+
 from celery import Task
 from celery.utils.log import get_task_logger
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy.exc import OperationalError
 
 from nst.config import get_settings
@@ -23,11 +26,29 @@ from workers.teacher_model import InvalidCheckpoint, TeacherSpec, validate
 
 logger = get_task_logger(__name__)
 
-# Only a lost or busy database connection, or items whose files could not be read, are worth
-# retrying; anything else would fail again.
-TRANSIENT = (OperationalError, labeling.TransientItemErrors)
+# Only a lost or busy database connection, items whose files could not be read, or a decode
+# process that died are worth retrying; anything else would fail again.
+TRANSIENT = (OperationalError, labeling.TransientItemErrors, labeling.DecodeProcessDied)
 
 app.steps["worker"].add(Reaper)
+# A pool process that died: billiard waits this long for a result it may have sent before
+# requeueing its message (10 s by default). Meanwhile the worker held that message and, with
+# its prefetch spent, took no other: a worker whose pool processes were killed in quick
+# succession sat idle ~18 s. A result that did arrive costs at most a duplicate delivery.
+app.conf.worker_lost_wait = 1.0
+
+
+def _session_per_thread(channel):
+    # kombu's SQLAlchemy transport keeps one session per channel, but a lost pool process's
+    # message is requeued from the pool's supervisor thread while the consumer thread polls:
+    # the shared session broke ("session is in 'prepared' state") and the worker exited.
+    sessions = channel.__dict__.setdefault("_sessions", threading.local())
+    if getattr(sessions, "session", None) is None:
+        sessions.session = channel._open()[1]()
+    return sessions.session
+
+
+kombu_sqlalchemy.Channel.session = property(_session_per_thread)
 
 
 class RetryingTask(Task):
