@@ -2,6 +2,8 @@
 broker on SQLite, or PostgreSQL with Redis), and the job still ends `succeeded` by itself: no
 `resume`, one label per item, progress equal to the labels, no item error.
 
+One stack per backend serves every case (each case leaves it healthy and runs a fresh job);
+the PostgreSQL and Redis servers are the stack's own, so stopping them touches no other test.
 Each case prints ``CHAOS <fault> <stack> recovered_s=... labels=.../... duplicates=...`` (run
 with -s to see it); docs/RELIABILITY.md records those lines.
 """
@@ -9,58 +11,59 @@ with -s to see it); docs/RELIABILITY.md records those lines.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from cli import fashion_mnist
 from cli.localstack import free_port
+from nst.client import NstError
 from tests.utils.stack import Stack, children
 
 pytestmark = pytest.mark.slow
 
-ITEMS = 2000
-# Short bounds: a lost worker's shard comes back within ~3 s, a lost message within ~6 s.
+ITEMS = 600
+SHARD_SIZE = 50  # 12 shards: a fault lands mid-job, with shards queued behind it
+# Short bounds: a dead worker's shard is sent again ~2 s after its last renewal, a lost message
+# ~3 s after the stack went idle; Redis's own redelivery (the visibility timeout) never helps.
 HEALING = {
-    "NST_LEASE_S": "3",
-    "NST_REAPER_INTERVAL_S": "0.5",
-    "NST_UNCLAIMED_S": "6",
-    "NST_VISIBILITY_TIMEOUT_S": "600",  # recovery must not wait for Redis's own redelivery
-    "NST_COMMIT_ROWS": "32",
+    "NST_LEASE_S": "2",
+    "NST_REAPER_INTERVAL_S": "0.25",
+    "NST_UNCLAIMED_S": "3",
+    "NST_VISIBILITY_TIMEOUT_S": "600",
+    "NST_COMMIT_ROWS": "1",  # with batches of one, a shard takes ~0.3 s: a fault lands mid-shard
+    "NST_TASK_MAX_RETRIES": "1",  # so a PostgreSQL outage of a few seconds outlasts the retries
 }
-PG_CLUSTER = ["pg_ctlcluster", "--skip-systemctl-redirect", *os.listdir("/etc/postgresql")[:1], "main"]
+FAULT_AT = 125  # items labeled before the fault: the middle of the third shard
+RECOVERY_TIMEOUT = 120
 
 
 @pytest.fixture(scope="session")
 def pool_images(shared_root) -> Path:
-    """A few thousand real Fashion-MNIST PNGs to label."""
+    """Real Fashion-MNIST PNGs to label."""
     images, labels = fashion_mnist.load("train")
     out = shared_root / "chaos-pool"
     fashion_mnist.write_unlabeled(out, images, labels, range(1000, 1000 + ITEMS))
     return out
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis of the test's own, so restarting it touches no other test."""
-    port = free_port()
-    server = _RedisServer(port, tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 class _RedisServer:
-    def __init__(self, port: int, folder: Path):
-        self.port, self.folder, self.process = port, folder, None
-        self.url = f"redis://127.0.0.1:{port}/0"
+    """A Redis of the stack's own, without persistence: a restart empties it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.process = folder, None
+        self.url = f"redis://127.0.0.1:{free_port()}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        args = ["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.folder)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
         _until(lambda: _pings(self.url), 30, "redis did not start")
@@ -77,124 +80,197 @@ def _pings(url: str) -> bool:
         return False
 
 
+class _PostgresServer:
+    """A PostgreSQL cluster of the stack's own (initdb as the postgres user, since the server
+    refuses to run as root), on a free port; stopped and started by the outage cases."""
+
+    def __init__(self):
+        # Outside pytest's folders: the postgres user cannot enter root's private ones.
+        self.folder, self.port = Path(tempfile.mkdtemp(prefix="nst-chaos-pg-")), free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._as_postgres("initdb", "-D", "data", "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _as_postgres(self, program: str, *args: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        command = [*prefix, str(self.bin / program), *args]
+        done = subprocess.run(command, cwd=self.folder, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres("pg_ctl", "-D", "data", "-o", options, "-l", "log", "-w", "start")
+
+    def stop(self) -> None:
+        self._as_postgres("pg_ctl", "-D", "data", "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ChaosStack(Stack):
+    kind: str
+    redis: _RedisServer | None = None
+    postgres: _PostgresServer | None = None
+    teacher_id: str
+    dataset_id: int
+
+    def live_workers(self) -> list[subprocess.Popen]:
+        return [w for w in self.workers if w.poll() is None]
+
+    def worker(self) -> subprocess.Popen:
+        """The stack's live worker, started if a case left none."""
+        return (self.live_workers() or [self.start_worker()])[0]
+
+    def new_job(self) -> dict:
+        job = self.client.create_job(
+            teacher_id=self.teacher_id, dataset_id=self.dataset_id, shard_size=SHARD_SIZE, batch_size=1
+        )
+        assert job["items_total"] == ITEMS
+        return job
+
+
 @pytest.fixture(
-    params=["embedded", pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis])]
+    scope="module",
+    params=["embedded", pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis])],
 )
-def stack(request, tmp_path):
-    env = dict(HEALING)
+def stack(request, tmp_path_factory, pool_images, teacher_file):
+    base = tmp_path_factory.mktemp(f"chaos-{request.param}")
+    env = {**HEALING, "NST_DATA_DIR": str(base / "nst"), "NST_DATA_ROOTS": str(pool_images.parent)}
+    servers = []
     if request.param == "postgres-redis":
-        env["NST_DATABASE_URL"] = request.getfixturevalue("pg_url")
-        env["NST_BROKER_URL"] = request.getfixturevalue("private_redis").url
-    stack = Stack(tmp_path / "logs", env)
+        (base / "redis").mkdir()
+        servers = [_RedisServer(base / "redis"), _PostgresServer()]
+        env |= {"NST_BROKER_URL": servers[0].url, "NST_DATABASE_URL": servers[1].url}
+    for server in servers:
+        server.start()
+    stack = ChaosStack(base / "logs", env)
+    # Only this stack's settings: none left over from the test that ran before the module.
+    stack.env = {k: v for k, v in stack.env.items() if not k.startswith("NST_") or k in env}
     stack.kind = request.param
-    stack.start_api()
-    yield stack
-    stack.stop()
+    stack.redis, stack.postgres = (servers + [None, None])[:2]
+    try:
+        client = stack.start_api()
+        stack.worker()
+        teacher = client.wait_for_teacher(client.upload_teacher(teacher_file)["id"], timeout=180)
+        stack.teacher_id = teacher["id"]
+        stack.dataset_id = client.register_dataset(name="pool", kind="unlabeled", path=pool_images)["id"]
+        yield stack
+    finally:
+        stack.stop()
+        if stack.redis:
+            stack.redis.stop()
+        if stack.postgres:
+            stack.postgres.remove()
 
 
-def _until(condition, timeout: float, message: str, every: float = 0.05):
+def _until(condition, timeout: float, message, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
-        assert time.monotonic() < deadline, message
+        assert time.monotonic() < deadline, message() if callable(message) else message
         time.sleep(every)
     return value
 
 
-def _start_job(stack, teacher_file, pool_images, **options) -> dict:
-    client = stack.client
-    teacher = client.wait_for_teacher(client.upload_teacher(teacher_file)["id"], timeout=180)
-    dataset = client.register_dataset(name="pool", kind="unlabeled", path=pool_images)
-    options = {"shard_size": 100, "batch_size": 32, **options}
-    return client.create_job(teacher_id=teacher["id"], dataset_id=dataset["id"], **options)
+def _read(stack, call):
+    """The API's answer, or None while it (or its database) is the fault."""
+    try:
+        return call(stack.client)
+    except (httpx.TransportError, NstError):
+        return None
 
 
-def _progress(stack, job_id: int, at_least: int) -> int:
+def _progress(stack, job_id: int, at_least: int = FAULT_AT) -> int:
     def done():
-        try:
-            n = stack.client.job(job_id)["items_done"]
-        except Exception:  # the API itself may be the fault
-            return 0
-        return n if n >= at_least else 0
+        job = _read(stack, lambda c: c.job(job_id))
+        return job["items_done"] if job and job["items_done"] >= at_least else 0
 
-    return _until(done, 180, f"no progress past {at_least}\n{stack.logs()}")
+    return _until(done, 180, lambda: f"no progress past {at_least}\n{stack.logs()}")
 
 
-def _healed(stack, job_id: int, fault: str, since: float, timeout: float = 180) -> dict:
+def _healed(stack, job_id: int, fault: str, since: float) -> dict:
     """Wait for the job to succeed on its own; check it labeled each item once; print the line."""
-    client = stack.client
-    job = client.wait_for_job(job_id, timeout=timeout)
+
+    def finished():
+        job = _read(stack, lambda c: c.job(job_id))
+        return job if job and job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    job = _until(finished, RECOVERY_TIMEOUT, lambda: f"job {job_id} unfinished\n{stack.logs()}", every=0.1)
     recovered = time.monotonic() - since
     assert job["state"] == "succeeded", f"{job}\n{stack.logs()}"
+    client = stack.client
     labels = [label["item_id"] for label in client.labels(job_id)]
     duplicates = len(labels) - len(set(labels))
     assert duplicates == 0 and len(labels) == job["items_total"] == ITEMS
     assert job["items_done"] == len(labels) and job["items_failed"] == 0
     assert list(client.item_errors(job_id)) == []
     shards = client.shards(job_id)
+    assert all(s["state"] == "succeeded" and s["items_done"] == SHARD_SIZE for s in shards)
     print(
         f"\nCHAOS {fault} {stack.kind} recovered_s={recovered:.1f} labels={len(labels)}/{ITEMS} "
-        f"duplicates={duplicates} max_attempts={max(s['attempts'] for s in shards)}"
+        f"duplicates={duplicates} extra_claims={sum(s['attempts'] for s in shards) - len(shards)} "
+        f"max_attempts={max(s['attempts'] for s in shards)}"
     )
     return job
 
 
-def test_sigkill_of_the_worker_main_process(stack, teacher_file, pool_images):
-    worker = stack.start_worker()
-    job = _start_job(stack, teacher_file, pool_images)
-    _progress(stack, job["id"], at_least=200)
+def test_sigkill_of_the_worker_main_process(stack):
+    """The main process alone (its pool process orphaned, then gone too), a fresh worker started."""
+    worker = stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
     stack.kill_main(worker)
-    os.killpg(worker.pid, signal.SIGKILL)  # its orphaned pool process too: all of it is gone
+    os.killpg(worker.pid, signal.SIGKILL)  # its orphaned pool and decode processes too
     since = time.monotonic()
-    assert stack.client.job(job["id"])["state"] == "running"
     stack.start_worker()
     _healed(stack, job["id"], "worker-main-sigkill", since)
 
 
-def test_sigkill_of_a_decode_process(stack, teacher_file, pool_images):
-    worker = stack.start_worker()
-    job = _start_job(stack, teacher_file, pool_images)
-    _progress(stack, job["id"], at_least=200)
+def test_sigkill_of_a_decode_process(stack):
+    worker = stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
     os.kill(stack.decode_child(worker), signal.SIGKILL)  # what the OOM killer does on a large image
     since = time.monotonic()
     _healed(stack, job["id"], "decode-process-sigkill", since)
 
 
 @pytest.mark.parametrize("kills", [1, 3])
-def test_sigkill_of_pool_processes(stack, teacher_file, pool_images, kills):
-    """One pool process killed mid-shard, or three in quick succession (each replacement killed
-    as soon as it appears, whether it took its next message or not)."""
-    worker = stack.start_worker()
-    job = _start_job(stack, teacher_file, pool_images)
-    _progress(stack, job["id"], at_least=200)
+def test_sigkill_of_pool_processes(stack, kills):
+    """One pool process killed mid-shard; or then its replacements too, each killed as soon as it
+    appears, between shards (whether it took its next message or not)."""
+    worker = stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
     since = time.monotonic()
-    killed = set()
+    killed: set[int] = set()
     for _ in range(kills):
-        pid = _until(lambda: next((p for p in _kids(worker) if p not in killed), None), 60, "no pool process")
+        pid = _until(
+            lambda: next((p for p in children(worker.pid) if p not in killed), None), 60, "no pool process"
+        )
         os.kill(pid, signal.SIGKILL)
         killed.add(pid)
     _healed(stack, job["id"], f"pool-process-sigkill-x{kills}", since)
 
 
-def _kids(worker) -> list[int]:
-    return children(worker.pid)
-
-
-def test_two_workers_two_jobs_one_worker_killed(stack, teacher_file, pool_images):
-    first = stack.start_worker()
+def test_two_workers_two_jobs_one_worker_killed(stack):
+    first = stack.worker()
     stack.start_worker()
-    one = _start_job(stack, teacher_file, pool_images)
-    two = stack.client.create_job(teacher_id=one["teacher_id"], dataset_id=one["dataset_id"], shard_size=100)
-    _progress(stack, one["id"], at_least=200)
+    one, two = stack.new_job(), stack.new_job()
+    _progress(stack, one["id"])
     stack.kill_worker(first)
     since = time.monotonic()
     _healed(stack, one["id"], "two-workers-one-killed", since)
-    _healed(stack, two["id"], "two-workers-one-killed(second job)", since)
+    _healed(stack, two["id"], "two-workers-one-killed(second-job)", since)
 
 
-def test_api_killed_and_restarted(stack, teacher_file, pool_images):
-    stack.start_worker()
-    job = _start_job(stack, teacher_file, pool_images)
-    _progress(stack, job["id"], at_least=200)
+def test_api_killed_and_restarted(stack):
+    stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
     os.killpg(stack.api_process.pid, signal.SIGKILL)
     stack.api_process.wait()
     since = time.monotonic()
@@ -202,55 +278,37 @@ def test_api_killed_and_restarted(stack, teacher_file, pool_images):
     _healed(stack, job["id"], "api-sigkill-restart", since)
 
 
-@pytest.mark.redis
-def test_redis_restarted_empty(request, tmp_path, teacher_file, pool_images, private_redis):
-    stack = _production_stack(request, tmp_path, private_redis)
-    try:
-        stack.start_worker()
-        job = _start_job(stack, teacher_file, pool_images)
-        _progress(stack, job["id"], at_least=200)
-        private_redis.stop()  # no persistence: the queued shard messages are gone
-        private_redis.start()
-        since = time.monotonic()
-        _healed(stack, job["id"], "redis-restart-empty", since)
-    finally:
-        stack.stop()
+# The embedded broker is the database file: no broker or database server of its own to restart.
+SERVERS = pytest.mark.parametrize("stack", ["postgres-redis"], indirect=True)
 
 
+@SERVERS
 @pytest.mark.postgres
-@pytest.mark.parametrize("down_s", [0, 12])
-def test_postgres_restarted_or_down(request, tmp_path, teacher_file, pool_images, private_redis, down_s):
-    """PostgreSQL restarted, or down longer than the task retries last (one retry here): the
-    shards delivered meanwhile come back by themselves. The shared server: the outage is short
-    and the server is started again whatever happens."""
-    stack = _production_stack(request, tmp_path, private_redis, NST_TASK_MAX_RETRIES="1")
+@pytest.mark.redis
+def test_redis_restarted_empty(stack):
+    stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
+    stack.redis.stop()  # no persistence: the queued shard messages are gone
+    since = time.monotonic()
+    stack.redis.start()
+    _healed(stack, job["id"], "redis-restart-empty", since)
+
+
+@SERVERS
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize("down_s", [0, 6])
+def test_postgres_restarted_or_down(stack, down_s):
+    """PostgreSQL restarted, or down longer than the task retries last (one retry: a few
+    seconds): the shards delivered meanwhile come back by themselves."""
+    stack.worker()
+    job = stack.new_job()
+    _progress(stack, job["id"])
+    stack.postgres.stop()
+    since = time.monotonic()
     try:
-        stack.start_worker()
-        job = _start_job(stack, teacher_file, pool_images)
-        _progress(stack, job["id"], at_least=200)
-        _postgres_outage(down_s)
-        since = time.monotonic()
-        _healed(stack, job["id"], f"postgres-down-{down_s}s", since)
+        time.sleep(down_s)  # the outage is the fault being injected, not a wait for a condition
     finally:
-        stack.stop()
-
-
-def _production_stack(request, tmp_path, private_redis, **env) -> Stack:
-    env = {
-        **HEALING,
-        "NST_DATABASE_URL": request.getfixturevalue("pg_url"),
-        "NST_BROKER_URL": private_redis.url,
-        **env,
-    }
-    stack = Stack(tmp_path / "logs", env)
-    stack.kind = "postgres-redis"
-    stack.start_api()
-    return stack
-
-
-def _postgres_outage(seconds: float) -> None:
-    subprocess.run([*PG_CLUSTER, "stop", "-m", "fast"], check=True)
-    try:
-        time.sleep(seconds)  # the outage is the fault being injected, not a wait for a condition
-    finally:
-        subprocess.run([*PG_CLUSTER, "start"], check=True)
+        stack.postgres.start()
+    _healed(stack, job["id"], f"postgres-down-{down_s}s", since)
