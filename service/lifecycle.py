@@ -88,6 +88,7 @@ def create_shards(session: Session, *, job: Job) -> list[Shard]:
             items_failed=0,
             attempts=0,
             reaped_count=0,
+            lease_expiries=0,
             enqueued_at=now,
         )
         for i, start in enumerate(range(0, total, size))
@@ -234,6 +235,8 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
         (s, "never claimed") for s in stale
     ]:
         job = session.get(Job, shard.job_id)
+        if why == "lease expired":
+            shard.lease_expiries += 1
         if job.cancelled_at is not None:
             _settle(shard, ShardState.CANCELLED)
         elif max(shard.attempts, shard.reaped_count) >= max_attempts:

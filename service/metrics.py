@@ -103,6 +103,7 @@ class DatabaseCollector(Collector):
                     func.coalesce(func.sum(Shard.items_done), 0),
                     func.coalesce(func.sum(Shard.attempts), 0),
                     func.coalesce(func.sum(Shard.reaped_count), 0),
+                    func.coalesce(func.sum(Shard.lease_expiries), 0),
                     # the reaper's own test for a worker that died (service.lifecycle.reap)
                     func.count().filter(or_(Shard.lease_expires_at.is_(None), Shard.lease_expires_at < now)),
                     func.min(Shard.enqueued_at),
@@ -116,9 +117,9 @@ class DatabaseCollector(Collector):
             )
         shards, by_job, totals = Tally(), {}, Tally()
         oldest_queued = None
-        for job_id, state, count, claimed, done, tries, reaped, lapsed, enqueued in per_job_state:
+        for job_id, state, count, claimed, done, tries, reaped, expiries, lapsed, enqueued in per_job_state:
             shards[state] += count
-            totals.update(labels=done, attempts=tries, reaped=reaped)
+            totals.update(labels=done, attempts=tries, reaped=reaped, expiries=expiries)
             if state == ShardState.RUNNING:
                 totals["lapsed"] += lapsed
             if state == ShardState.QUEUED and enqueued is not None:
@@ -153,6 +154,11 @@ class DatabaseCollector(Collector):
             "nst_shard_reenqueues",
             "Shards the reaper sent again: lease expired (worker died) or message never claimed",
             value=totals["reaped"],
+        )
+        yield CounterMetricFamily(
+            "nst_shard_lease_expiries",
+            "Leases that lapsed on a running shard (its worker died or stalled), as the reaper found them",
+            value=totals["expiries"],
         )
         yield GaugeMetricFamily(
             "nst_shard_leases_expired",

@@ -143,6 +143,7 @@ class Shard(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     reaped_count: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expiries: Mapped[int] = mapped_column(Integer, default=0)  # leases that lapsed on it
 
 
 class Label(Base):

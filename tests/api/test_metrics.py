@@ -85,7 +85,7 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
         session.execute(
             update(Shard)
             .where(Shard.job_id == broken.id)
-            .values(items_done=3, items_failed=2, attempts=4, reaped_count=2)
+            .values(items_done=3, items_failed=2, attempts=4, reaped_count=2, lease_expiries=1)
         )
         # The running shard's worker died: its lease lapsed a minute ago.
         session.execute(
@@ -115,6 +115,7 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
     assert samples["nst_shard_attempts_total"][()] == sum(s["attempts"] for s in shards) == 1 + 1 + 4
     assert samples["nst_shard_reenqueues_total"][()] == 2
     assert samples["nst_shard_leases_expired"][()] == 1
+    assert samples["nst_shard_lease_expiries_total"][()] == 1
     assert 0 < samples["nst_oldest_queued_shard_seconds"][()] < 60  # the queued job's shards, just sent
 
 

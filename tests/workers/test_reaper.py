@@ -78,6 +78,7 @@ def test_a_lapsed_lease_is_sent_again_with_the_reap_counted(job_id):
     assert _reap() == [first.id]
     first, second, _ = _shards(job_id)
     assert (first.state, first.attempts, first.reaped_count) == (ShardState.QUEUED, 1, 1)
+    assert (first.lease_expiries, second.lease_expiries) == (1, 0)
     assert first.lease_expires_at is None and first.enqueued_at > utcnow() - timedelta(seconds=5)
     assert (second.state, second.reaped_count) == (ShardState.RUNNING, 0)
     _claim(first.id)  # its new delivery: one attempt more
@@ -105,6 +106,7 @@ def test_an_unclaimed_shard_is_sent_again_only_once_the_stack_is_idle(job_id):
         session.get(Shard, first.id).finished_at = utcnow() - timedelta(minutes=1)
     assert _reap() == [second.id, third.id]
     assert [s.reaped_count for s in _shards(job_id)] == [0, 1, 1]
+    assert [s.lease_expiries for s in _shards(job_id)] == [0, 0, 0]  # sent again, no lease lapsed
     assert _reap() == []  # just sent: they count as new
 
 
