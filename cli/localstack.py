@@ -29,6 +29,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def celery_worker_args(concurrency: int, *extra: str) -> list[str]:
+    """The command line of a labeling worker: `nst worker` runs it, the local stack spawns it."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "INFO",
+        *extra,
+    ]
+
+
 class LocalStack:
     def __init__(self, log_dir: Path, env: dict[str, str] | None = None, port: int | None = None):
         self.log_dir = Path(log_dir)
@@ -68,24 +87,8 @@ class LocalStack:
 
     def start_worker(self, concurrency: int = 1, **env: str) -> subprocess.Popen:
         name = f"worker{len(self.workers)}-{uuid.uuid4().hex[:6]}"
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.tasks",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--hostname",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ]
+        quiet = ("--without-gossip", "--without-mingle")  # no chatter between the stack's workers
+        args = celery_worker_args(concurrency, "--hostname", f"{name}@%h", *quiet)
         process = self._spawn(name, args, {**self.env, **env})
         self.workers.append(process)
         return process

@@ -86,22 +86,9 @@ def api(host: str, port: int) -> None:
 @click.pass_context
 def worker(ctx: click.Context, concurrency: int) -> None:
     """Run a Celery labeling worker (extra arguments go to `celery worker`)."""
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.tasks",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        str(concurrency),
-        "--pool",
-        "prefork",
-        *ctx.args,
-    ]
-    os.execv(sys.executable, args)
+    from cli.localstack import celery_worker_args
+
+    os.execv(sys.executable, celery_worker_args(concurrency, *ctx.args))
 
 
 # --- datasets -------------------------------------------------------------------------------
