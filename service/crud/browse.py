@@ -99,6 +99,11 @@ def class_mapping(source: list[str] | None, target: list[str]) -> dict[int, int]
     return {i: position[name] for i, name in enumerate(source) if name in position}
 
 
+def mapped_label(mapping: dict[int, int] | None, item_label: int | None) -> int | None:
+    """An item's label as an index of the teacher's classes; None when unknown or not shared."""
+    return mapping.get(item_label) if mapping and item_label is not None else None
+
+
 def _truth_expression(mapping: dict[int, int] | None) -> ColumnElement:
     if mapping is None:
         return literal(None)
@@ -123,6 +128,28 @@ def top_classes(probs: bytes, top_indices: bytes | None, k: int) -> list[tuple[i
     classes = np.arange(len(p)) if top_indices is None else np.frombuffer(top_indices, dtype=np.int32)
     best = np.argsort(-p, kind="stable")[:k]
     return [(int(classes[i]), float(p[i])) for i in best]
+
+
+def label_tile(label: Label, uri: str, true_class: int | None, top_k: int) -> TileRow:
+    return TileRow(
+        item_id=label.item_id,
+        uri=uri,
+        class_index=label.predicted,
+        confidence=label.confidence,
+        entropy=label.entropy,
+        top=top_classes(label.probs, label.top_indices, top_k),
+        rest_mass=label.rest_mass,
+        true_class=true_class,
+    )
+
+
+def _confidence_range(column: ColumnElement, filters: Filters) -> list[ColumnElement]:
+    bounds = []
+    if filters.min_confidence is not None:
+        bounds.append(column >= filters.min_confidence)
+    if filters.max_confidence is not None:
+        bounds.append(column <= filters.max_confidence)
+    return bounds
 
 
 # --- a job's labels ---------------------------------------------------------------------------
@@ -152,10 +179,7 @@ def label_tiles(
     conditions = [Label.job_id == job.id]
     if filters.class_index is not None:
         conditions.append(Label.predicted == filters.class_index)
-    if filters.min_confidence is not None:
-        conditions.append(Label.confidence >= filters.min_confidence)
-    if filters.max_confidence is not None:
-        conditions.append(Label.confidence <= filters.max_confidence)
+    conditions += _confidence_range(Label.confidence, filters)
     if filters.correct is not None:
         conditions.append(_truth_filter(truth, Label.predicted, filters.correct))
     matching = select(Label.item_id).join(Item, Item.id == Label.item_id).where(*conditions)
@@ -171,19 +195,7 @@ def label_tiles(
         .limit(limit + 1)
     )
     rows = session.execute(query).all()
-    tiles = [
-        TileRow(
-            item_id=label.item_id,
-            uri=uri,
-            class_index=label.predicted,
-            confidence=label.confidence,
-            entropy=label.entropy,
-            top=top_classes(label.probs, label.top_indices, top_k),
-            rest_mass=label.rest_mass,
-            true_class=true_class,
-        )
-        for label, uri, true_class in rows
-    ]
+    tiles = [label_tile(label, uri, true_class, top_k) for label, uri, true_class in rows]
     return _cut(tiles, order, limit) + (count,)
 
 
@@ -219,10 +231,7 @@ def entry_tiles(
     conditions = [ManifestEntry.manifest_key == manifest.key]
     if filters.class_index is not None:
         conditions.append(ManifestEntry.target_class == filters.class_index)
-    if filters.min_confidence is not None:
-        conditions.append(ManifestEntry.confidence >= filters.min_confidence)
-    if filters.max_confidence is not None:
-        conditions.append(ManifestEntry.confidence <= filters.max_confidence)
+    conditions += _confidence_range(ManifestEntry.confidence, filters)
     if source is not None:
         conditions.append(ManifestEntry.source == source)
     count = session.scalar(select(func.count()).where(*conditions)) or 0
@@ -254,7 +263,7 @@ def entry_tiles(
                 entropy=label.entropy if label else None,
                 top=top_classes(label.probs, label.top_indices, top_k) if label else [],
                 rest_mass=label.rest_mass if label else None,
-                true_class=mapping.get(item_label) if mapping and item_label is not None else None,
+                true_class=mapped_label(mapping, item_label),
                 source=entry.source,
                 copies=entry.copies,
                 job_id=entry.job_id,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from service.crud.browse import TileRow, class_mapping, top_classes
+from service.crud.browse import TileRow, class_mapping, label_tile, mapped_label
 from service.models import Dataset, Item, Job, Label
 
 _A = aliased(Label, name="a")
@@ -61,16 +61,7 @@ def flip_tiles(
     mapping = class_mapping(session.get(Dataset, job_a.dataset_id).classes, classes)
     flips = [
         (
-            TileRow(
-                item_id=b.item_id,
-                uri=uri,
-                class_index=b.predicted,
-                confidence=b.confidence,
-                entropy=b.entropy,
-                top=top_classes(b.probs, b.top_indices, top_k),
-                rest_mass=b.rest_mass,
-                true_class=mapping.get(item_label) if mapping and item_label is not None else None,
-            ),
+            label_tile(b, uri, mapped_label(mapping, item_label), top_k),
             int(a_class),
             float(a_confidence),
         )
