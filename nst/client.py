@@ -199,10 +199,8 @@ class Client:
     def download_teacher(self, teacher_id: str, out: str | Path) -> Path:
         """The teacher's safetensors file, checked against its ID (the file's sha256)."""
         out = self._download(f"/teachers/{teacher_id}/checkpoint", {}, out)
-        digest = hashlib.sha256()
         with out.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            digest = hashlib.file_digest(handle, "sha256")
         if digest.hexdigest() != teacher_id:
             out.unlink()
             raise ValueError(f"teacher {teacher_id}: the downloaded file's sha256 is {digest.hexdigest()}")

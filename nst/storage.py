@@ -20,6 +20,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from stat import S_ISDIR
 from typing import IO
 from urllib.parse import urlsplit
 
@@ -246,11 +247,11 @@ def info(where: Location) -> dict:
     whenever the content does (mtime locally, the ETag or modification time in a store)."""
     if not is_url(where):
         try:
-            stat = Path(where).stat()
+            found = Path(where).stat()
         except OSError as exc:
             raise translate(exc, where) from None
-        kind = "directory" if Path(where).is_dir() else "file"
-        return {"type": kind, "size": stat.st_size, "version": str(stat.st_mtime_ns)}
+        kind = "directory" if S_ISDIR(found.st_mode) else "file"
+        return {"type": kind, "size": found.st_size, "version": str(found.st_mtime_ns)}
     fs, path = _fs(where)
     try:
         found = fs.info(path)

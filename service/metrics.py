@@ -109,7 +109,7 @@ class DatabaseCollector(Collector):
                     func.min(Shard.enqueued_at),
                 ).group_by(Shard.job_id, Shard.state)
             ).all()
-            jobs = session.scalars(select(Job)).all()
+            jobs = session.execute(select(Job.id, Job.shards_total, Job.cancelled_at)).all()
             # Item errors are rare beside labels, and transient ones are deleted when an attempt
             # reads the item again, so this is a gauge counted over the errors table itself.
             errors = Tally(

@@ -210,10 +210,6 @@ def _cut(tiles: list[TileRow], order: Order, limit: int) -> tuple[list[TileRow],
 # --- a manifest's entries ---------------------------------------------------------------------
 
 
-def manifest_by_id(session: Session, manifest_id: str) -> Manifest | None:
-    return session.scalar(select(Manifest).where(Manifest.id == manifest_id))
-
-
 def entry_tiles(
     session: Session,
     *,

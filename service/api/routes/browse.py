@@ -9,7 +9,7 @@ from service.api.deps import INT32_MAX, HashId, RowId, SessionDep, get_or_404
 from service.api.errors import responses
 from service.browse_schemas import ClassProbability, EntryTile, EntryTilesPage, Tile, TilesPage
 from service.crud import browse as crud
-from service.models import Job
+from service.models import Job, Manifest
 
 router = APIRouter(tags=["browse"])
 
@@ -124,9 +124,7 @@ def browse_entries(
     """The manifest's entries as the browser shows them: what the student trains on, with the
     teacher's top-k for pseudo labels. A confidence bound keeps pseudo entries only; by
     confidence, labeled entries (which have none) come last."""
-    manifest = crud.manifest_by_id(session, manifest_id)
-    if manifest is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"manifest {manifest_id} not found")
+    manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
     _check_class(filters, manifest.classes)
     rows, next_cursor, count = _paging(
         lambda: crud.entry_tiles(
