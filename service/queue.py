@@ -60,6 +60,9 @@ def make_celery() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.worker_prefetch,
+        # Named, not imported: `--pool prefork` (the default) runs this subclass, whose locks a
+        # killed pool process cannot leave held (see workers/pool.py).
+        worker_pool="workers.pool:TaskPool",
         broker_transport_options=_transport_options(settings.broker_url, settings.visibility_timeout_s),
         task_ignore_result=True,
         task_serializer="json",
