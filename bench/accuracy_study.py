@@ -9,12 +9,15 @@ the rest of the training split, the 10,000 test images), registered with a real 
 uvicorn with a real Celery worker (the embedded defaults: SQLite and the SQLAlchemy broker).
 For each seed, ``trainer.iterate`` (what ``nst iterate`` runs) trains the supervised teacher and
 ``--generations`` noisy students; then each ablation runs one generation from that same teacher
-with one ingredient removed, so it compares with generation 1 of the full method:
+with one ingredient changed, so it compares with generation 1 of the full method:
 
-    no-noise     no RandAugment, no dropout, no stochastic depth (crop and flip stay)
-    hard         hard pseudo labels instead of soft
-    no-balance   no per-class balancing
-    no-filter    confidence threshold 0 (every pseudo label kept)
+    no-noise          no RandAugment, no dropout, no stochastic depth (crop and flip stay)
+    input-noise-only  RandAugment, no dropout or stochastic depth
+    model-noise-only  dropout and stochastic depth, no RandAugment
+    noised-teacher    the teacher labels with its noise on (``POST /jobs`` noised_teacher)
+    hard              hard pseudo labels instead of soft
+    no-balance        no per-class balancing
+    no-filter         confidence threshold 0 (every pseudo label kept)
 
 Everything is saved under ``--dir`` as it finishes; running the command again continues where it
 stopped. A seed's results go to ``--results`` (default ``--dir``) as ``seed<N>.json``, with the
@@ -46,6 +49,9 @@ from trainer.iterate import IterateConfig, iterate
 # What each ablation changes in the loop and in the student's training.
 ABLATIONS: dict[str, dict] = {
     "no-noise": {"train": {"randaugment": False, "dropout": 0.0, "drop_path": 0.0}},
+    "input-noise-only": {"train": {"dropout": 0.0, "drop_path": 0.0}},
+    "model-noise-only": {"train": {"randaugment": False}},
+    "noised-teacher": {"loop": {"noised_teacher": True}},
     "hard": {"loop": {"soft": False}},
     "no-balance": {"loop": {"balance": False}},
     "no-filter": {"loop": {"threshold": 0.0}},

@@ -305,9 +305,17 @@ def _number(option: str, value: str) -> float:
 )
 @click.option("--top-k", default=10, show_default=True)
 @click.option("--shard-size", default=1000, show_default=True)
+@click.option(
+    "--noised-teacher",
+    is_flag=True,
+    help="The paper's ablation only: label with the teacher's noise on (RandAugment, dropout, "
+    "stochastic depth).",
+)
 @click.option("--wait/--no-wait", default=True, help="Show progress until the job ends.")
 @click.pass_context
-def jobs_create(ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, wait):
+def jobs_create(
+    ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, noised_teacher, wait
+):
     with _client(ctx) as client:
         job = client.create_job(
             teacher_id=_full_teacher_id(client, teacher_id),
@@ -316,6 +324,7 @@ def jobs_create(ctx, teacher_id, dataset_id, batch_size, temperature, top_k, sha
             temperature=temperature if temperature == "calibrated" else _number("--temperature", temperature),
             top_k=top_k,
             shard_size=shard_size,
+            noised_teacher=noised_teacher,
         )
         if wait:
             job = wait_with_progress(client, job)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     REAL,
     BigInteger,
+    Boolean,
     DateTime,
     Double,
     ForeignKey,
@@ -110,6 +111,7 @@ class Job(Base):
     full_distribution_max: Mapped[int] = mapped_column(Integer)
     shard_size: Mapped[int] = mapped_column(Integer)
     inference: Mapped[str] = mapped_column(String(16), default="auto")  # a mode, or auto
+    noised_teacher: Mapped[bool] = mapped_column(Boolean, default=False)  # an ablation only
     num_classes: Mapped[int] = mapped_column(Integer)
     items_total: Mapped[int] = mapped_column(Integer)
     shards_total: Mapped[int] = mapped_column(Integer)

@@ -180,6 +180,12 @@ class JobCreate(BaseModel):
         description="How the teacher runs: eager (float32, the reference), bf16, compile, "
         "openvino (CPU); auto: the worker's default for its device",
     )
+    noised_teacher: bool = Field(
+        False,
+        description="The paper's ablation, not for real use: label with the teacher's noise on "
+        "(RandAugment on its inputs, dropout 0.5 and stochastic depth 0.2 active, normalisation "
+        "in eval), in eager float32 whatever `inference` says",
+    )
 
     @field_validator("temperature")
     @classmethod
@@ -201,6 +207,7 @@ class JobPublic(BaseModel):
     shard_size: int
     inference: InferenceMode
     inference_used: list[str] = Field(description="The modes that labeled its shards so far")
+    noised_teacher: bool
     num_classes: int
     items_total: int
     items_done: int

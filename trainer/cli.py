@@ -252,6 +252,13 @@ def main() -> None:
 @click.option("--balance/--no-balance", default=True, show_default=True)
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--target-per-class", type=int)
+@click.option(
+    "--noised-teacher/--clean-teacher",
+    default=False,
+    show_default=True,
+    help="The paper's ablation: the teacher labels the pool with its noise on (RandAugment, "
+    "dropout, stochastic depth). The method's teacher is clean.",
+)
 @click.option("--label-batch-size", default=256, show_default=True)
 @click.option("--shard-size", default=2000, show_default=True)
 @click.option("--seed", default=0, show_default=True)

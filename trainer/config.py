@@ -12,17 +12,7 @@ import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field
 
-
-def default_magnitude(image_size: int) -> int:
-    """RandAugment magnitude for an image size: 5 up to 64 px (the authors' SVHN script),
-    6 at 224 px (small EfficientNets), rising to the paper's 27 at 800 px (EfficientNet-L2)."""
-    points = [(64, 5), (224, 6), (800, 27)]
-    if image_size <= points[0][0]:
-        return points[0][1]
-    for (s0, m0), (s1, m1) in zip(points, points[1:], strict=False):
-        if image_size <= s1:
-            return round(m0 + (m1 - m0) * (image_size - s0) / (s1 - s0))
-    return points[-1][1]
+from nst import noise
 
 
 @dataclass
@@ -41,9 +31,9 @@ class Recipe:
     # noise (each switchable, for the paper's ablations)
     randaugment: bool = True
     randaugment_magnitude: int | None = None  # None: default_magnitude(image_size)
-    randaugment_ops: int = 2
-    dropout: float = 0.5
-    drop_path: float = 0.2
+    randaugment_ops: int = noise.RANDAUGMENT_OPS
+    dropout: float = noise.DROPOUT
+    drop_path: float = noise.DROP_PATH
     crop_scale_min: float | None = None  # None: 0.6 below 128 px, else 0.08 (Inception crop)
     hflip: float = 0.0  # off unless asked for: a flip turns digits and text into other classes
 
@@ -67,13 +57,11 @@ class Recipe:
 
     @property
     def magnitude(self) -> int:
-        return self.randaugment_magnitude or default_magnitude(self.image_size)
+        return self.randaugment_magnitude or noise.default_magnitude(self.image_size)
 
     @property
     def randaugment_spec(self) -> str:
-        # mmax lifts timm's clip at 10, as the authors' magnitudes above 10 are not clipped.
-        m = self.magnitude
-        return f"rand-m{m}-n{self.randaugment_ops}-mmax{max(10, m)}"
+        return noise.randaugment_spec(self.image_size, self.magnitude, self.randaugment_ops)
 
     @property
     def crop_scale(self) -> tuple[float, float]:

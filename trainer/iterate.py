@@ -53,6 +53,7 @@ class IterateConfig:
     temperature: float = 1.0
     target_per_class: int | None = None
     # labeling
+    noised_teacher: bool = False  # the paper's ablation: the teacher labels with its noise on
     label_batch_size: int = _operational(256)
     shard_size: int = _operational(2000)
     # training: a template for every model (its recipe compared, the rest operational)
@@ -258,6 +259,7 @@ def _labeling_job(cfg: IterateConfig, client: Client, generation: int, teacher_i
         dataset_id=cfg.unlabeled_dataset_id,
         batch_size=cfg.label_batch_size,
         shard_size=cfg.shard_size,
+        noised_teacher=cfg.noised_teacher,
     )
     _record_labeling(cfg, {"generation": generation, "teacher": teacher_id, "job": job["id"]})
     return job

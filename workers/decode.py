@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
 from nst import storage
-from workers.teacher_model import ImageFormat, eval_transform
+from workers.teacher_model import ImageFormat, image_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
 
@@ -55,7 +55,7 @@ class ImageFiles(TorchDataset):
 
     def __getitem__(self, key: tuple[int, str, ImageFormat]):
         item_id, uri, image_format = key
-        transform = eval_transform(image_format)  # outside the try: a bad format is no item's fault
+        transform = image_transform(image_format)  # outside the try: a bad format is no item's fault
         try:
             # A URL's bytes through this process's own file system (nst.storage): safe after
             # the fork; a store that did not answer raises a ConnectionError, transient.

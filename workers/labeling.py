@@ -1,4 +1,5 @@
-"""Label one shard with its job's teacher, un-noised, and store each soft label exactly once.
+"""Label one shard with its job's teacher, un-noised (noised only for the ablation), and store
+each soft label exactly once.
 
 Plain functions: the Celery task is a thin wrapper, and tests call these without a broker. The
 loop ties the parts together: images decoded in batches (``workers.decode``), a forward pass,
@@ -116,7 +117,7 @@ def _label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
 def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final: bool) -> ShardResult:
     device = settings.device
     mode = inference.resolve(job.inference, device)
-    runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size)
+    runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size, job.noised_teacher)
     with session_scope() as session:  # provenance: the mode that ran, after any fallback
         session.get(Shard, shard_id).inference = runner.mode
     loader, batches = decode.decoder(device, settings.decode_workers)

@@ -1,18 +1,21 @@
 """Build a registered teacher: its timm model with the checked weights, and its un-noised
-preprocessing (the checkpoint's own resize, centre crop and normalisation)."""
+preprocessing (the checkpoint's own resize, centre crop and normalisation); with the paper's
+noise on for the noised-teacher ablation only (``nst.noise``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.data import rand_augment_transform, str_to_pil_interp
 from torch import nn
+from torchvision.transforms import Compose
 
-from nst import storage, transforms
+from nst import noise, storage, transforms
 from nst.config import get_settings
 from nst.teacher_metadata import check_model_kwargs
 from service.core.db import session_scope
@@ -36,6 +39,7 @@ class ImageFormat:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop_pct: float
+    randaugment: str | None = None  # timm's RandAugment spec before the eval transform: the ablation
 
     @property
     def mode(self) -> str:
@@ -73,25 +77,30 @@ class TeacherSpec:
         )
 
 
-def build_model(spec: TeacherSpec) -> nn.Module:
+def build_model(spec: TeacherSpec, *, noised: bool = False) -> nn.Module:
+    """The teacher in eval mode; ``noised``: built with the paper's dropout and stochastic depth
+    (they add no weights) and with them active."""
     try:  # again here: a row written before the API checked them must not name a file either
         check_model_kwargs(dict(spec.model_kwargs))
     except ValueError as exc:
         raise InvalidCheckpoint(f"model_kwargs: {exc}") from None
+    model_kwargs = dict(spec.model_kwargs)
+    if noised:
+        model_kwargs.update(drop_rate=noise.DROPOUT, drop_path_rate=noise.DROP_PATH)
     try:
         model = timm.create_model(
             spec.architecture,
             pretrained=False,
             num_classes=spec.num_classes,
             in_chans=spec.image_format.channels,
-            **dict(spec.model_kwargs),
+            **model_kwargs,
         )
     except (RuntimeError, TypeError, ValueError) as exc:  # timm: "Unknown model (...)"
         raise InvalidCheckpoint(f"architecture {spec.architecture!r} does not build: {exc}") from None
     state = load_file(local_checkpoint(spec.file_path), device="cpu")
     _check_state(model.state_dict(), state, spec)
     model.load_state_dict(state)
-    return model.eval()
+    return noise.model_noise_on(model) if noised else model.eval()
 
 
 def local_checkpoint(file_path: str) -> str:
@@ -125,6 +134,23 @@ def _check_state(
             f"weights do not fit {spec.architecture} with {spec.num_classes} classes and "
             f"{spec.image_format.channels} channel(s): " + "; ".join(problems)
         )
+
+
+@lru_cache(maxsize=8)
+def image_transform(image_format: ImageFormat):
+    """What a decode process applies: the eval transform, after RandAugment for the ablation."""
+    clean = eval_transform(image_format)
+    if image_format.randaugment is None:
+        return clean
+    augment = rand_augment_transform(
+        image_format.randaugment,
+        {  # as timm's training transform sets them for the same image size and mean
+            "translate_const": int(image_format.image_size * 0.45),
+            "img_mean": tuple(min(255, round(255 * m)) for m in image_format.mean),
+            "interpolation": str_to_pil_interp(image_format.interpolation),
+        },
+    )
+    return Compose([augment, clean])
 
 
 @lru_cache(maxsize=8)
@@ -175,11 +201,17 @@ def _pool_index() -> int:
 
 @lru_cache(maxsize=4)  # a teacher in a few modes (bench/label_throughput.py cycles three)
 def cached_teacher(
-    teacher_id: str, device: str, mode: str = "eager", batch_size: int = 64
+    teacher_id: str, device: str, mode: str = "eager", batch_size: int = 64, noised: bool = False
 ) -> tuple[Runner, TeacherSpec]:
     """Loaded and prepared once per worker process (lazily, after the fork) and teacher, and
-    reused by every shard; a job with another mode or batch size prepares its own."""
+    reused by every shard; a job with another mode or batch size prepares its own. A noised
+    teacher runs in eager float32 (a compiled or converted graph would fix its noise) and its
+    spec's image format carries the RandAugment its decode processes apply."""
     with session_scope() as session:
         spec = TeacherSpec.from_row(session.get(Teacher, teacher_id))
-    model = build_model(spec).to(device)
+    if noised:
+        augment = noise.randaugment_spec(spec.image_format.image_size)
+        spec = replace(spec, image_format=replace(spec.image_format, randaugment=augment))
+        mode = "eager"
+    model = build_model(spec, noised=noised).to(device)
     return prepare(model, spec.image_format.shape, device, mode, batch_size), spec

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from nst.noise import default_magnitude
 from nst.transforms import eval_transform
-from trainer.config import Recipe, default_magnitude
+from trainer.config import Recipe
 from trainer.data import EndlessSampler, train_transform
 from trainer.train import build_model, pseudo_loss, soft_cross_entropy
 

@@ -39,6 +39,7 @@ def job_public(session, job: Job) -> JobPublic:
         shard_size=job.shard_size,
         inference=job.inference,
         inference_used=crud.inference_used(session, job=job),
+        noised_teacher=job.noised_teacher,
         num_classes=job.num_classes,
         items_total=job.items_total,
         items_done=p.items_done,
