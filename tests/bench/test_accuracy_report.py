@@ -50,8 +50,9 @@ def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(t
     assert _line(text, "| full method ")[1:3] == ["0, 1", "85.00 ± 1.41"]
     # Never run anywhere: no row, which would read as a measured result.
     assert not [line for line in text.splitlines() if line.startswith(("| no-balance", "| no-filter"))]
-    assert "Seed 0: ablations not run yet: no-balance, no-filter." in text
-    assert "Seed 1: ablations not run yet: hard, no-balance, no-filter." in text
+    noise_split = "input-noise-only, model-noise-only, noised-teacher"
+    assert f"Seed 0: ablations not run yet: {noise_split}, no-balance, no-filter." in text
+    assert f"Seed 1: ablations not run yet: {noise_split}, hard, no-balance, no-filter." in text
     # Error 20% -> 16% and 18% -> 14%: 20.0% and 22.2% lower.
     assert "(per seed: 20.0, 22.2)" in text
     assert (tmp_path / "results.png").stat().st_size > 0
