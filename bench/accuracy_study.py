@@ -225,6 +225,17 @@ def _ablation_changes(results: dict, seeds: list[int]) -> dict[str, dict[int, fl
     return changes
 
 
+def _paired_p(changes: list[float]) -> str:
+    """The two-sided p of a paired t-test over seeds (each change is an ablation's top-1 minus
+    its seed's full generation 1): the one-sample t-test of the changes against 0, which is what
+    ``scipy.stats.ttest_rel`` computes. Needs two seeds and changes that are not all equal."""
+    if len(changes) < 2 or len(set(changes)) == 1:
+        return "-"
+    from scipy import stats
+
+    return f"{stats.ttest_1samp(changes, 0.0).pvalue:.3f}"
+
+
 def report(results: dict, classes: list[str], out: Path) -> str:
     """Markdown tables over seeds: generations, ablations, per-class accuracy, timings."""
     seeds = sorted(results)
@@ -264,20 +275,21 @@ def report(results: dict, classes: list[str], out: Path) -> str:
         "Ablations, one generation from the same teacher (compare with generation 1); an "
         "ablation's change is taken over the seeds that ran it, against those seeds' generation 1:",
         "",
-        "| student | seeds | test top-1 (%) | change vs full method (points) | pseudo-label acc, kept (%) |",
-        "|---|---|---|---|---|",
+        "| student | seeds | test top-1 (%) | change vs full method (points) | paired t-test p (two-sided) | "
+        "pseudo-label acc, kept (%) |",
+        "|---|---|---|---|---|---|",
     ]
     full = [m[1]["student_top1"] for m in mains]
     kept = _mean_std([m[1]["pseudo_acc_kept"] for m in mains])
     lines.append(
-        f"| full method (generation 1) | {', '.join(map(str, seeds))} | {_mean_std(full)} | 0 | {kept} |"
+        f"| full method (generation 1) | {', '.join(map(str, seeds))} | {_mean_std(full)} | 0 | - | {kept} |"
     )
     for name, ran in _ablation_changes(results, seeds).items():
         top1 = [results[s]["ablations"][name]["student_top1"] for s in ran]
         kept = _mean_std([results[s]["ablations"][name]["pseudo_acc_kept"] for s in ran])
         lines.append(
             f"| {name} | {', '.join(map(str, ran))} | {_mean_std(top1)} | "
-            f"{_mean_std(list(ran.values()))} | {kept} |"
+            f"{_mean_std(list(ran.values()))} | {_paired_p(list(ran.values()))} | {kept} |"
         )
     final = [results[s]["per_class"].get(str(generations - 1)) for s in seeds]
     first = [results[s]["per_class"].get("0") for s in seeds]

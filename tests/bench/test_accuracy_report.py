@@ -45,8 +45,10 @@ def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(t
     # Both seeds lose 1 and 2 points against their own generation 1: -1.50 ± 0.71, whatever the
     # seeds' difference in level (a comparison of means would mix it in).
     assert _line(text, "| no-noise ")[1:4] == ["0, 1", "83.50 ± 0.71", "-1.50 ± 0.71"]
+    # Paired over the two seeds: t = -1.5 / (0.71 / sqrt 2) = -3 on one degree of freedom.
+    assert _line(text, "| no-noise ")[4] == "0.205"
     # Hard labels ran in seed 0 only: its own change, not one against the mean over both seeds.
-    assert _line(text, "| hard ")[1:4] == ["0", "84.50", "0.50"]
+    assert _line(text, "| hard ")[1:5] == ["0", "84.50", "0.50", "-"]  # one seed: no test
     assert _line(text, "| full method ")[1:3] == ["0, 1", "85.00 ± 1.41"]
     # Never run anywhere: no row, which would read as a measured result.
     assert not [line for line in text.splitlines() if line.startswith(("| no-balance", "| no-filter"))]
