@@ -164,7 +164,9 @@ def claim_shard(session: Session, *, shard_id: int) -> ShardResult | None:
         return _settle(shard, ShardState.FAILED, reason)
     if not session.scalar(select(exists().where(Shard.job_id == job.id, Shard.started_at.is_not(None)))):
         log_event("job.running", job=job.id)
-    shard.state, shard.attempts, shard.error = ShardState.RUNNING, shard.attempts + 1, None
+    # Counted in SQL: SQLite ignores FOR UPDATE, so two copies claiming at once both read the
+    # same count, and an increment made in Python would lose one of them.
+    shard.state, shard.attempts, shard.error = ShardState.RUNNING, Shard.attempts + 1, None
     shard.started_at = shard.started_at or utcnow()
     shard.lease_expires_at = utcnow() + timedelta(seconds=get_settings().lease_s)
     log_event("shard.running", job=job.id, shard=shard.id, index=shard.index, attempt=shard.attempts)
