@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -55,18 +56,34 @@ def test_a_replacement_runs_tasks_after_an_idle_process_is_killed():
         pool.terminate()
 
 
+def _billiard_pool_runs_a_task_after_a_kill(result) -> None:
+    """In a process group of its own, so the wedged pool and its replacements can be killed whole:
+    a wedged billiard pool in the test process would hang the interpreter's exit."""
+    os.setpgrp()
+    pool = BilliardPool(processes=1)
+    try:
+        _kill_idle_process_then_run(pool)
+        result.send("ran")
+    except multiprocessing.TimeoutError:
+        result.send("wedged")
+    os._exit(0)  # skip billiard's exit handlers, which would wait on the wedged pool
+
+
 @pytest.mark.slow
 def test_billiards_own_pool_wedges_there():
     """The fault the pool above exists for: with billiard's semaphore, the replacement waits on a
     lock the dead process holds, and the task never runs."""
-    pool = BilliardPool(processes=1)
+    fork = multiprocessing.get_context("fork")
+    received, result = fork.Pipe(duplex=False)
+    child = fork.Process(target=_billiard_pool_runs_a_task_after_a_kill, args=(result,))
+    child.start()
     try:
-        with pytest.raises(multiprocessing.TimeoutError):
-            _kill_idle_process_then_run(pool)
+        assert received.poll(90), "the child reported nothing"
+        assert received.recv() == "wedged"
     finally:
-        pool.close()  # no more replacements
-        for process in pool._pool:
-            os.kill(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.join(10)
 
 
 def test_the_worker_runs_this_pool():
