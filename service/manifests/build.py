@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from service.manifests import selection
 from service.manifests.addressing import canonical_params, content_id
 from service.manifests.validation import validate_inputs
-from service.models import Dataset, Item, Job, Manifest, ManifestClass, ManifestEntry, ManifestInput
+from service.models import Dataset, Item, Job, Manifest, ManifestClass, ManifestInput
 from service.schemas import ManifestCreate
 
 
@@ -62,12 +62,33 @@ def _add_inputs(session: Session, prepared: PreparedManifest, *, manifest_key: i
     session.add_all(inputs)
 
 
+def _planned_counts(*, available: int, target: int | None) -> tuple[int, int]:
+    """A class's pseudo entries and samples, as ``selection.insert_pseudo_entries`` writes them:
+    every label at or above the threshold once without balancing; with it, ``target`` samples
+    over ``min(available, target)`` images (a short class repeats each of its images, a full one
+    keeps ``target`` of them once)."""
+    if target is None:
+        return available, available
+    return min(available, target), target if available else 0
+
+
 def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int) -> None:
+    """Each class's threshold, target and counts, decided before any entry is written: the
+    entries follow the plan exactly (tests/crud/test_selection.py checks the counts against
+    them), so no pass over the written entries is needed to count them."""
     params, num_classes = prepared.params, len(prepared.classes)
+    labeled_ids = [d.id for d in prepared.labeled]
+    labeled = [0] * num_classes
+    if labeled_ids:
+        labeled = _labeled_counts(session, dataset_ids=labeled_ids, num_classes=num_classes)
     if not prepared.jobs:
         session.add_all(
             ManifestClass(
-                manifest_key=manifest_key, class_index=i, labeled=0, pseudo_unique=0, pseudo_with_copies=0
+                manifest_key=manifest_key,
+                class_index=i,
+                labeled=labeled[i],
+                pseudo_unique=0,
+                pseudo_with_copies=0,
             )
             for i in range(num_classes)
         )
@@ -75,9 +96,6 @@ def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int
         return
     threshold = params["threshold"]
     histogram = selection.pool_histogram(session, job_ids=params["job_ids"], threshold=threshold)
-    labeled = []
-    if params["balance"] and params["target_mode"] == "labeled_distribution":
-        labeled = _labeled_counts(session, dataset_ids=params["labeled_dataset_ids"], num_classes=num_classes)
     pool_size = sum(sum(bins.values()) for bins in histogram.values())
     targets = _targets(params, labeled=labeled, pool_size=pool_size, num_classes=num_classes)
     rows = []
@@ -85,6 +103,7 @@ def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int
         class_threshold, available, cutoff = selection.class_plan(
             histogram.get(i, {}), threshold=threshold, target=target, per_class=params["per_class_thresholds"]
         )
+        unique, with_copies = _planned_counts(available=available, target=target)
         rows.append(
             ManifestClass(
                 manifest_key=manifest_key,
@@ -93,31 +112,13 @@ def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int
                 target=target,
                 available=available,
                 cutoff=cutoff,
-                labeled=0,
-                pseudo_unique=0,
-                pseudo_with_copies=0,
+                labeled=labeled[i],
+                pseudo_unique=unique,
+                pseudo_with_copies=with_copies,
             )
         )
     session.add_all(rows)
     session.flush()
-
-
-def _record_counts(session: Session, *, manifest_key: int) -> None:
-    rows = session.execute(
-        select(ManifestEntry.source, ManifestEntry.target_class, func.count(), func.sum(ManifestEntry.copies))
-        .where(ManifestEntry.manifest_key == manifest_key)
-        .group_by(ManifestEntry.source, ManifestEntry.target_class)
-    )
-    counts: dict[int, dict] = {}
-    for source, index, unique, copies in rows:
-        empty = {"labeled": 0, "pseudo_unique": 0, "pseudo_with_copies": 0}
-        row = counts.setdefault(index, {"manifest_key": manifest_key, "class_index": index, **empty})
-        if source == "labeled":
-            row["labeled"] = unique
-        else:
-            row["pseudo_unique"], row["pseudo_with_copies"] = unique, int(copies)
-    if counts:
-        session.execute(update(ManifestClass), list(counts.values()))
 
 
 def build_manifest(session: Session, *, prepared: PreparedManifest) -> Manifest:
@@ -144,5 +145,4 @@ def build_manifest(session: Session, *, prepared: PreparedManifest) -> Manifest:
             keep_most_confident=not params["per_class_thresholds"],
             seed=params["seed"] or 0,
         )
-    _record_counts(session, manifest_key=key)
     return manifest

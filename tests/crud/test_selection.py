@@ -4,7 +4,7 @@ implementation, and across SQLite and PostgreSQL."""
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from service.core.db import session_scope
 from service.exports.manifests import records
@@ -31,10 +31,45 @@ def teacher(db):
 
 
 def build(**request) -> int:
-    """The new manifest's key."""
+    """The new manifest's key, once its recorded counts are checked against its entries."""
     with session_scope() as session:
         prepared = prepare_manifest(session, request=ManifestCreate(**request))
-        return build_manifest(session, prepared=prepared).key
+        manifest_key = build_manifest(session, prepared=prepared).key
+    assert recorded_counts(manifest_key) == counted_entries(manifest_key)
+    return manifest_key
+
+
+def recorded_counts(manifest_key: int) -> dict[int, tuple[int, int, int]]:
+    """class -> (labeled, pseudo unique, pseudo with copies), as the build recorded them."""
+    with session_scope() as session:
+        rows = session.scalars(select(ManifestClass).where(ManifestClass.manifest_key == manifest_key))
+        return {r.class_index: (r.labeled, r.pseudo_unique, r.pseudo_with_copies) for r in rows}
+
+
+def counted_entries(manifest_key: int) -> dict[int, tuple[int, int, int]]:
+    """The same, counted over the entries written."""
+    with session_scope() as session:
+        classes = session.scalars(
+            select(ManifestClass.class_index).where(ManifestClass.manifest_key == manifest_key)
+        ).all()
+        counts = dict.fromkeys(classes, (0, 0, 0))
+        rows = session.execute(
+            select(
+                ManifestEntry.target_class,
+                ManifestEntry.source,
+                func.count(),
+                func.sum(ManifestEntry.copies),
+            )
+            .where(ManifestEntry.manifest_key == manifest_key)
+            .group_by(ManifestEntry.target_class, ManifestEntry.source)
+        )
+        for index, source, unique, samples in rows:
+            labeled, pseudo_unique, pseudo_samples = counts[index]
+            if source == "labeled":
+                counts[index] = (unique, pseudo_unique, pseudo_samples)
+            else:
+                counts[index] = (labeled, unique, int(samples))
+        return counts
 
 
 def copies(manifest_key: int) -> dict[int, int]:
