@@ -19,6 +19,11 @@ with one ingredient changed, so it compares with generation 1 of the full method
     no-balance        no per-class balancing
     no-filter         confidence threshold 0 (every pseudo label kept)
 
+With ``--oracle``, each student architecture is also trained on all 60,000 training labels with
+the students' budget (the same steps, and as many images per step as a student's labeled and
+pseudo-labeled images together), and the report gives each generation's share of the gap
+between its teacher and that oracle: (student - teacher) / (oracle - teacher), top-1.
+
 Everything is saved under ``--dir`` as it finishes; running the command again continues where it
 stopped. A seed's results go to ``--results`` (default ``--dir``) as ``seed<N>.json``, with the
 budget they were run with, after its generations and again after each ablation (a temporary
@@ -60,6 +65,16 @@ ABLATIONS: dict[str, dict] = {
 
 def _say(message: str) -> None:
     print(f"[study] {message}", flush=True)
+
+
+def _all_labeled(client, work: Path, ids: dict, images_dir: Path) -> int:
+    """The oracle's dataset, registered once (added to the saved IDs)."""
+    if "all_labeled" not in ids:
+        path = fashion_mnist.prepare_all_labeled(images_dir)
+        dataset = client.register_dataset(name="all-labeled", kind="labeled", split="train", path=path)
+        ids["all_labeled"] = dataset["id"]
+        (work / "datasets.json").write_text(json.dumps(ids))
+    return ids["all_labeled"]
 
 
 def _datasets(client, work: Path, images: dict) -> dict:
@@ -112,6 +127,27 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
         seed=seed,
         threshold=args.threshold,
     )
+
+
+def _oracle_config(main: IterateConfig, all_labeled_id: int, architecture: str, out: Path) -> IterateConfig:
+    """A supervised run of ``architecture`` on every training label, with a student's budget."""
+    recipe = main.train.recipe
+    per_step = recipe.batch_size + recipe.pseudo_batch_size
+    return dataclasses.replace(
+        main,
+        labeled_dataset_id=all_labeled_id,
+        generations=0,
+        teacher_architecture=architecture,
+        teacher_steps=recipe.steps,
+        out_dir=str(out),
+        train=dataclasses.replace(main.train, recipe=dataclasses.replace(recipe, batch_size=per_step)),
+    )
+
+
+def _student_archs(args) -> list[str]:
+    """The architecture of each generation's student, in order (the last repeats)."""
+    students = args.students.split(",")
+    return [students[min(g, len(students) - 1)] for g in range(args.generations)]
 
 
 def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path) -> IterateConfig:
@@ -264,6 +300,7 @@ def report(results: dict, classes: list[str], out: Path) -> str:
             f"{statistics.mean(r.get('pseudo_with_copies', 0) for r in rows):,.0f} | "
             f"{statistics.mean(minutes):.1f} |"
         )
+    lines += _oracle_lines(results, seeds, generations)
     teacher_err = [1 - m[0]["student_top1"] for m in mains]
     last_err = [1 - m[generations - 1]["student_top1"] for m in mains]
     reduction = [1 - last / first for first, last in zip(teacher_err, last_err, strict=True)]
@@ -309,6 +346,35 @@ def report(results: dict, classes: list[str], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _oracle_lines(results: dict, seeds: list[int], generations: int) -> list[str]:
+    """Each generation's share of the teacher-to-oracle gap, over the seeds with an oracle."""
+    ran = [s for s in seeds if results[s].get("oracle")]
+    if not ran:
+        return []
+    lines = [
+        "",
+        f"The oracle: each student architecture trained on all 60,000 training labels with the "
+        f"students' budget (seeds {', '.join(map(str, ran))}); a generation's share of the gap is "
+        "(student - teacher) / (oracle - teacher):",
+        "",
+        "| generation | model | oracle top-1 (%) | student top-1 (%) | share of the gap closed (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for g in range(1, generations):
+        rows = [(results[s]["main"][0], results[s]["main"][g]) for s in ran]
+        arch = rows[0][1]["student_arch"]
+        oracle = [results[s]["oracle"][arch]["student_top1"] for s in ran]
+        shares = [
+            (student["student_top1"] - teacher["student_top1"]) / (top - teacher["student_top1"])
+            for (teacher, student), top in zip(rows, oracle, strict=True)
+        ]
+        lines.append(
+            f"| {g} | {arch} | {_mean_std(oracle)} | {_mean_std([r[1]['student_top1'] for r in rows])} | "
+            f"{_mean_std(shares)} |"
+        )
+    return lines
+
+
 def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None:
     import matplotlib
 
@@ -352,6 +418,20 @@ def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None
     plt.close(fig)
 
 
+def _oracles(args, client, ids: dict, images_dir: Path, main_cfg, result: dict, saved: Path) -> None:
+    """Train the oracle of each student architecture the seed lacks; saved after each."""
+    all_labeled_id = _all_labeled(client, args.dir, ids, images_dir)
+    oracle = result.setdefault("oracle", {})
+    for arch in dict.fromkeys(_student_archs(args)):
+        if arch in oracle:
+            continue
+        out = args.dir / f"seed{main_cfg.seed}" / f"oracle-{arch}"
+        _say(f"seed {main_cfg.seed}: oracle {arch} on all training labels -> {out}")
+        (row,) = iterate(_oracle_config(main_cfg, all_labeled_id, arch, out), client)
+        oracle[arch] = {"student_top1": row["student_top1"], "seconds": row["seconds"]}
+        _write_seed(saved, result)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -376,6 +456,9 @@ def main() -> None:
         "--results", type=Path, default=None, help="where each finished seed's JSON goes (default: --dir)"
     )
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated; empty: none")
+    parser.add_argument(
+        "--oracle", action="store_true", help="also train each student architecture on all 60,000 labels"
+    )
     args = parser.parse_args()
     args.dir = args.dir.resolve()
     ablations = [a for a in args.ablations.split(",") if a]
@@ -408,10 +491,12 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             saved = results_dir / f"seed{seed}.json"
             result = _checked(saved, budget) if saved.exists() else None
-            if result and set(ablations) <= set(result["ablations"]):
-                _say(f"seed {seed}: done before ({saved})")
-                continue
             main_cfg = _main_config(args, client, ids, truth, seed)
+            if result and set(ablations) <= set(result["ablations"]):
+                _say(f"seed {seed}: generations and ablations done before ({saved})")
+                if args.oracle:
+                    _oracles(args, client, ids, images_dir, main_cfg, result, saved)
+                continue
             if result and not Path(main_cfg.out_dir, "iterate.json").exists():
                 again = _teacher_again(main_cfg, client, result["main"][0])
                 result.setdefault("teacher_again_top1", []).append(again["student_top1"])
@@ -437,6 +522,8 @@ def main() -> None:
                 ablation_rows = iterate(_ablation_config(main_cfg, teacher_id, name, out), client)
                 result["ablations"][name] = ablation_rows[-1]
                 _write_seed(saved, result)
+            if args.oracle:
+                _oracles(args, client, ids, images_dir, main_cfg, result, saved)
     results = _load_results(results_dir, budget)
     text = report(results, ids["classes"], args.dir)
     (args.dir / "results.md").write_text(text)

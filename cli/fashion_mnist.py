@@ -70,6 +70,18 @@ def split_indices(
     return np.sort(labeled), np.sort(pool)
 
 
+def prepare_all_labeled(out: Path, *, source: Path = DEFAULT_DIR) -> Path:
+    """Every training image in ImageFolder layout under ``out/all-labeled`` (skipped when there):
+    the accuracy study's oracle, which learns from all 60,000 labels."""
+    path = out / "all-labeled"
+    if not path.exists():
+        images, labels = load("train", source)
+        partial = out / "all-labeled.partial"
+        write_image_folder(partial, images, labels, range(len(labels)))
+        partial.rename(path)  # whole or absent: an interrupted write is redone, not reused
+    return path
+
+
 def prepare(
     out: Path,
     *,

@@ -58,3 +58,48 @@ def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(t
     # Error 20% -> 16% and 18% -> 14%: 20.0% and 22.2% lower.
     assert "(per seed: 20.0, 22.2)" in text
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_each_generation_reports_its_share_of_the_gap_to_the_oracle(tmp_path):
+    results = {
+        0: {
+            "main": [_row(0, 0.70), _row(1, 0.76)],
+            "ablations": {},
+            "per_class": {},
+            "oracle": {"regnetx_004": {"student_top1": 0.80, "seconds": 60.0}},
+        },
+        1: {"main": [_row(0, 0.72), _row(1, 0.80)], "ablations": {}, "per_class": {}},
+    }
+    text = accuracy_study.report(results, [str(c) for c in range(10)], tmp_path)
+    # Seed 0 alone has an oracle: (76 - 70) / (80 - 70) = 60% of the gap.
+    assert "(seeds 0)" in text
+    assert _line(text, "| 1 | regnetx_004 | 80.00 ")[2:] == ["80.00", "76.00", "60.00"]
+
+
+def test_without_an_oracle_there_is_no_gap_table(tmp_path):
+    results = {0: {"main": [_row(0, 0.70), _row(1, 0.76)], "ablations": {}, "per_class": {}}}
+    text = accuracy_study.report(results, [str(c) for c in range(10)], tmp_path)
+    assert "oracle" not in text
+
+
+def test_the_oracle_trains_each_student_architecture_with_a_students_images_per_step():
+    import argparse
+    from pathlib import Path
+
+    from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
+    from trainer.iterate import IterateConfig
+
+    main = IterateConfig(
+        labeled_dataset_id=1,
+        unlabeled_dataset_id=2,
+        generations=3,
+        train=TrainConfig(
+            ServiceLink(manifest_id=""), Recipe(steps=1000, batch_size=32, pseudo_ratio=3.0), Runtime()
+        ),
+    )
+    oracle = accuracy_study._oracle_config(main, 9, "regnetx_006", Path("/tmp/oracle"))
+    assert (oracle.labeled_dataset_id, oracle.generations) == (9, 0)
+    assert oracle.teacher_architecture == "regnetx_006"
+    assert (oracle.teacher_steps, oracle.train.recipe.batch_size) == (1000, 128)
+    args = argparse.Namespace(students="regnetx_004,regnetx_006", generations=3)
+    assert accuracy_study._student_archs(args) == ["regnetx_004", "regnetx_006", "regnetx_006"]
