@@ -1,7 +1,12 @@
 """The accuracy study's report (bench/accuracy_study.py): the numbers that go into
 docs/RESULTS.md, including a study whose seeds have not all run every ablation yet."""
 
+import argparse
+from pathlib import Path
+
 from bench import accuracy_study
+from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
+from trainer.iterate import IterateConfig
 
 
 def _row(generation: int, top1: float) -> dict:
@@ -83,12 +88,6 @@ def test_without_an_oracle_there_is_no_gap_table(tmp_path):
 
 
 def test_the_oracle_trains_each_student_architecture_with_a_students_images_per_step():
-    import argparse
-    from pathlib import Path
-
-    from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
-    from trainer.iterate import IterateConfig
-
     main = IterateConfig(
         labeled_dataset_id=1,
         unlabeled_dataset_id=2,
