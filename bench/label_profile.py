@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="cProfile rows to print; 0: no cProfile")
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument(
+        "--inference", default="eager", help="the job's inference mode (workers/inference.py)"
+    )
+    parser.add_argument(
         "--no-freeze",
         action="store_true",
         help="leave the heap unfrozen (a Celery pool process freezes it at start: workers/process_init.py)",
@@ -93,6 +96,7 @@ def main() -> None:
                 "dataset_id": dataset.json()["id"],
                 "batch_size": args.batch_size,
                 "shard_size": args.shard_size,
+                "inference": args.inference,
             },
         ).json()
     with session_scope() as session:

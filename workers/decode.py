@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
 from nst import storage
-from workers.teacher_model import ImageFormat, image_transform
+from workers.teacher_model import ImageFormat, normalise, pixel_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
 
@@ -48,26 +48,28 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class ImageFiles(TorchDataset):
-    """Decodes the image a key names, ``(item_id, uri, image_format)``: keyed rather than
-    indexed, and the key says which teacher's transform applies, so one set of decode processes
-    serves every shard of every teacher. An unreadable file becomes an error string, a
-    ``TransientError`` when reading it may succeed later."""
+    """Decodes the image a key names, ``(item_id, uri, image_format)``, to its uint8 pixels
+    (``pixel_transform``; ``collate`` normalises the batch): keyed rather than indexed, and the
+    key says which teacher's transform applies, so one set of decode processes serves every
+    shard of every teacher. An unreadable file becomes an error string, a ``TransientError``
+    when reading it may succeed later."""
 
     def __getitem__(self, key: tuple[int, str, ImageFormat]):
         item_id, uri, image_format = key
-        transform = image_transform(image_format)  # outside the try: a bad format is no item's fault
+        transform = pixel_transform(image_format)  # outside the try: a bad format is no item's fault
         try:
             # A URL's bytes through this process's own file system (nst.storage): safe after
             # the fork; a store that did not answer raises a ConnectionError, transient.
             with Image.open(storage.openable(uri)) as image:
-                tensor = transform(image.convert(image_format.mode))
-            return tensor, item_id, ""
+                pixels = transform(image.convert(image_format.mode))
+            return pixels, item_id, "", image_format
         except Exception as exc:  # any decode failure is recorded on the item
             message = f"{type(exc).__name__}: {exc}"[:500]
             return (
-                torch.zeros(image_format.shape),
+                torch.zeros(image_format.shape, dtype=torch.uint8),
                 item_id,
                 TransientError(message) if is_transient(exc) else message,
+                image_format,
             )
 
 
@@ -108,14 +110,14 @@ class ShardBatches(Sampler):
 
 
 def collate(samples: list) -> Batch:
-    """Images stacked into one tensor; item ids and errors kept as plain lists.
+    """Images stacked into one tensor and normalised; item ids and errors kept as plain lists.
 
     Every tensor a decode process returns costs the labeling loop a file-descriptor hand-over
     (a socket connection) to rebuild its shared storage; ids as a list travel inside the
     pickle, so a batch costs one hand-over instead of two.
     """
-    images, item_ids, errors = zip(*samples, strict=True)
-    return default_collate(images), list(item_ids), list(errors)
+    images, item_ids, errors, (image_format, *_) = zip(*samples, strict=True)
+    return normalise(default_collate(images), image_format), list(item_ids), list(errors)
 
 
 @lru_cache(maxsize=1)

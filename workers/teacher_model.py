@@ -12,8 +12,10 @@ import timm
 import torch
 from safetensors.torch import load_file
 from timm.data import rand_augment_transform, str_to_pil_interp
+from timm.data.transforms import MaybeToTensor
 from torch import nn
-from torchvision.transforms import Compose
+from torchvision.transforms import Compose, Normalize, PILToTensor
+from torchvision.transforms.functional import normalize as normalize_
 
 from nst import noise, storage, transforms
 from nst.config import get_settings
@@ -138,11 +140,35 @@ def _check_state(
 
 @lru_cache(maxsize=8)
 def image_transform(image_format: ImageFormat):
-    """What a decode process applies: the eval transform, after RandAugment for the ablation."""
+    """One image to what the model takes: the eval transform, after RandAugment for the ablation.
+    The worker splits it in two (``pixel_transform``, then ``normalise`` on the whole batch)."""
     clean = eval_transform(image_format)
     if image_format.randaugment is None:
         return clean
-    augment = rand_augment_transform(
+    return Compose([_randaugment(image_format), clean])
+
+
+@lru_cache(maxsize=8)
+def pixel_transform(image_format: ImageFormat):
+    """``image_transform`` up to its pixels, as a uint8 tensor: the steps on the PIL image
+    (RandAugment for the ablation, resize, centre crop) without timm's to-tensor and normalise,
+    which ``normalise`` applies to a whole batch with the same arithmetic. Per image, those two
+    steps cost as much as reading and decoding a 28-pixel PNG."""
+    *geometry, to_tensor, normalize = eval_transform(image_format).transforms
+    if not (isinstance(to_tensor, MaybeToTensor) and isinstance(normalize, Normalize)):
+        raise TypeError(f"timm's eval transform changed shape: {eval_transform(image_format)}")
+    augment = [] if image_format.randaugment is None else [_randaugment(image_format)]
+    return Compose([*augment, *geometry, PILToTensor()])
+
+
+def normalise(pixels: torch.Tensor, image_format: ImageFormat) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) to the model's input: what timm's to-tensor (divide by 255) and
+    normalise (subtract the mean, divide by the std) do to each image, in one pass over the batch."""
+    return normalize_(pixels.float().div_(255), list(image_format.mean), list(image_format.std), inplace=True)
+
+
+def _randaugment(image_format: ImageFormat):
+    return rand_augment_transform(
         image_format.randaugment,
         {  # as timm's training transform sets them for the same image size and mean
             "translate_const": int(image_format.image_size * 0.45),
@@ -150,7 +176,6 @@ def image_transform(image_format: ImageFormat):
             "interpolation": str_to_pil_interp(image_format.interpolation),
         },
     )
-    return Compose([augment, clean])
 
 
 @lru_cache(maxsize=8)
