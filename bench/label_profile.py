@@ -117,6 +117,7 @@ def main() -> None:
     phases: dict[str, float] = defaultdict(float)
     labeling.start_shard = _timed(phases, "claim shard, list items", labeling.start_shard)
     labeling.cached_teacher = _timed(phases, "build model (once)", cached_teacher)
+    labeling._forward = _timed(phases, "forward", labeling._forward)
     label_writes.commit_labels = _timed(
         phases, "commit labels + progress (the last with the finish)", label_writes.commit_labels
     )
@@ -138,24 +139,6 @@ def main() -> None:
             yield batch
 
     labeling.model_batches = timed_batches
-    results = labeling._results
-    forward = "forward (waiting on the teacher's results)"
-
-    def timed_results(runner, batches):
-        # Includes the decode waits of timed_batches (its batches are pulled inside): taken
-        # out below. With OpenVINO the next batch runs while this one's labels are written.
-        pulled = results(runner, batches)
-        while True:
-            begin = time.perf_counter()
-            try:
-                item = next(pulled)
-            except StopIteration:
-                return
-            finally:
-                phases[forward] += time.perf_counter() - begin
-            yield item
-
-    labeling._results = timed_results
     gc_started: list[float] = []
     # Collections run inside whatever code allocates, so they overlap the phases: kept apart.
     collections: dict[str, float] = defaultdict(float)
@@ -187,7 +170,6 @@ def main() -> None:
         f"{args.model} {args.size}px, {args.images} images, {len(shard_ids)} shard(s) of {args.shard_size}, "
         f"batch {args.batch_size}, decode workers {args.workers}, threads {args.threads}\n"
     )
-    phases[forward] -= sum(sum(w) for w in waits)
     rest = worker_s - sum(phases.values())
     parts = [*phases.items(), *collections.items(), ("rest (DataLoader start + waiting on decode)", rest)]
     print_table(

@@ -7,19 +7,15 @@
   precision (OpenVINO would otherwise pick bf16 on a CPU with AMX).
 
 Each is prepared once per worker process, teacher and batch size (``teacher_model.cached_teacher``),
-then called per batch, or over a shard's batches with ``Runner.map``, which keeps two batches in
-flight where the mode can (OpenVINO's asynchronous requests). A preparation that fails, or whose
-first forward fails, falls back to eager with a log line: the job labels either way, and its
-shards record the mode that ran.
+then called per batch. A preparation that fails, or whose first forward fails, falls back to
+eager with a log line: the job labels either way, and its shards record the mode that ran.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -36,31 +32,15 @@ MODES = ("eager", "bf16", "compile", "openvino")
 DEFAULT_MODE = {"cpu": "openvino", "cuda": "eager"}
 
 
-T = TypeVar("T")
-
-
 class Runner:
-    """Images (a CPU batch) in, float32 CPU logits out; ``mode`` says what actually ran.
-    ``pipeline``, where the mode has one, is ``map``'s way of keeping batches in flight."""
+    """Images (a CPU batch) in, float32 CPU logits out; ``mode`` says what actually ran."""
 
-    def __init__(self, mode: str, forward: Callable[[torch.Tensor], torch.Tensor], pipeline=None) -> None:
-        self.mode, self._forward, self._pipeline = mode, forward, pipeline
+    def __init__(self, mode: str, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.mode, self._forward = mode, forward
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self._forward(images).float().cpu()
-
-    def map(
-        self, batches: Iterable[tuple[torch.Tensor | None, T]]
-    ) -> Iterator[tuple[torch.Tensor | None, T]]:
-        """Each batch's logits with its payload, in the batches' order; ``None`` images (a batch
-        with nothing to run) give ``None`` logits. The next batch may run while the caller
-        handles this one's logits: nothing is ever returned out of order or twice."""
-        if self._pipeline is not None:
-            yield from self._pipeline(batches)
-            return
-        for images, payload in batches:
-            yield (None if images is None else self(images)), payload
 
 
 def resolve(mode: str, device: str) -> str:
@@ -81,12 +61,9 @@ def prepare(
     if mode != "eager":
         try:
             forward = _PREPARE[mode](model, input_shape, device, batch_size)
-            pipeline = getattr(forward, "pipeline", None)
             with torch.inference_mode():
                 forward(torch.zeros(batch_size, *input_shape))
-                if pipeline is not None:  # each of its requests once: the first use allocates
-                    list(pipeline([(torch.zeros(batch_size, *input_shape), None)] * 2))
-            return Runner(mode, forward, pipeline)
+            return Runner(mode, forward)
         except Exception as exc:  # any failure to prepare is a reason to label in eager, not to fail
             logger.warning(
                 "inference mode %s could not be prepared on %s (%s: %s); labeling in eager float32",
@@ -132,71 +109,23 @@ def _openvino(model: nn.Module, input_shape, device: str, batch_size: int):
     with torch.no_grad():
         exported = torch.export.export(model, (torch.zeros(batch_size, *input_shape),))
     converted = ov.convert_model(exported)
-    # Two streams of one thread each, a batch in each, rather than one batch on both threads:
-    # the decode processes share the cores, and a two-thread pass waits for whichever thread
-    # they preempted (resnet18 28 px beside two processes busy a third of the time: 3,101 img/s
-    # against 2,223; alone, 4,476 against 5,000).
     compiled = ov.Core().compile_model(
         converted,
         "CPU",
         {
             "INFERENCE_PRECISION_HINT": "f32",
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-            "PERFORMANCE_HINT": "THROUGHPUT",
+            "PERFORMANCE_HINT": "LATENCY",
         },
     )
-    in_flight = max(2, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    requests = [compiled.create_infer_request() for _ in range(in_flight)]
+    request = compiled.create_infer_request()
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         # share_outputs: no copy of the output; the copy below outlives the next request.
-        out = requests[0].infer([images.numpy()], share_inputs=True, share_outputs=True)
+        out = request.infer([images.numpy()], share_inputs=True, share_outputs=True)
         return torch.from_numpy(out[0].copy())
 
-    def pipeline(batches):
-        free, flight = deque(requests), deque()  # flight: (request or None, count, inputs, payload)
-
-        def oldest():
-            request, count, _, payload = flight.popleft()
-            if request is None:
-                return None, payload
-            request.wait()
-            free.append(request)
-            return torch.from_numpy(request.get_output_tensor(0).data[:count].copy()), payload
-
-        try:
-            for images, payload in batches:
-                if images is None:
-                    flight.append((None, 0, None, payload))
-                    continue
-                if len(images) > batch_size:  # not from a shard's batches; run it whole, in turn
-                    while flight:
-                        yield oldest()
-                    yield forward_padded(images), payload
-                    continue
-                while not free:
-                    yield oldest()
-                request, count = free.popleft(), len(images)
-                inputs = _pad(images, batch_size).contiguous().numpy()  # kept alive while it runs
-                request.start_async([inputs], share_inputs=True)
-                flight.append((request, count, inputs, payload))
-            while flight:
-                yield oldest()
-        finally:  # a caller that stopped early: no request is left running into the next shard
-            for request, *_ in flight:
-                if request is not None:
-                    request.wait()
-
-    forward_padded = _padded(forward, batch_size)
-    forward_padded.pipeline = pipeline
-    return forward_padded
-
-
-def _pad(images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    count = len(images)
-    if count == batch_size:
-        return images
-    return torch.cat([images, images.new_zeros(batch_size - count, *images.shape[1:])])
+    return _padded(forward, batch_size)
 
 
 def _padded(forward, batch_size: int):
@@ -205,8 +134,12 @@ def _padded(forward, batch_size: int):
     than compiled again; a longer batch goes in slices."""
 
     def run(images: torch.Tensor) -> torch.Tensor:
-        parts = images.split(batch_size)
-        outs = [forward(_pad(part, batch_size).contiguous())[: len(part)] for part in parts]
+        outs = []
+        for part in images.split(batch_size):
+            count = len(part)
+            if count < batch_size:
+                part = torch.cat([part, part.new_zeros(batch_size - count, *part.shape[1:])])
+            outs.append(forward(part.contiguous())[:count])
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     return run

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from sqlalchemy.exc import OperationalError
 
 from nst.config import Settings
@@ -125,22 +126,20 @@ def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final:
         shard_id, job, commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
     )
     unread = 0
-    with closing(_results(runner, model_batches(loader, job.batch_size))) as results:
-        for logits, (item_ids, errors, ok) in results:
-            rows: list[dict] = []
-            if logits is not None:
-                rows = soft_labels(
-                    logits,
-                    temperature=job.temperature,
-                    keep_all=job.stores_full_distribution,
-                    top_k=job.top_k,
-                )
-                for row, i in zip(rows, ok, strict=True):
-                    row.update(job_id=job.id, item_id=item_ids[i])
-            bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
-            unread += sum(b["kind"] == TRANSIENT for b in bad)
-            if (stopped := writer.add(rows, bad)) is not None:
-                return stopped
+    for images, item_ids, errors in model_batches(loader, job.batch_size):
+        ok = [i for i, e in enumerate(errors) if not e]
+        rows: list[dict] = []
+        if ok:
+            logits = _forward(runner, images if len(ok) == len(errors) else images[ok])
+            rows = soft_labels(
+                logits, temperature=job.temperature, keep_all=job.stores_full_distribution, top_k=job.top_k
+            )
+            for row, i in zip(rows, ok, strict=True):
+                row.update(job_id=job.id, item_id=item_ids[i])
+        bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
+        unread += sum(b["kind"] == TRANSIENT for b in bad)
+        if (stopped := writer.add(rows, bad)) is not None:
+            return stopped
     if unread and not final:
         if (stopped := writer.flush()) is not None:
             return stopped
@@ -180,20 +179,8 @@ def _lease(shard_id: int, lease_s: float) -> Iterator[None]:
         beat.join()
 
 
-def _results(runner: inference.Runner, batches):
-    """Each decoded batch's logits (``None`` where no image of it was readable) with its item
-    ids, errors and the positions of its readable images; the teacher may already run the next
-    batch while the caller writes this one's labels."""
-
-    def readable():
-        for images, item_ids, errors in batches:
-            ok = [i for i, e in enumerate(errors) if not e]
-            if not ok:
-                yield None, (item_ids, errors, ok)
-            else:
-                yield (images if len(ok) == len(errors) else images[ok]), (item_ids, errors, ok)
-
-    return runner.map(readable())
+def _forward(runner: inference.Runner, images: torch.Tensor) -> torch.Tensor:
+    return runner(images)
 
 
 def mark_failed(shard_id: int, error: str) -> None:

@@ -5,8 +5,6 @@ import logging
 from typing import get_args
 
 import pytest
-import timm
-import torch
 
 from nst.config import Settings
 from service.core.db import session_scope
@@ -124,43 +122,3 @@ def test_the_pool_process_index_comes_from_billiard(monkeypatch):
 def test_a_bad_worker_device_is_refused(value):
     with pytest.raises(ValueError, match="worker_device"):
         Settings(worker_device=value)
-
-
-@pytest.mark.parametrize("mode", ["eager", "openvino"])
-def test_a_runner_maps_batches_in_order_with_the_next_one_already_running(mode):
-    """``Runner.map`` over a shard's batches: every result in the batches' order with its payload,
-    a batch with nothing readable passes through, the last short batch and an overlong one come
-    out whole, and an OpenVINO runner has taken the next batch before it hands back this one."""
-    torch.manual_seed(0)
-    model = timm.create_model("resnet10t", num_classes=10, in_chans=1).eval()
-    runner = inference.prepare(model, (1, 28, 28), "cpu", mode, batch_size=8)
-    assert runner.mode == mode
-    sizes = [8, None, 3, 8, None, 20, 5]
-    images = [None if n is None else torch.randn(n, 1, 28, 28) for n in sizes]
-    pulled = []
-
-    def batches():
-        for index, batch in enumerate(images):
-            pulled.append(index)
-            yield batch, index
-
-    results = runner.map(batches())
-    first, payload = next(results)
-    # OpenVINO: batches 0 and 2 running (1 has nothing to run), 3 decoded and waiting for a request.
-    assert payload == 0 and pulled == ([0, 1, 2, 3] if mode == "openvino" else [0])
-    rest = list(results)
-    assert [p for _, p in rest] == list(range(1, len(sizes)))
-    with torch.inference_mode():
-        for logits, index in [(first, 0), *rest]:
-            if images[index] is None:
-                assert logits is None
-            else:
-                assert logits.shape == (sizes[index], 10)
-                assert torch.allclose(logits, model(images[index]), atol=1e-4)
-
-    stopped = runner.map(batches())
-    next(stopped)
-    stopped.close()  # a cancelled shard: what is still running is waited for, not left behind
-    again = [logits for logits, _ in runner.map((images[i], i) for i in (0, 2))]
-    with torch.inference_mode():
-        assert torch.allclose(again[1], model(images[2]), atol=1e-4)
