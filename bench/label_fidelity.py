@@ -36,7 +36,7 @@ from bench.common import print_table
 from cli import fashion_mnist
 from cli.main import cli
 from nst.checkpoint import read_metadata
-from workers.decode import ImageFiles
+from workers.decode import ImageFiles, collate
 from workers.inference import MODES, prepare
 from workers.teacher_model import ImageFormat, eval_transform
 
@@ -115,15 +115,17 @@ def photo_files(work: Path, folder: Path) -> list[str]:
 
 
 def decode(files: list[str], fmt: ImageFormat) -> tuple[torch.Tensor, float]:
-    """The worker's decode of every file, and the seconds per 64-image batch it took."""
+    """The worker's decode of every file (pixels per image, normalised per 64-image batch), and
+    the seconds per 64-image batch it took."""
     dataset = ImageFiles()
     start = time.perf_counter()
-    tensors = []
-    for i, path in enumerate(files):
-        tensor, _, error = dataset[(i, path, fmt)]
-        assert not error, error
-        tensors.append(tensor)
-    return torch.stack(tensors), (time.perf_counter() - start) / len(files) * 64
+    batches = []
+    for first in range(0, len(files), 64):
+        samples = [dataset[(i, files[i], fmt)] for i in range(first, min(first + 64, len(files)))]
+        images, _, errors = collate(samples)
+        assert not any(errors), errors
+        batches.append(images)
+    return torch.cat(batches), (time.perf_counter() - start) / len(files) * 64
 
 
 def run_mode(model, fmt: ImageFormat, mode: str, images: torch.Tensor, batch_size: int):
