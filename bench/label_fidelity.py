@@ -159,6 +159,8 @@ def main() -> None:
         if args.photos.is_dir():
             model, fmt = lite0_teacher(work)
             cases.append(("efficientnet_lite0, ImageNet", model, fmt, photo_files(work, args.photos)))
+        else:
+            print(f"no photos in {args.photos} (--photos: the foolbox wheel's data folder): Lite0 skipped")
         for name, model, fmt, files in cases:
             eval_transform(fmt)
             images, decode_s = decode(files, fmt)
