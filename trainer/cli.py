@@ -245,7 +245,15 @@ def main() -> None:
     "--robustness/--no-robustness",
     default=False,
     show_default=True,
-    help="Per generation, corruption and FGSM accuracy on --eval, and mCE against generation 0.",
+    help="Per generation, corruption and FGSM accuracy on --eval (or --robustness-on), and mCE "
+    "against generation 0.",
+)
+@click.option(
+    "--robustness-on",
+    "robustness_dataset_id",
+    type=int,
+    help="Labeled dataset for --robustness instead of --eval: a smaller split keeps its dozens of "
+    "passes per model cheap.",
 )
 @click.option("--threshold", default=0.3, show_default=True)
 @click.option("--soft/--hard", default=True, show_default=True)
@@ -269,6 +277,8 @@ def iterate_command(**values) -> None:
     loop = {k: v for k, v in values.items() if k in iterate_fields}
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}
     loop["students"] = loop["students"].split(",")
+    if loop["robustness"] and loop["eval_dataset_id"] is None and loop["robustness_dataset_id"] is None:
+        raise click.UsageError("--robustness: needs --eval or --robustness-on, the dataset to measure it on")
     cfg = IterateConfig(**loop, train=TrainConfig.from_flat({"manifest_id": "", **train_values}))
     from trainer.train import ResumeMismatch
 

@@ -45,7 +45,8 @@ class IterateConfig:
     out_dir: str = _operational("runs/iterate")
     truth_csv: str | None = _operational(None)  # path,label of the unlabeled images, to score pseudo labels
     probe_dataset_id: int | None = _operational(None)  # labeled, held out: each teacher labels it too
-    robustness: bool = _operational(False)  # corruption and FGSM accuracy per generation (eval dataset)
+    robustness: bool = _operational(False)  # corruption and FGSM accuracy per generation
+    robustness_dataset_id: int | None = _operational(None)  # labeled; None: the eval dataset
     # manifest
     threshold: float = 0.3
     soft: bool = True
@@ -375,9 +376,15 @@ def _probe_quality(cfg: IterateConfig, client: Client, generation: int, teacher_
     }
 
 
+def _robustness_dataset(cfg: IterateConfig) -> int | None:
+    """Where robustness is measured: its own dataset (a smaller split keeps its dozens of passes
+    cheap) or the eval dataset."""
+    return cfg.eval_dataset_id if cfg.robustness_dataset_id is None else cfg.robustness_dataset_id
+
+
 def _measure_robustness(cfg: IterateConfig, client: Client, rows: list[dict]) -> None:
-    """The last row's model under corruptions and FGSM on the eval dataset; its mCE is relative
-    to the first teacher (generation 0), measured first when it has not been."""
+    """The last row's model under corruptions and FGSM (``_robustness_dataset``); its mCE is
+    relative to the first teacher (generation 0), measured first when it has not been."""
     import torch
 
     from trainer.evaluate import evaluate_teacher
@@ -390,7 +397,7 @@ def _measure_robustness(cfg: IterateConfig, client: Client, rows: list[dict]) ->
             row["robustness"] = evaluate_teacher(
                 client,
                 row["student"],
-                cfg.eval_dataset_id,
+                _robustness_dataset(cfg),
                 device=device,
                 num_workers=cfg.train.runtime.workers,
                 robust=True,
@@ -465,7 +472,7 @@ def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
         _save(cfg, rows)
     for generation in range(rows[-1]["generation"] + 1, cfg.generations + 1):
         rows.append(_generation(cfg, client, generation, rows[-1]["student"], truth))
-        if cfg.robustness and cfg.eval_dataset_id is not None:
+        if cfg.robustness and _robustness_dataset(cfg) is not None:
             _measure_robustness(cfg, client, rows)
         _save(cfg, rows)
         _say(

@@ -97,3 +97,9 @@ def test_teacher_commands_take_a_unique_id_prefix(run, client):
     assert refused.exit_code != 0 and "2 teachers with an ID starting" in refused.output
     run("teachers", "delete", teacher[:12])
     assert client.get(f"/teachers/{teacher}").status_code == 404
+
+
+def test_iterate_refuses_robustness_with_no_dataset_to_measure_it_on():
+    args = ["iterate", "--labeled", "1", "--unlabeled", "2", "--robustness"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "--robustness: needs --eval or --robustness-on" in refused.output

@@ -235,11 +235,18 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         str(fmnist / "unlabeled-truth.csv"),
         "--threshold",
         "0.0",
+        "--robustness",
+        "--robustness-on",
+        str(service.labeled["id"]),
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     rows = json.loads((out / "iterate.json").read_text())["rows"]
     assert [r["generation"] for r in rows] == [0, 1, 2]
+    # Robustness on its own dataset for every generation, mCE against generation 0's.
+    assert {r["robustness"]["count"] for r in rows} == {service.labeled["item_count"]}
+    assert rows[0]["mce"] == 100.0 and all(r["mce"] > 0 for r in rows[1:])
+    assert all(len(r["robustness"]["fgsm"]) == 5 and r["robustness"]["corruptions"] for r in rows)
     assert [r["student_arch"] for r in rows] == ["resnet10t", "resnet10t", "resnet14t"]
     client = service.client
     for previous, row in zip(rows, rows[1:], strict=False):
