@@ -19,6 +19,11 @@ with one ingredient changed, so it compares with generation 1 of the full method
     no-balance        no per-class balancing
     no-filter         confidence threshold 0 (every pseudo label kept)
 
+With ``--robustness N``, the teacher, every generation and the no-noise student are also measured
+under corruptions and FGSM (``nst iterate --robustness``, trainer/robustness.py) on the first N
+test images, and the report gives each one's mean corruption error against its own teacher and
+against generation 0, and its FGSM accuracy, with a paired test of "more robust than its teacher".
+
 With ``--oracle``, each student architecture is also trained on all 60,000 training labels with
 the students' budget (the same steps, and as many images per step as a student's labeled and
 pseudo-labeled images together), and the report gives each generation's share of the gap
@@ -50,6 +55,7 @@ from cli import fashion_mnist
 from cli.localstack import LocalStack
 from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
 from trainer.iterate import IterateConfig, iterate
+from trainer.robustness import mean_corruption_error
 
 # What each ablation changes in the loop and in the student's training.
 ABLATIONS: dict[str, dict] = {
@@ -61,6 +67,10 @@ ABLATIONS: dict[str, dict] = {
     "no-balance": {"loop": {"balance": False}},
     "no-filter": {"loop": {"threshold": 0.0}},
 }
+
+
+# The ablations whose student's robustness is measured with --robustness: the paper's comparison.
+ROBUST_ABLATIONS = ("no-noise",)
 
 
 def _say(message: str) -> None:
@@ -75,6 +85,19 @@ def _all_labeled(client, work: Path, ids: dict, images_dir: Path) -> int:
         ids["all_labeled"] = dataset["id"]
         (work / "datasets.json").write_text(json.dumps(ids))
     return ids["all_labeled"]
+
+
+def _robustness_set(client, work: Path, ids: dict, images_dir: Path, count: int) -> int:
+    """The first ``count`` test images as a labeled dataset, registered once (saved with the IDs)."""
+    key = f"test_first_{count}"
+    if key not in ids:
+        path = fashion_mnist.prepare_test_subset(images_dir, count)
+        dataset = client.register_dataset(
+            name=f"test-first-{count}", kind="labeled", split="test", path=path, classes=ids["classes"]
+        )
+        ids[key] = dataset["id"]
+        (work / "datasets.json").write_text(json.dumps(ids))
+    return ids[key]
 
 
 def _datasets(client, work: Path, images: dict) -> dict:
@@ -157,6 +180,7 @@ def _ablation_config(main: IterateConfig, teacher_id: str, name: str, out: Path)
         teacher_id=teacher_id,
         generations=1,
         out_dir=str(out),
+        robustness=main.robustness and name in ROBUST_ABLATIONS,
         train=dataclasses.replace(
             main.train, recipe=dataclasses.replace(main.train.recipe, **change.get("train", {}))
         ),
@@ -301,6 +325,7 @@ def report(results: dict, classes: list[str], out: Path) -> str:
             f"{statistics.mean(minutes):.1f} |"
         )
     lines += _oracle_lines(results, seeds, generations)
+    lines += _robustness_lines(results, seeds, generations)
     teacher_err = [1 - m[0]["student_top1"] for m in mains]
     last_err = [1 - m[generations - 1]["student_top1"] for m in mains]
     reduction = [1 - last / first for first, last in zip(teacher_err, last_err, strict=True)]
@@ -373,6 +398,75 @@ def _oracle_lines(results: dict, seeds: list[int], generations: int) -> list[str
             f"{_mean_std(shares)} |"
         )
     return lines
+
+
+def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list[str]:
+    """Each model's robustness over the seeds that measured it: mCE against its own teacher (the
+    model it learned from) and against generation 0, FGSM accuracy, and in how many seeds it is
+    more robust than its teacher, with the paired test of its corruption error against it."""
+    ran = [s for s in seeds if all("robustness" in r for r in results[s]["main"][:generations])]
+    if not ran:
+        return []
+
+    def measured(s: int, g: int) -> dict:
+        return results[s]["main"][g]["robustness"]
+
+    # (name, {seed: (its robustness, its teacher's, generation 0's)})
+    models = [
+        (
+            f"generation {g}" + (" (teacher)" if g == 0 else ""),
+            {s: (measured(s, g), measured(s, max(g - 1, 0)), measured(s, 0)) for s in ran},
+        )
+        for g in range(generations)
+    ]
+    for name in ROBUST_ABLATIONS:
+        rows = {s: results[s]["ablations"].get(name, {}) for s in ran}
+        by_seed = {
+            s: (row["robustness"], measured(s, 0), measured(s, 0))
+            for s, row in rows.items()
+            if "robustness" in row
+        }
+        if by_seed:
+            models.append((f"{name} (generation 1)", by_seed))
+    epsilons = [f["epsilon"] for f in results[ran[0]]["main"][0]["robustness"]["fgsm"] if f["epsilon"] > 0]
+    count = results[ran[0]]["main"][0]["robustness"]["count"]
+    lines = [
+        "",
+        f"Robustness on the first {count:,} test images (seeds {', '.join(map(str, ran))}): mCE is the "
+        "corruption error summed over severities relative to a reference model's, averaged over "
+        "corruptions (100 = as robust); a model is more robust than its teacher when its mCE against "
+        "it is below 100 and its FGSM accuracy is higher at every epsilon. The p is a two-sided "
+        "one-sample t-test of (mCE against its teacher - 100) over seeds.",
+        "",
+        "| model | seeds | clean top-1 (%) | mCE vs its teacher (%) | p | mCE vs generation 0 (%) | "
+        + " | ".join(f"FGSM top-1, eps {round(e * 255)}/255 (%)" for e in epsilons)
+        + " | more robust than its teacher (seeds) |",
+        "|---|---|---|---|---|---|" + "---|" * len(epsilons) + "---|",
+    ]
+    for name, by_seed in models:
+        own = [mean_corruption_error(r, teacher)["mce"] for r, teacher, _ in by_seed.values()]
+        first = [mean_corruption_error(r, zero)["mce"] for r, _, zero in by_seed.values()]
+        fgsm = [[f["top1"] for f in r["fgsm"] if f["epsilon"] > 0] for r, _, _ in by_seed.values()]
+        teacher_fgsm = [[f["top1"] for f in t["fgsm"] if f["epsilon"] > 0] for _, t, _ in by_seed.values()]
+        more = sum(
+            m < 100 and all(a > b for a, b in zip(ours, theirs, strict=True))
+            for m, ours, theirs in zip(own, fgsm, teacher_fgsm, strict=True)
+        )
+        is_teacher = name.startswith("generation 0")
+        lines.append(
+            f"| {name} | {', '.join(map(str, by_seed))} | "
+            f"{_mean_std([r['clean'] for r, _, _ in by_seed.values()])} | "
+            + (" - | - | " if is_teacher else f"{_mean_plain(own)} | {_paired_p([m - 100 for m in own])} | ")
+            + f"{_mean_plain(first)} | "
+            + " | ".join(_mean_std([f[i] for f in fgsm]) for i in range(len(epsilons)))
+            + (" | - |" if is_teacher else f" | {more} of {len(own)} |")
+        )
+    return lines
+
+
+def _mean_plain(values: list[float]) -> str:
+    """Mean ± sd of values already in percent (``_mean_std`` takes fractions)."""
+    return _mean_std([v / 100 for v in values])
 
 
 def _plot(results: dict, seeds: list[int], generations: int, path: Path) -> None:
@@ -459,6 +553,14 @@ def main() -> None:
     parser.add_argument(
         "--oracle", action="store_true", help="also train each student architecture on all 60,000 labels"
     )
+    parser.add_argument(
+        "--robustness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the teacher, each generation and the no-noise student under corruptions "
+        "and FGSM on the first N test images (0: not)",
+    )
     args = parser.parse_args()
     args.dir = args.dir.resolve()
     ablations = [a for a in args.ablations.split(",") if a]
@@ -492,6 +594,12 @@ def main() -> None:
             saved = results_dir / f"seed{seed}.json"
             result = _checked(saved, budget) if saved.exists() else None
             main_cfg = _main_config(args, client, ids, truth, seed)
+            if args.robustness:
+                main_cfg = dataclasses.replace(
+                    main_cfg,
+                    robustness=True,
+                    robustness_dataset_id=_robustness_set(client, args.dir, ids, images_dir, args.robustness),
+                )
             if result and set(ablations) <= set(result["ablations"]):
                 _say(f"seed {seed}: generations and ablations done before ({saved})")
                 if args.oracle:

@@ -73,11 +73,21 @@ def split_indices(
 def prepare_all_labeled(out: Path, *, source: Path = DEFAULT_DIR) -> Path:
     """Every training image in ImageFolder layout under ``out/all-labeled`` (skipped when there):
     the accuracy study's oracle, which learns from all 60,000 labels."""
-    path = out / "all-labeled"
+    return _prepared(out / "all-labeled", "train", source)
+
+
+def prepare_test_subset(out: Path, count: int, *, source: Path = DEFAULT_DIR) -> Path:
+    """The first ``count`` test images in ImageFolder layout under ``out/test-first-<count>``
+    (skipped when there): the accuracy study's robustness set."""
+    return _prepared(out / f"test-first-{count}", "t10k", source, count)
+
+
+def _prepared(path: Path, split: str, source: Path, count: int | None = None) -> Path:
+    """The split's first ``count`` images (all by default) at ``path``, unless already there."""
     if not path.exists():
-        images, labels = load("train", source)
-        partial = out / "all-labeled.partial"
-        write_image_folder(partial, images, labels, range(len(labels)))
+        images, labels = load(split, source)
+        partial = path.with_name(path.name + ".partial")
+        write_image_folder(partial, images, labels, range(min(count or len(labels), len(labels))))
         partial.rename(path)  # whole or absent: an interrupted write is redone, not reused
     return path
 

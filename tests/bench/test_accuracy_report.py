@@ -2,6 +2,7 @@
 docs/RESULTS.md, including a study whose seeds have not all run every ablation yet."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from bench import accuracy_study
@@ -102,3 +103,61 @@ def test_the_oracle_trains_each_student_architecture_with_a_students_images_per_
     assert (oracle.teacher_steps, oracle.train.recipe.batch_size) == (1000, 128)
     args = argparse.Namespace(students="regnetx_004,regnetx_006", generations=3)
     assert accuracy_study._student_archs(args) == ["regnetx_004", "regnetx_006", "regnetx_006"]
+
+
+def _robust(clean: float, corrupted: float, fgsm: list[float]) -> dict:
+    """A robustness result: every severity of two corruptions at ``corrupted``."""
+    return {
+        "count": 2000,
+        "clean": clean,
+        "corruptions": {"gaussian_noise": [corrupted] * 5, "contrast": [corrupted] * 5},
+        "fgsm": [
+            {"epsilon": e, "top1": t} for e, t in zip((0.0, 1 / 255, 8 / 255), [clean, *fgsm], strict=True)
+        ],
+    }
+
+
+def test_robustness_compares_each_model_with_its_own_teacher_over_the_seeds_that_measured_it(tmp_path):
+    def seed(errors: tuple[float, float, float], no_noise_error: float) -> dict:
+        teacher, first, second = (
+            {**_row(g, 0.7 + g / 100), "robustness": _robust(0.7, 1 - e, [0.5 + g / 10, 0.2 + g / 10])}
+            for g, e in enumerate(errors)
+        )
+        no_noise = {**_ablation(0.7), "robustness": _robust(0.7, 1 - no_noise_error, [0.4, 0.1])}
+        return {"main": [teacher, first, second], "ablations": {"no-noise": no_noise}, "per_class": {}}
+
+    results = {
+        0: seed((0.40, 0.30, 0.24), 0.50),
+        1: seed((0.40, 0.32, 0.32), 0.44),
+        2: {"main": [_row(0, 0.7), _row(1, 0.71), _row(2, 0.72)], "ablations": {}, "per_class": {}},
+    }
+    text = accuracy_study.report(results, [str(c) for c in range(10)], tmp_path)
+    assert "Robustness on the first 2,000 test images (seeds 0, 1)" in text  # seed 2 measured none
+    teacher = _line(text, "| generation 0 (teacher) ")
+    assert teacher[1:6] == ["0, 1", "70.00 ± 0.00", "-", "-", "100.00 ± 0.00"]
+    # Generation 1 against the teacher: 30/40 and 32/40 of its corruption error, mCE 75 and 80.
+    first = _line(text, "| generation 1 ")
+    assert first[3] == "77.50 ± 3.54" and first[5] == "77.50 ± 3.54"
+    assert first[6:9] == ["60.00 ± 0.00", "30.00 ± 0.00", "2 of 2"]
+    # Generation 2 against generation 1 (its teacher): 24/30 = 80 and 32/32 = 100, so one seed
+    # is more robust; against generation 0: 60 and 80.
+    second = _line(text, "| generation 2 ")
+    assert (second[3], second[5], second[-1]) == ("90.00 ± 14.14", "70.00 ± 14.14", "1 of 2")
+    # The no-noise student, against the same teacher: 125 and 110, less robust, FGSM lower.
+    no_noise = _line(text, "| no-noise (generation 1) ")
+    assert (no_noise[1], no_noise[3], no_noise[-1]) == ("0, 1", "117.50 ± 10.61", "0 of 2")
+    # One-sample t of (mCE - 100) = 17.5 / (10.61 / sqrt 2) = 2.33 on one degree of freedom.
+    assert no_noise[4] == "0.258"
+
+
+def test_with_robustness_only_the_no_noise_ablation_measures_its_student():
+    main = IterateConfig(
+        labeled_dataset_id=1, unlabeled_dataset_id=2, robustness=True, robustness_dataset_id=7
+    )
+    for name in accuracy_study.ABLATIONS:
+        ablation = accuracy_study._ablation_config(main, "t", name, Path("/tmp/a"))
+        assert ablation.robustness == (name == "no-noise") and ablation.robustness_dataset_id == 7
+    plain = accuracy_study._ablation_config(
+        dataclasses.replace(main, robustness=False), "t", "no-noise", Path("/tmp/a")
+    )
+    assert not plain.robustness
