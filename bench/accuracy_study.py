@@ -461,6 +461,48 @@ def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list
             + " | ".join(_mean_std([f[i] for f in fgsm]) for i in range(len(epsilons)))
             + (" | - |" if is_teacher else f" | {more} of {len(own)} |")
         )
+    return lines + _robustness_against_noise(results, ran, epsilons)
+
+
+def _robustness_against_noise(results: dict, ran: list[int], epsilons: list[float]) -> list[str]:
+    """The paper's question, paired by seed: is the ablation's student less robust than the full
+    method's generation 1 from the same teacher? Changes in mCE against generation 0 and in FGSM
+    accuracy, each with a two-sided paired t-test."""
+    lines = []
+    for name in ROBUST_ABLATIONS:
+        measured = [s for s in ran if "robustness" in results[s]["ablations"].get(name, {})]
+        if not measured:
+            continue
+        mce, fgsm = [], []
+        for s in measured:
+            zero, full = results[s]["main"][0]["robustness"], results[s]["main"][1]["robustness"]
+            ablation = results[s]["ablations"][name]["robustness"]
+            mce.append(
+                mean_corruption_error(ablation, zero)["mce"] - mean_corruption_error(full, zero)["mce"]
+            )
+            fgsm.append(
+                [
+                    a["top1"] - f["top1"]
+                    for a, f in zip(ablation["fgsm"], full["fgsm"], strict=True)
+                    if a["epsilon"] > 0
+                ]
+            )
+        cells = [f"{_mean_plain(mce)} | {_paired_p([m / 100 for m in mce])}"]
+        cells += [
+            f"{_mean_std([f[i] for f in fgsm])} | {_paired_p([f[i] for f in fgsm])}"
+            for i in range(len(epsilons))
+        ]
+        lines += [
+            "",
+            f"{name} against the full method's generation 1, same teacher (seeds "
+            f"{', '.join(map(str, measured))}; a positive mCE change is less robust to corruptions):",
+            "",
+            "| change in | mCE vs generation 0 (points) | p | "
+            + " | ".join(f"FGSM top-1, eps {round(e * 255)}/255 (points) | p" for e in epsilons)
+            + " |",
+            "|---|---|---|" + "---|---|" * len(epsilons),
+            f"| {name} - full generation 1 | " + " | ".join(cells) + " |",
+        ]
     return lines
 
 

@@ -148,6 +148,10 @@ def test_robustness_compares_each_model_with_its_own_teacher_over_the_seeds_that
     assert (no_noise[1], no_noise[3], no_noise[-1]) == ("0, 1", "117.50 ± 10.61", "0 of 2")
     # One-sample t of (mCE - 100) = 17.5 / (10.61 / sqrt 2) = 2.33 on one degree of freedom.
     assert no_noise[4] == "0.258"
+    # Paired with generation 1: mCE against generation 0 125 - 75 and 110 - 80, t = 40 / 10 = 4;
+    # FGSM 20 points lower in both seeds at both epsilons (no spread: no test).
+    paired = _line(text, "| no-noise - full generation 1 ")
+    assert paired[1:] == ["40.00 ± 14.14", "0.156", "-20.00 ± 0.00", "-", "-20.00 ± 0.00", "-"]
 
 
 def test_with_robustness_only_the_no_noise_ablation_measures_its_student():
