@@ -293,7 +293,8 @@ def _paired_p(changes: list[float]) -> str:
         return "-"
     from scipy import stats
 
-    return f"{stats.ttest_1samp(changes, 0.0).pvalue:.3f}"
+    p = stats.ttest_1samp(changes, 0.0).pvalue
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def report(results: dict, classes: list[str], out: Path) -> str:
@@ -456,7 +457,7 @@ def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list
         lines.append(
             f"| {name} | {', '.join(map(str, by_seed))} | "
             f"{_mean_std([r['clean'] for r, _, _ in by_seed.values()])} | "
-            + (" - | - | " if is_teacher else f"{_mean_plain(own)} | {_paired_p([m - 100 for m in own])} | ")
+            + ("- | - | " if is_teacher else f"{_mean_plain(own)} | {_paired_p([m - 100 for m in own])} | ")
             + f"{_mean_plain(first)} | "
             + " | ".join(_mean_std([f[i] for f in fgsm]) for i in range(len(epsilons)))
             + (" | - |" if is_teacher else f" | {more} of {len(own)} |")

@@ -5,7 +5,6 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 

@@ -208,7 +208,7 @@ def test_only_a_failed_read_is_a_transient_item_error(error, transient, tmp_path
 def test_an_unreadable_file_is_a_permanent_item_error(tmp_path):
     fmt = decode.ImageFormat(1, 28, "bilinear", (0.5,), (0.5,), 1.0)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    _, _, error = decode.ImageFiles()[(7, str(tmp_path / "bad.png"), fmt)]
+    _, _, error, _ = decode.ImageFiles()[(7, str(tmp_path / "bad.png"), fmt)]
     assert error and not isinstance(error, decode.TransientError)
 
 
