@@ -79,22 +79,36 @@ def _say(message: str) -> None:
 
 def _all_labeled(client, work: Path, ids: dict, images_dir: Path) -> int:
     """The oracle's dataset, registered once (added to the saved IDs)."""
-    if "all_labeled" not in ids:
-        path = fashion_mnist.prepare_all_labeled(images_dir)
-        dataset = client.register_dataset(name="all-labeled", kind="labeled", split="train", path=path)
-        ids["all_labeled"] = dataset["id"]
-        (work / "datasets.json").write_text(json.dumps(ids))
-    return ids["all_labeled"]
+    return _registered_once(
+        client,
+        work,
+        ids,
+        "all_labeled",
+        lambda: fashion_mnist.prepare_all_labeled(images_dir),
+        name="all-labeled",
+        split="train",
+    )
 
 
 def _robustness_set(client, work: Path, ids: dict, images_dir: Path, count: int) -> int:
     """The first ``count`` test images as a labeled dataset, registered once (saved with the IDs)."""
-    key = f"test_first_{count}"
+    return _registered_once(
+        client,
+        work,
+        ids,
+        f"test_first_{count}",
+        lambda: fashion_mnist.prepare_test_subset(images_dir, count),
+        name=f"test-first-{count}",
+        split="test",
+        classes=ids["classes"],
+    )
+
+
+def _registered_once(client, work: Path, ids: dict, key: str, prepare, **fields) -> int:
+    """A labeled dataset the study adds to the three of ``_datasets``: its folder written and the
+    dataset registered on first use, its ID saved with the others."""
     if key not in ids:
-        path = fashion_mnist.prepare_test_subset(images_dir, count)
-        dataset = client.register_dataset(
-            name=f"test-first-{count}", kind="labeled", split="test", path=path, classes=ids["classes"]
-        )
+        dataset = client.register_dataset(kind="labeled", path=prepare(), **fields)
         ids[key] = dataset["id"]
         (work / "datasets.json").write_text(json.dumps(ids))
     return ids[key]
@@ -401,6 +415,17 @@ def _oracle_lines(results: dict, seeds: list[int], generations: int) -> list[str
     return lines
 
 
+def _fgsm(robustness: dict) -> list[float]:
+    """FGSM top-1 at each epsilon above 0 (epsilon 0 is the clean accuracy again)."""
+    return [f["top1"] for f in robustness["fgsm"] if f["epsilon"] > 0]
+
+
+def _ablation_robustness(results: dict, ran: list[int], name: str) -> dict[int, dict]:
+    """Seed -> the ablation student's robustness, for the seeds that measured it."""
+    rows = {s: results[s]["ablations"].get(name, {}) for s in ran}
+    return {s: row["robustness"] for s, row in rows.items() if "robustness" in row}
+
+
 def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list[str]:
     """Each model's robustness over the seeds that measured it: mCE against its own teacher (the
     model it learned from) and against generation 0, FGSM accuracy, and in how many seeds it is
@@ -412,7 +437,7 @@ def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list
     def measured(s: int, g: int) -> dict:
         return results[s]["main"][g]["robustness"]
 
-    # (name, {seed: (its robustness, its teacher's, generation 0's)})
+    # (name, {seed: (its robustness, its teacher's, generation 0's)}); the teacher comes first.
     models = [
         (
             f"generation {g}" + (" (teacher)" if g == 0 else ""),
@@ -421,21 +446,19 @@ def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list
         for g in range(generations)
     ]
     for name in ROBUST_ABLATIONS:
-        rows = {s: results[s]["ablations"].get(name, {}) for s in ran}
         by_seed = {
-            s: (row["robustness"], measured(s, 0), measured(s, 0))
-            for s, row in rows.items()
-            if "robustness" in row
+            s: (r, measured(s, 0), measured(s, 0))
+            for s, r in _ablation_robustness(results, ran, name).items()
         }
         if by_seed:
             models.append((f"{name} (generation 1)", by_seed))
-    epsilons = [f["epsilon"] for f in results[ran[0]]["main"][0]["robustness"]["fgsm"] if f["epsilon"] > 0]
-    count = results[ran[0]]["main"][0]["robustness"]["count"]
+    reference = measured(ran[0], 0)
+    epsilons = [f["epsilon"] for f in reference["fgsm"] if f["epsilon"] > 0]
     lines = [
         "",
-        f"Robustness on the first {count:,} test images (seeds {', '.join(map(str, ran))}): mCE is the "
-        "corruption error summed over severities relative to a reference model's, averaged over "
-        "corruptions (100 = as robust); a model is more robust than its teacher when its mCE against "
+        f"Robustness on the first {reference['count']:,} test images (seeds {', '.join(map(str, ran))}): "
+        "mCE is the corruption error summed over severities relative to a reference model's, averaged "
+        "over corruptions (100 = as robust); a model is more robust than its teacher when its mCE against "
         "it is below 100 and its FGSM accuracy is higher at every epsilon. The p is a two-sided "
         "one-sample t-test of (mCE against its teacher - 100) over seeds.",
         "",
@@ -444,16 +467,15 @@ def _robustness_lines(results: dict, seeds: list[int], generations: int) -> list
         + " | more robust than its teacher (seeds) |",
         "|---|---|---|---|---|---|" + "---|" * len(epsilons) + "---|",
     ]
-    for name, by_seed in models:
+    for position, (name, by_seed) in enumerate(models):
         own = [mean_corruption_error(r, teacher)["mce"] for r, teacher, _ in by_seed.values()]
         first = [mean_corruption_error(r, zero)["mce"] for r, _, zero in by_seed.values()]
-        fgsm = [[f["top1"] for f in r["fgsm"] if f["epsilon"] > 0] for r, _, _ in by_seed.values()]
-        teacher_fgsm = [[f["top1"] for f in t["fgsm"] if f["epsilon"] > 0] for _, t, _ in by_seed.values()]
+        fgsm = [_fgsm(r) for r, _, _ in by_seed.values()]
         more = sum(
-            m < 100 and all(a > b for a, b in zip(ours, theirs, strict=True))
-            for m, ours, theirs in zip(own, fgsm, teacher_fgsm, strict=True)
+            m < 100 and all(a > b for a, b in zip(ours, _fgsm(teacher), strict=True))
+            for m, ours, (_, teacher, _) in zip(own, fgsm, by_seed.values(), strict=True)
         )
-        is_teacher = name.startswith("generation 0")
+        is_teacher = position == 0
         lines.append(
             f"| {name} | {', '.join(map(str, by_seed))} | "
             f"{_mean_std([r['clean'] for r, _, _ in by_seed.values()])} | "
@@ -471,24 +493,17 @@ def _robustness_against_noise(results: dict, ran: list[int], epsilons: list[floa
     accuracy, each with a two-sided paired t-test."""
     lines = []
     for name in ROBUST_ABLATIONS:
-        measured = [s for s in ran if "robustness" in results[s]["ablations"].get(name, {})]
+        measured = _ablation_robustness(results, ran, name)
         if not measured:
             continue
         mce, fgsm = [], []
-        for s in measured:
+        for s, ablation in measured.items():
             zero, full = results[s]["main"][0]["robustness"], results[s]["main"][1]["robustness"]
-            ablation = results[s]["ablations"][name]["robustness"]
             mce.append(
                 mean_corruption_error(ablation, zero)["mce"] - mean_corruption_error(full, zero)["mce"]
             )
-            fgsm.append(
-                [
-                    a["top1"] - f["top1"]
-                    for a, f in zip(ablation["fgsm"], full["fgsm"], strict=True)
-                    if a["epsilon"] > 0
-                ]
-            )
-        cells = [f"{_mean_plain(mce)} | {_paired_p([m / 100 for m in mce])}"]
+            fgsm.append([a - f for a, f in zip(_fgsm(ablation), _fgsm(full), strict=True)])
+        cells = [f"{_mean_plain(mce)} | {_paired_p(mce)}"]
         cells += [
             f"{_mean_std([f[i] for f in fgsm])} | {_paired_p([f[i] for f in fgsm])}"
             for i in range(len(epsilons))
@@ -633,15 +648,16 @@ def main() -> None:
         client = stack.start_api()
         stack.start_worker()
         ids = _datasets(client, args.dir, paths)
+        robustness_set = None
+        if args.robustness:
+            robustness_set = _robustness_set(client, args.dir, ids, images_dir, args.robustness)
         for seed in map(int, args.seeds.split(",")):
             saved = results_dir / f"seed{seed}.json"
             result = _checked(saved, budget) if saved.exists() else None
             main_cfg = _main_config(args, client, ids, truth, seed)
-            if args.robustness:
+            if robustness_set is not None:
                 main_cfg = dataclasses.replace(
-                    main_cfg,
-                    robustness=True,
-                    robustness_dataset_id=_robustness_set(client, args.dir, ids, images_dir, args.robustness),
+                    main_cfg, robustness=True, robustness_dataset_id=robustness_set
                 )
             if result and set(ablations) <= set(result["ablations"]):
                 _say(f"seed {seed}: generations and ablations done before ({saved})")

@@ -87,7 +87,7 @@ def _prepared(path: Path, split: str, source: Path, count: int | None = None) ->
     if not path.exists():
         images, labels = load(split, source)
         partial = path.with_name(path.name + ".partial")
-        write_image_folder(partial, images, labels, range(min(count or len(labels), len(labels))))
+        write_image_folder(partial, images, labels, range(len(labels))[:count])
         partial.rename(path)  # whole or absent: an interrupted write is redone, not reused
     return path
 
