@@ -146,6 +146,7 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
             batch_size=args.batch_size,
             pseudo_ratio=args.pseudo_ratio,
             randaugment_magnitude=args.magnitude,
+            randaugment_increasing=args.increasing,
             hflip=0.5,  # clothes keep their class when mirrored; the recorded study used it
         ),
         Runtime(workers=args.workers, checkpoint_every=200, progress=False),
@@ -237,6 +238,7 @@ def _budget(args) -> dict:
         "batch_size",
         "pseudo_ratio",
         "magnitude",
+        "increasing",
         "threshold",
     ]
     return {k: getattr(args, k) for k in keys}
@@ -244,7 +246,7 @@ def _budget(args) -> dict:
 
 # Budget keys added after seeds were already committed: a seed file without one was run with
 # the value below (the study's default then), so it still reports beside newer files.
-_ADDED_BUDGET_KEYS = {"threshold": 0.3}
+_ADDED_BUDGET_KEYS = {"threshold": 0.3, "increasing": False}
 
 
 def _checked(path: Path, budget: dict) -> dict:
@@ -600,6 +602,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="labeled images per step")
     parser.add_argument("--pseudo-ratio", type=float, default=3.0)
     parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
+    parser.add_argument(
+        "--increasing",
+        action="store_true",
+        help="RandAugment's ops whose strength rises with the magnitude (timm's inc1)",
+    )
     parser.add_argument(
         "--threshold", type=float, default=_ADDED_BUDGET_KEYS["threshold"], help="confidence threshold"
     )

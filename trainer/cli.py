@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nst.client import Client
-from trainer.config import TrainConfig
+from trainer.config import RecipeError, TrainConfig
 from trainer.iterate import SET_PER_MODEL, IterateConfig, RecipeChanged, iterate
 from trainer.report import format_table
 
@@ -72,14 +72,24 @@ def _option(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     return [*decls, field.name], kwargs
 
 
+def _checked(cfg: TrainConfig) -> TrainConfig:
+    """Refuse a recipe that would fail only once training runs (before any data is pulled)."""
+    try:
+        cfg.recipe.check()
+    except RecipeError as error:
+        raise click.UsageError(f"--{error.field.replace('_', '-')}: {error.problem}") from None
+    return cfg
+
+
 @click.command("train")
 @config_options
 def train_command(**values) -> None:
     """Train a noisy student from a manifest (pulled over HTTP) and register it as a teacher."""
     from trainer.train import ResumeMismatch, train
 
+    cfg = _checked(TrainConfig.from_flat(values))
     try:
-        result = train(TrainConfig.from_flat(values))
+        result = train(cfg)
     except ResumeMismatch as error:
         raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, indent=2))
@@ -279,7 +289,7 @@ def iterate_command(**values) -> None:
     loop["students"] = loop["students"].split(",")
     if loop["robustness"] and loop["eval_dataset_id"] is None and loop["robustness_dataset_id"] is None:
         raise click.UsageError("--robustness: needs --eval or --robustness-on, the dataset to measure it on")
-    cfg = IterateConfig(**loop, train=TrainConfig.from_flat({"manifest_id": "", **train_values}))
+    cfg = IterateConfig(**loop, train=_checked(TrainConfig.from_flat({"manifest_id": "", **train_values})))
     from trainer.train import ResumeMismatch
 
     with Client(train_values["api_url"], token=train_values["api_token"]) as client:

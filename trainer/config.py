@@ -15,6 +15,14 @@ from dataclasses import asdict, dataclass, field
 from nst import noise
 
 
+class RecipeError(ValueError):
+    """A recipe value that would fail only once training runs, with the field it is in."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
 @dataclass
 class Recipe:
     # the student
@@ -32,6 +40,7 @@ class Recipe:
     randaugment: bool = True
     randaugment_magnitude: int | None = None  # None: default_magnitude(image_size)
     randaugment_ops: int = noise.RANDAUGMENT_OPS
+    randaugment_increasing: bool = False  # timm's inc1 ops (see noise.randaugment_spec)
     dropout: float = noise.DROPOUT
     drop_path: float = noise.DROP_PATH
     crop_scale_min: float | None = None  # None: 0.6 below 128 px, else 0.08 (Inception crop)
@@ -57,11 +66,23 @@ class Recipe:
 
     @property
     def magnitude(self) -> int:
-        return self.randaugment_magnitude or noise.default_magnitude(self.image_size)
+        if self.randaugment_magnitude is None:
+            return noise.default_magnitude(self.image_size)
+        return self.randaugment_magnitude
 
     @property
     def randaugment_spec(self) -> str:
-        return noise.randaugment_spec(self.image_size, self.magnitude, self.randaugment_ops)
+        return noise.randaugment_spec(
+            self.image_size, self.magnitude, self.randaugment_ops, increasing=self.randaugment_increasing
+        )
+
+    def check(self) -> None:
+        """Raise RecipeError for a recipe that would fail only once training runs."""
+        if self.randaugment:
+            try:
+                noise.check_randaugment(self.randaugment_spec)
+            except ValueError as error:
+                raise RecipeError("randaugment_magnitude", str(error)) from None
 
     @property
     def crop_scale(self) -> tuple[float, float]:

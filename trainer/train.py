@@ -195,6 +195,7 @@ class _Run:
 
 def train(cfg: TrainConfig, client: Client | None = None) -> dict:
     """Train, evaluate and (on rank 0) write and register the student; return a summary."""
+    cfg.recipe.check()
     if client is None:
         with Client(cfg.service.api_url, token=cfg.service.api_token) as own_client:
             return train(cfg, own_client)

@@ -103,3 +103,13 @@ def test_iterate_refuses_robustness_with_no_dataset_to_measure_it_on():
     args = ["iterate", "--labeled", "1", "--unlabeled", "2", "--robustness"]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "--robustness: needs --eval or --robustness-on" in refused.output
+
+
+def test_train_refuses_a_randaugment_magnitude_its_ops_cannot_run_at():
+    refused = CliRunner().invoke(cli, ["train", "--manifest", "m", "--randaugment-magnitude", "2"])
+    assert refused.exit_code == 2
+    assert "--randaugment-magnitude: RandAugment 'rand-m2-n2-mmax10': Posterize cannot run" in refused.output
+    args = ["iterate", "--labeled", "1", "--unlabeled", "2"]
+    args += ["--randaugment-magnitude", "10", "--randaugment-increasing"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "PosterizeIncreasing cannot run at magnitude 10" in refused.output

@@ -10,7 +10,7 @@ from PIL import Image
 
 from nst.noise import default_magnitude
 from nst.transforms import eval_transform
-from trainer.config import Recipe
+from trainer.config import Recipe, RecipeError
 from trainer.data import EndlessSampler, train_transform
 from trainer.train import build_model, pseudo_loss, soft_cross_entropy
 
@@ -115,3 +115,29 @@ def test_sampler_honours_copies_and_resumes_where_it_stopped():
     taken = [next(stream) for _ in range(15)]
     resumed = iter(EndlessSampler(copies, seed=7, start=9))
     assert [next(resumed) for _ in range(6)] == taken[9:]
+
+
+def test_a_magnitude_an_op_cannot_run_at_is_refused_before_training():
+    with pytest.raises(RecipeError, match="Posterize cannot run at magnitude 2") as refused:
+        _cfg(randaugment_magnitude=2).check()
+    assert refused.value.field == "randaugment_magnitude"
+    # timm's increasing ops run there (and at 0, which is no longer read as "the default")...
+    for magnitude in (0, 2, 9):
+        recipe = _cfg(randaugment_magnitude=magnitude, randaugment_increasing=True)
+        recipe.check()
+        assert recipe.randaugment_spec == f"rand-m{magnitude}-n2-mmax10-inc1"
+    # ... but keep no bits at all from 10 up.
+    with pytest.raises(RecipeError, match="PosterizeIncreasing cannot run at magnitude 10"):
+        _cfg(randaugment_magnitude=10, randaugment_increasing=True).check()
+    _cfg(randaugment_magnitude=2, randaugment=False).check()  # no RandAugment, nothing to refuse
+    _cfg().check()
+
+
+def test_the_increasing_ops_run_where_the_authors_posterize_cannot(fmnist):
+    cfg = _cfg(randaugment_magnitude=2, randaugment_increasing=True)
+    plain, noisy = train_transform(cfg, noisy=False), train_transform(cfg, noisy=True)
+    assert "PosterizeIncreasing" in repr(noisy)
+    images = [Image.open(p).convert("L") for p in sorted((fmnist / "unlabeled").glob("*.png"))[:16]]
+    # 16 draws of two ops from 15 reach Posterize with near certainty; the authors' would raise.
+    differ = sum(not torch.allclose(_draw(plain, im, s), _draw(noisy, im, s)) for s, im in enumerate(images))
+    assert differ >= 4
