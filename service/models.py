@@ -168,6 +168,22 @@ class Label(Base):
     rest_mass: Mapped[float | None] = mapped_column(REAL)
 
 
+class LabelBin(Base):
+    """A job's labels of one class whose confidence falls in one step of 1/100 (the highest
+    multiple at or below it): their count and sums. A database trigger keeps these in the
+    transaction that inserts the labels (migration 0010), so every writer is counted once; the
+    statistics, a manifest's plan and its content digest read them instead of every label."""
+
+    __tablename__ = "label_bins"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    predicted: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_count: Mapped[int] = mapped_column(BigInteger)
+    item_id_sum: Mapped[int] = mapped_column(BigInteger)
+    confidence_sum: Mapped[float] = mapped_column(Double)
+
+
 class ItemError(Base):
     __tablename__ = "item_errors"
 

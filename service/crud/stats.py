@@ -1,17 +1,19 @@
-"""Per-class statistics of a labeling job, from SQL aggregates (the labels never leave the
+"""Per-class statistics of a labeling job, from its label bins (the labels never leave the
 database): counts, counts at or above a threshold, mean confidence and a confidence histogram."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Double, case, cast, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.crud import label_bins
 from service.models import Dataset, Label
 
 BINS = 10
 BIN_EDGES = [i / BINS for i in range(BINS + 1)]  # i / 10 is the double nearest each edge
+STEPS_PER_BIN = label_bins.GRID // BINS
 
 
 @dataclass
@@ -22,42 +24,30 @@ class ClassAggregate:
     histogram: list[int] = field(default_factory=lambda: [0] * BINS)
 
 
-def _bin(confidence) -> case:
-    """Bin i holds [i/10, (i+1)/10); the last bin also holds 1.0. Comparisons, not floor(), which
-    SQLite may lack and which would need a cast that rounds differently on each database."""
-    return case(*[(confidence < BIN_EDGES[i + 1], i) for i in range(BINS - 1)], else_=BINS - 1)
-
-
 def class_aggregates(
     session: Session, *, job_id: int, num_classes: int, threshold: float
 ) -> list[ClassAggregate]:
-    binned = (
-        select(
-            Label.predicted.label("predicted"),
-            _bin(Label.confidence).label("bin"),
-            case((Label.confidence >= threshold, 1), else_=0).label("above"),
-            # PostgreSQL sums REAL in float32; a million of them need double precision.
-            cast(Label.confidence, Double).label("confidence"),
-        )
-        .where(Label.job_id == job_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(
-            binned.c.predicted,
-            binned.c.bin,
-            func.count(),
-            func.sum(binned.c.above),
-            func.sum(binned.c.confidence),
-        ).group_by(binned.c.predicted, binned.c.bin)
-    )
+    """From the job's label bins (steps of 1/GRID, ``label_bins``): bin ``i`` of the histogram
+    holds [i/10, (i+1)/10), which is steps ``10 i`` to ``10 i + 9`` (``10 i / 100`` and ``i / 10``
+    are the same double), and the last also holds 1.0. Only a threshold off the grid needs the
+    labels themselves, for its counts."""
     aggregates = [ClassAggregate() for _ in range(num_classes)]
-    for predicted, bin_index, count, above, confidence_sum in rows:
-        aggregate = aggregates[predicted]
-        aggregate.count += count
-        aggregate.above += int(above)
-        aggregate.confidence_sum += float(confidence_sum)
-        aggregate.histogram[bin_index] = count
+    step = label_bins.threshold_step(threshold)
+    for b in label_bins.job_bins(session, job_id):
+        aggregate = aggregates[b.predicted]
+        aggregate.count += b.count
+        aggregate.confidence_sum += b.confidence_sum
+        aggregate.histogram[min(b.step // STEPS_PER_BIN, BINS - 1)] += b.count
+        if step is not None and b.step >= step:
+            aggregate.above += b.count
+    if step is None:
+        above = session.execute(
+            select(Label.predicted, func.count())
+            .where(Label.job_id == job_id, Label.confidence >= threshold)
+            .group_by(Label.predicted)
+        )
+        for predicted, count in above:
+            aggregates[predicted].above = count
     return aggregates
 
 

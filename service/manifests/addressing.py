@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.models import Dataset, Job, Label
+from service.crud import label_bins
+from service.models import Dataset, Job
 from service.schemas import ManifestCreate
 
 # Part of every ID: changing the selection rules must not reuse the IDs of the old ones.
@@ -32,19 +32,14 @@ def canonical_params(request: ManifestCreate) -> dict:
 
 
 def _job_digest(session: Session, job: Job) -> dict:
-    """Integer aggregates of the job's labels: exact, and the same on both databases."""
-    count, item_sum, class_sum = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(Label.item_id), 0),
-            func.coalesce(func.sum(Label.predicted), 0),
-        ).where(Label.job_id == job.id)
-    ).one()
+    """Integer aggregates of the job's labels (from its label bins): exact, and the same on both
+    databases."""
+    count, item_sum, class_sum = label_bins.job_digest(session, job.id)
     return {
         "job_id": job.id,
         "teacher_id": job.teacher_id,
         "dataset_id": job.dataset_id,
-        "labels": [int(count), int(item_sum), int(class_sum)],
+        "labels": [count, item_sum, class_sum],
     }
 
 

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from service.crud.label_bins import GRID, grid_step, grid_step_sql, job_bins, threshold_step
+
 PRIME = 2**31 - 1
-GRID = 100  # per-class thresholds are multiples of 1/GRID, as in the authors' code
 
 
 # --- the lottery ------------------------------------------------------------------------------
@@ -82,29 +83,26 @@ def _pool_sql(job_ids: Sequence[int]) -> tuple[str, dict]:
     return sql, params
 
 
-def _grid_step_sql(column: str) -> str:
-    """``grid_step`` in SQL: a first guess from ``column * GRID`` (PostgreSQL's cast rounds,
-    SQLite's truncates), then the same one-step corrections, in doubles as the filter compares."""
-    x = f"CAST({column} AS DOUBLE PRECISION)"
-    guess = f"CAST({x} * {GRID} AS INTEGER)"
-    up = f"CASE WHEN CAST({guess} + 1 AS DOUBLE PRECISION) / {GRID} <= {x} THEN 1 ELSE 0 END"
-    down = f"CASE WHEN CAST({guess} AS DOUBLE PRECISION) / {GRID} > {x} THEN 1 ELSE 0 END"
-    return f"{guess} + {up} - {down}"
-
-
 def pool_histogram(
     session: Session, *, job_ids: Sequence[int], threshold: float
 ) -> dict[int, dict[int, int]]:
     """Per class, the pool's labels at or above the threshold counted by grid step (the highest
-    multiple of 1/GRID at or below the confidence): one scan, no sort, at most GRID + 1 rows a
-    class. It gives each class's size, the pool's, and every threshold the selection needs."""
+    multiple of 1/GRID at or below the confidence), at most GRID + 1 rows a class. It gives each
+    class's size, the pool's, and every threshold the selection needs. One job's, with a
+    threshold on the grid, are its label bins; a pool of several jobs (where the more confident
+    label of an item wins) or a threshold off the grid takes one grouped scan."""
+    histogram: dict[int, dict[int, int]] = {}
+    step = threshold_step(threshold)
+    if len(job_ids) == 1 and step is not None:
+        for b in job_bins(session, job_ids[0], min_step=step):
+            histogram.setdefault(b.predicted, {})[b.step] = b.count
+        return histogram
     pool, params = _pool_sql(job_ids)
     sql = f"""
         SELECT predicted, step, count(*) FROM (
-            SELECT predicted, {_grid_step_sql("confidence")} AS step
+            SELECT predicted, {grid_step_sql("confidence")} AS step
             FROM ({pool}) AS pool WHERE confidence >= :threshold
         ) AS stepped GROUP BY predicted, step"""
-    histogram: dict[int, dict[int, int]] = {}
     for predicted, step, count in session.execute(text(sql), {**params, "threshold": threshold}):
         histogram.setdefault(predicted, {})[step] = count
     return histogram
@@ -122,17 +120,6 @@ def distribution_targets(labeled_counts: Sequence[int], *, total: int) -> list[i
     for i in by_remainder[: total - sum(targets)]:
         targets[i] += 1
     return targets
-
-
-def grid_step(confidence: float) -> int:
-    """The highest step with ``step / GRID <= confidence``: float comparisons, exactly as the SQL
-    filter makes them."""
-    step = math.floor(confidence * GRID)
-    while (step + 1) / GRID <= confidence:
-        step += 1
-    while step / GRID > confidence:
-        step -= 1
-    return step
 
 
 def grid_threshold(confidence: float, minimum: float) -> float:

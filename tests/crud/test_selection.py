@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from service.core.db import session_scope
+from service.crud import label_bins
 from service.exports.manifests import records
 from service.manifests import reads, selection
 from service.manifests.build import build_manifest, prepare_manifest
@@ -246,8 +247,8 @@ def test_the_grid_step_in_sql_matches_python_on_both_databases(db):
     values += [synthetic.f32(v) for v in values + [0.95, 0.3, 0.31]]
     with session_scope() as session:
         for value in values:
-            got = session.scalar(text(f"SELECT {selection._grid_step_sql(':value')}"), {"value": value})
-            assert got == selection.grid_step(value), value
+            got = session.scalar(text(f"SELECT {label_bins.grid_step_sql(':value')}"), {"value": value})
+            assert got == label_bins.grid_step(value), value
 
 
 @pytest.mark.parametrize(
