@@ -9,9 +9,8 @@ the bins where the filter splits the labels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from service.models import LabelBin
@@ -47,22 +46,35 @@ def threshold_step(threshold: float) -> int | None:
     return step if step / GRID == threshold else None
 
 
-@dataclass(frozen=True)
-class Bin:
-    predicted: int
-    step: int
-    count: int
-    confidence_sum: float
-
-
-def job_bins(session: Session, job_id: int, *, min_step: int | None = None) -> list[Bin]:
-    """The job's non-empty bins, optionally only those at or above ``min_step``."""
-    query = select(LabelBin.predicted, LabelBin.step, LabelBin.label_count, LabelBin.confidence_sum).where(
-        LabelBin.job_id == job_id
+def job_bins(session: Session, job_id: int, *, min_step: int = 0) -> list[tuple[int, int, int]]:
+    """The job's non-empty bins at or above ``min_step``, as ``(predicted, step, count)``."""
+    query = select(LabelBin.predicted, LabelBin.step, LabelBin.label_count).where(
+        LabelBin.job_id == job_id, LabelBin.step >= min_step
     )
-    if min_step is not None:
-        query = query.where(LabelBin.step >= min_step)
-    return [Bin(p, s, int(n), float(c)) for p, s, n, c in session.execute(query)]
+    return [tuple(row) for row in session.execute(query)]
+
+
+def job_class_bins(
+    session: Session, *, job_id: int, steps_per_bin: int, bins: int, threshold_step: int
+) -> list[tuple[int, int, int, int, float]]:
+    """The job's bins merged ``steps_per_bin`` at a time (the last merged bin also takes every
+    step above it), as ``(predicted, bin, count, count at or above threshold_step,
+    confidence sum)``: a few rows a class, summed in SQL."""
+    last = steps_per_bin * (bins - 1)
+    merged = case((LabelBin.step >= last, bins - 1), else_=LabelBin.step // steps_per_bin)
+    above = case((LabelBin.step >= threshold_step, LabelBin.label_count), else_=0)
+    query = (
+        select(
+            LabelBin.predicted,
+            merged,
+            func.sum(LabelBin.label_count),
+            func.sum(above),
+            func.sum(LabelBin.confidence_sum),
+        )
+        .where(LabelBin.job_id == job_id)
+        .group_by(LabelBin.predicted, merged)
+    )
+    return [tuple(row) for row in session.execute(query)]
 
 
 def job_digest(session: Session, job_id: int) -> tuple[int, int, int]:

@@ -33,13 +33,20 @@ def class_aggregates(
     labels themselves, for its counts."""
     aggregates = [ClassAggregate() for _ in range(num_classes)]
     step = label_bins.threshold_step(threshold)
-    for b in label_bins.job_bins(session, job_id):
-        aggregate = aggregates[b.predicted]
-        aggregate.count += b.count
-        aggregate.confidence_sum += b.confidence_sum
-        aggregate.histogram[min(b.step // STEPS_PER_BIN, BINS - 1)] += b.count
-        if step is not None and b.step >= step:
-            aggregate.above += b.count
+    off_grid = label_bins.GRID + 1  # no bin is at or above it: the labels are counted below
+    rows = label_bins.job_class_bins(
+        session,
+        job_id=job_id,
+        steps_per_bin=STEPS_PER_BIN,
+        bins=BINS,
+        threshold_step=off_grid if step is None else step,
+    )
+    for predicted, bin_index, count, above, confidence_sum in rows:
+        aggregate = aggregates[predicted]
+        aggregate.count += int(count)
+        aggregate.above += int(above)
+        aggregate.confidence_sum += float(confidence_sum)
+        aggregate.histogram[bin_index] = int(count)
     if step is None:
         above = session.execute(
             select(Label.predicted, func.count())

@@ -94,8 +94,8 @@ def pool_histogram(
     histogram: dict[int, dict[int, int]] = {}
     step = threshold_step(threshold)
     if len(job_ids) == 1 and step is not None:
-        for b in job_bins(session, job_ids[0], min_step=step):
-            histogram.setdefault(b.predicted, {})[b.step] = b.count
+        for predicted, bin_step, count in job_bins(session, job_ids[0], min_step=step):
+            histogram.setdefault(predicted, {})[bin_step] = count
         return histogram
     pool, params = _pool_sql(job_ids)
     sql = f"""
