@@ -1,8 +1,9 @@
 """Filter and balance pseudo labels into manifest entries, in SQL (docs/METHOD.md steps 3-4).
 
-One grouped scan plans every class (``pool_histogram``, ``class_plan``) and one INSERT ... SELECT
-with one window function writes the entries, identical on SQLite (3.25+) and PostgreSQL, so a
-million labels never pass through Python.
+The job's label bins (or, for a pool of several jobs, one grouped scan) plan every class
+(``pool_histogram``, ``class_plan``) and one INSERT ... SELECT with one window function writes
+the entries, identical on SQLite (3.25+) and PostgreSQL, so a million labels never pass
+through Python.
 
 Per class ``c`` with target ``T`` and ``n`` labels at or above its threshold:
 
