@@ -74,6 +74,9 @@ def test_every_label_an_insert_adds_is_counted_once(job):
         ).one()
         assert label_bins.job_digest(session, job) == tuple(direct)
         assert label_bins.job_digest(session, job + 1) == (0, 0, 0)
+    with session_scope() as session:  # a job's labels are deleted only with it; its bins go too
+        session.execute(text("DELETE FROM jobs WHERE id = :job"), {"job": job})
+    assert _stored(job) == {} == _recount(job)
 
 
 @pytest.mark.postgres
