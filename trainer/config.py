@@ -82,7 +82,8 @@ class Recipe:
             try:
                 noise.check_randaugment(self.randaugment_spec)
             except ValueError as error:
-                raise RecipeError("randaugment_magnitude", str(error)) from None
+                hint = "9 or less with the increasing ops" if self.randaugment_increasing else "3 or more"
+                raise RecipeError("randaugment_magnitude", f"{error}; it needs {hint}") from None
 
     @property
     def crop_scale(self) -> tuple[float, float]:

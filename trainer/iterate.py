@@ -105,6 +105,10 @@ def _students_used(students: list[str], last_generation: int) -> list[str]:
     return [students[min(g - 1, len(students) - 1)] for g in range(1, last_generation + 1)]
 
 
+# Recipe settings added after runs were saved without them, with the value those runs used.
+_ADDED_TRAIN_SETTINGS = {"randaugment_increasing": False}
+
+
 def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> list[str]:
     """'field: saved -> current' for every recipe setting that differs, given the last recorded
     generation (None: none yet). A setting the saved file does not hold (written by an older
@@ -121,7 +125,7 @@ def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> 
         used = _students_used(saved["students"], last_generation)
         if used != _students_used(current["students"], last_generation):
             changes.append(f"students: {saved['students']!r} -> {current['students']!r}")
-    saved_train = saved.get("train", {})
+    saved_train = _ADDED_TRAIN_SETTINGS | saved.get("train", {})
     changes += [
         f"train.{name}: {saved_train[name]!r} -> {value!r}"
         for name, value in current["train"].items()

@@ -10,6 +10,7 @@ progress (``workers.label_writes``); the shard's state changes in ``service.life
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,7 +137,9 @@ def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final:
             )
             for row, i in zip(rows, ok, strict=True):
                 row.update(job_id=job.id, item_id=item_ids[i])
+        rows, not_finite = finite_rows(rows)
         bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
+        bad += [_item_error(job.id, item_id, NOT_FINITE) for item_id in not_finite]
         unread += sum(b["kind"] == TRANSIENT for b in bad)
         if (stopped := writer.add(rows, bad)) is not None:
             return stopped
@@ -148,6 +151,19 @@ def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final:
             release_shard(session, shard_id=shard_id, reason=reason)
         raise TransientItemErrors(f"shard {shard_id}: {reason}")
     return writer.finish()
+
+
+NOT_FINITE = "the teacher's output for this image is not finite (NaN or infinity)"
+
+
+def finite_rows(rows: list[dict]) -> tuple[list[dict], list[int]]:
+    """The rows whose confidence is a number, and the item IDs of the rest: a NaN would sort
+    above every confidence in PostgreSQL and has no place in a confidence histogram, so such an
+    output is a permanent item error, not a label."""
+    if all(math.isfinite(row["confidence"]) for row in rows):
+        return rows, []
+    finite = [row for row in rows if math.isfinite(row["confidence"])]
+    return finite, [row["item_id"] for row in rows if not math.isfinite(row["confidence"])]
 
 
 def _item_error(job_id: int, item_id: int, message: str) -> dict:

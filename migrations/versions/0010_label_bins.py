@@ -43,7 +43,8 @@ _ADD = (
 
 
 def _grouped(source: str) -> str:
-    # Sorted: concurrent workers then lock the bins they share in one order and cannot deadlock.
+    # Sorted: concurrent workers then lock the bins they share in one order and cannot deadlock,
+    # as long as a transaction inserts its labels in one statement (workers.label_writes does).
     return f"""
         SELECT job_id, predicted, step, count(*), sum(item_id), sum(CAST(confidence AS DOUBLE PRECISION))
         FROM (
@@ -53,6 +54,11 @@ def _grouped(source: str) -> str:
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        # Until this transaction commits, no label is written: one committed during the
+        # backfill, before the trigger exists, would be counted by neither. (SQLite's single
+        # writer already waits.)
+        op.execute("LOCK TABLE labels IN SHARE ROW EXCLUSIVE MODE")
     op.create_table(
         "label_bins",
         sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from service.models import LabelBin
@@ -55,14 +55,18 @@ def job_bins(session: Session, job_id: int, *, min_step: int = 0) -> list[tuple[
 
 
 def job_class_bins(
-    session: Session, *, job_id: int, steps_per_bin: int, bins: int, threshold_step: int
-) -> list[tuple[int, int, int, int, float]]:
+    session: Session, *, job_id: int, steps_per_bin: int, bins: int, above_step: int | None
+) -> list[tuple]:
     """The job's bins merged ``steps_per_bin`` at a time (the last merged bin also takes every
-    step above it), as ``(predicted, bin, count, count at or above threshold_step,
-    confidence sum)``: a few rows a class, summed in SQL."""
+    step above it), as ``(predicted, bin, count, count at or above above_step, confidence
+    sum)``: a few rows a class, summed in SQL. ``above_step`` None counts nothing above."""
     last = steps_per_bin * (bins - 1)
     merged = case((LabelBin.step >= last, bins - 1), else_=LabelBin.step // steps_per_bin)
-    above = case((LabelBin.step >= threshold_step, LabelBin.label_count), else_=0)
+    above = (
+        literal(0)
+        if above_step is None
+        else case((LabelBin.step >= above_step, LabelBin.label_count), else_=0)
+    )
     query = (
         select(
             LabelBin.predicted,

@@ -33,13 +33,8 @@ def class_aggregates(
     labels themselves, for its counts."""
     aggregates = [ClassAggregate() for _ in range(num_classes)]
     step = label_bins.threshold_step(threshold)
-    off_grid = label_bins.GRID + 1  # no bin is at or above it: the labels are counted below
     rows = label_bins.job_class_bins(
-        session,
-        job_id=job_id,
-        steps_per_bin=STEPS_PER_BIN,
-        bins=BINS,
-        threshold_step=off_grid if step is None else step,
+        session, job_id=job_id, steps_per_bin=STEPS_PER_BIN, bins=BINS, above_step=step
     )
     for predicted, bin_index, count, above, confidence_sum in rows:
         aggregate = aggregates[predicted]
@@ -48,12 +43,12 @@ def class_aggregates(
         aggregate.confidence_sum += float(confidence_sum)
         aggregate.histogram[bin_index] = int(count)
     if step is None:
-        above = session.execute(
+        counted = session.execute(
             select(Label.predicted, func.count())
             .where(Label.job_id == job_id, Label.confidence >= threshold)
             .group_by(Label.predicted)
         )
-        for predicted, count in above:
+        for predicted, count in counted:
             aggregates[predicted].above = count
     return aggregates
 

@@ -93,10 +93,10 @@ def pool_histogram(
     threshold on the grid, are its label bins; a pool of several jobs (where the more confident
     label of an item wins) or a threshold off the grid takes one grouped scan."""
     histogram: dict[int, dict[int, int]] = {}
-    step = threshold_step(threshold)
-    if len(job_ids) == 1 and step is not None:
-        for predicted, bin_step, count in job_bins(session, job_ids[0], min_step=step):
-            histogram.setdefault(predicted, {})[bin_step] = count
+    lowest = threshold_step(threshold)
+    if len(job_ids) == 1 and lowest is not None:
+        for predicted, step, count in job_bins(session, job_ids[0], min_step=lowest):
+            histogram.setdefault(predicted, {})[step] = count
         return histogram
     pool, params = _pool_sql(job_ids)
     sql = f"""

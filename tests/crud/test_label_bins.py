@@ -2,11 +2,12 @@
 PostgreSQL: whatever path an insert takes, each label it really adds is counted once, and the
 statistics and digests read from the bins equal those counted over the labels."""
 
+import importlib
 import threading
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Double, cast, func, select, text
 
 from service.core.db import session_scope
 from service.crud import label_bins
@@ -17,7 +18,7 @@ from workers.label_writes import insert_ignoring_duplicates
 
 CLASSES = ["cat", "dog", "eel"]
 # Confidences on and either side of steps (as float32, which the labels table stores).
-EDGES = [0.0, 0.01, 0.29, 0.3, 0.5, 0.99, 1.0]
+EDGES = [0.0, 0.01, 0.29, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0]  # 0.7 and 0.9 as float32 lie below them
 NEAR_EDGES = [float(np.nextafter(np.float32(e), np.float32(d))) for e in EDGES for d in (0, 2)]
 
 
@@ -30,7 +31,7 @@ def job(backend):
 def _rows(job_id: int, item_ids, rng: np.random.Generator) -> list[dict]:
     confidences = [*EDGES, *NEAR_EDGES, *rng.uniform(0, 1, size=len(item_ids))]
     return [
-        synthetic._label_row(
+        synthetic.label_row(
             job_id, int(item), int(rng.integers(3)), confidences[i % len(confidences)], 3, None
         )
         for i, item in enumerate(item_ids)
@@ -106,12 +107,15 @@ def test_concurrent_writers_of_one_job_neither_deadlock_nor_miscount(pg_url, mon
     assert stored == _recount(job)
 
 
-@pytest.mark.parametrize("threshold", [0.3, 0.333])  # on the grid (bins only) and off it
+@pytest.mark.parametrize("threshold", [0.3, 0.7, 0.333])  # on the grid (bins only) and off it
 def test_statistics_from_the_bins_equal_those_counted_over_the_labels(job, threshold):
     with session_scope() as session:
         insert_ignoring_duplicates(session, Label, _rows(job, range(1000, 1500), np.random.default_rng(1)))
         aggregates = class_aggregates(session, job_id=job, num_classes=3, threshold=threshold)
-        labels = session.execute(select(Label.predicted, Label.confidence).where(Label.job_id == job)).all()
+        # As stored: psycopg reads a REAL as the double nearest its shortest text (0.7, not
+        # float32(0.7)), which the database never compares.
+        stored = cast(Label.confidence, Double)
+        labels = session.execute(select(Label.predicted, stored).where(Label.job_id == job)).all()
     for predicted, aggregate in enumerate(aggregates):
         confidences = [c for p, c in labels if p == predicted]
         histogram = [0] * 10
@@ -121,3 +125,36 @@ def test_statistics_from_the_bins_equal_those_counted_over_the_labels(job, thres
         assert aggregate.above == sum(c >= threshold for c in confidences)
         assert aggregate.histogram == histogram
         assert aggregate.confidence_sum == pytest.approx(sum(confidences), rel=1e-9)
+
+
+def test_the_migration_computes_steps_as_the_readers_do():
+    migration = importlib.import_module("migrations.versions.0010_label_bins")
+    assert migration._step("confidence") == label_bins.grid_step_sql("confidence")
+
+
+def _migrate(revision: str) -> None:
+    from alembic import command
+
+    from service.core.db import get_engine
+    from service.core.migrate import alembic_config
+
+    config = alembic_config()
+    with get_engine().begin() as connection:
+        config.attributes["connection"] = connection
+        if revision == "head":
+            command.upgrade(config, revision)
+        else:
+            command.downgrade(config, revision)
+
+
+def test_the_migration_bins_the_labels_written_before_it(job):
+    _migrate("0009")  # no bins, no trigger: labels written as before the migration
+    with session_scope() as session:
+        insert_ignoring_duplicates(session, Label, _rows(job, range(1000, 1300), np.random.default_rng(3)))
+    _migrate("head")
+    stored = _stored(job)
+    assert sum(n for n, _ in stored.values()) == 302
+    assert stored == _recount(job)
+    with session_scope() as session:  # and the trigger counts what comes after
+        insert_ignoring_duplicates(session, Label, _rows(job, range(1200, 1400), np.random.default_rng(4)))
+    assert _stored(job) == _recount(job)

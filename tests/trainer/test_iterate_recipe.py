@@ -158,3 +158,15 @@ def test_a_job_that_cannot_finish_or_another_teacher_labels_anew(tmp_path, endin
     assert _labeling_job(cfg, pool, 2, "t1")["id"] != first["id"]
     other_teacher = _labeling_job(cfg, pool, 2, "t9")
     assert other_teacher["id"] not in (first["id"], pool.created[1]) and len(pool.created) == 3
+
+
+def test_a_file_from_before_the_increasing_ops_counts_as_the_authors_ops(tmp_path):
+    cfg = _config(tmp_path)
+    _write_state(cfg)
+    state = json.loads((tmp_path / "iterate.json").read_text())
+    del state["config"]["train"]["randaugment_increasing"]  # as files written before it hold
+    (tmp_path / "iterate.json").write_text(json.dumps(state))
+    assert _load_rows(cfg) == ROWS
+    increasing = TrainConfig(ServiceLink(manifest_id=""), Recipe(steps=100, randaugment_increasing=True))
+    with pytest.raises(RecipeChanged, match="train.randaugment_increasing: False -> True"):
+        _load_rows(_config(tmp_path, train=increasing))

@@ -111,7 +111,7 @@ def distribution(predicted: int, confidence: float, num_classes: int) -> np.ndar
     return probs
 
 
-def _label_row(
+def label_row(
     job_id: int, item_id: int, predicted: int, confidence: float, num_classes: int, top_k: int | None
 ):
     probs = distribution(predicted, confidence, num_classes)
@@ -165,7 +165,7 @@ def finished_job(
         )
         top_k = None if len(classes) <= full_distribution_max else options["top_k"]
         rows = [
-            _label_row(job.id, item_id, c, q, len(classes), top_k)
+            label_row(job.id, item_id, c, q, len(classes), top_k)
             for item_id, (c, q) in zip(item_ids, labels, strict=True)
         ]
         if rows:

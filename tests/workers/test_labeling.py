@@ -367,3 +367,17 @@ def test_one_set_of_decode_processes_serves_teachers_of_different_formats(fmnist
         assert seen[0] == seen[1]  # the same decode process, not a fresh one per teacher
     finally:
         decode.decoder.cache_clear()
+
+
+def test_a_non_finite_teacher_output_is_an_item_error_not_a_label():
+    from workers.soft_labels import soft_labels
+
+    logits = torch.tensor(
+        [[2.0, 0.0, 1.0], [float("nan"), 0.0, 1.0], [float("inf"), 0.0, 1.0], [0.0, 3.0, 1.0]]
+    )
+    rows = soft_labels(logits, temperature=1.0, keep_all=True, top_k=3)
+    for item_id, row in enumerate(rows, start=10):
+        row["item_id"] = item_id
+    kept, not_finite = labeling.finite_rows(rows)
+    assert [row["item_id"] for row in kept] == [10, 13] and not_finite == [11, 12]
+    assert labeling.finite_rows(kept) == (kept, [])
