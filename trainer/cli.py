@@ -77,7 +77,7 @@ def _checked(cfg: TrainConfig) -> TrainConfig:
     try:
         cfg.recipe.check()
     except RecipeError as error:
-        raise click.UsageError(f"--{error.field.replace('_', '-')}: {error.problem}") from None
+        raise click.UsageError(error.as_option()) from None
     return cfg
 
 

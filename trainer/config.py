@@ -22,6 +22,10 @@ class RecipeError(ValueError):
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
 
+    def as_option(self) -> str:
+        """The message as the command line names the field."""
+        return f"--{self.field.replace('_', '-')}: {self.problem}"
+
 
 @dataclass
 class Recipe:

@@ -113,3 +113,11 @@ def test_train_refuses_a_randaugment_magnitude_its_ops_cannot_run_at():
     args += ["--randaugment-magnitude", "10", "--randaugment-increasing"]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "PosterizeIncreasing cannot run at magnitude 10" in refused.output
+
+
+def test_demo_refuses_a_randaugment_its_ops_cannot_run_before_writing_anything(tmp_path):
+    args = ["demo", "--dir", str(tmp_path / "demo"), "--randaugment-authors", "--randaugment-magnitude", "2"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2
+    assert "--randaugment-magnitude: RandAugment 'rand-m2-n2-mmax10'" in refused.output
+    assert not (tmp_path / "demo").exists()
