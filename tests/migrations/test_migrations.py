@@ -52,3 +52,15 @@ def test_nst_db_upgrade_uses_the_configured_database(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     tables = sa.inspect(sa.create_engine(f"sqlite:///{tmp_path / 'cli.db'}")).get_table_names()
     assert {"datasets", "items", "teachers", "jobs", "shards", "labels"} <= set(tables)
+
+
+def test_the_label_bins_trigger_survives_to_head(engine):
+    """A later migration that rebuilds `labels` (SQLite's batch mode copies the table) would drop
+    the trigger that keeps the label bins, silently: statistics and manifests would go stale."""
+    upgrade_head(engine)
+    if engine.dialect.name == "postgresql":
+        query = "SELECT count(*) FROM pg_trigger WHERE tgname = 'labels_binned' AND NOT tgisinternal"
+    else:
+        query = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'labels_binned'"
+    with engine.connect() as connection:
+        assert connection.execute(sa.text(query)).scalar() == 1
