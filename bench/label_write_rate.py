@@ -3,7 +3,7 @@ and into SQLite, against the fastest bare bulk load of the same rows into the sa
 measured in the same run.
 
     .venv/bin/python -m bench.label_write_rate [--labels 200000] [--classes 10]
-        [--batch-sizes 64,256,1024] [--shard-size 10000] [--backends sqlite,postgres]
+        [--batch-sizes 64,256,1024] [--shard-size 10000] [--backends sqlite,postgres] [--writers N]
 
 The worker's path is timed from a batch of logits (made beforehand; the forward pass is not a
 write) to the committed transaction: ``workers.soft_labels.soft_labels`` (softmax, confidence,
@@ -12,7 +12,9 @@ of the labels with the shard's progress, one transaction per ``commit_rows`` lab
 ``commit_seconds``, as the settings give them), shard after shard as a worker runs them. The
 bare load writes the very same rows once, in one transaction, with the fastest plain tool each
 database has: COPY on PostgreSQL (psycopg), ``executemany`` of a plain INSERT on SQLite
-(sqlite3). Target: at least 50,000 labels/s on PostgreSQL. PostgreSQL runs in a fresh database
+(sqlite3). With ``--writers N``, N writer processes on PostgreSQL write the same rows together
+into one job, whose label bins they share, and into one job each, which share nothing (batch
+1,024). Target: at least 50,000 labels/s on PostgreSQL. PostgreSQL runs in a fresh database
 on NST_TEST_PG_ADMIN_URL's server, dropped afterwards; SQLite in a temp folder.
 """
 
@@ -173,6 +175,54 @@ def run_backend(backend: str, url: str, args) -> list[tuple]:
     return results
 
 
+def _writer(
+    url: str, job_id: int, shard_ids: list[int], item_ids: list[int], logits, shard: int, ready
+) -> float:
+    """One writer process: seconds for the worker path over its shards, once every writer is ready."""
+    from service.core.db import session_scope
+    from service.models import Job
+
+    _use_database(url)
+    torch.set_num_threads(1)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+    ready.wait()
+    return worker_path(job, shard_ids, item_ids, logits, 1024, shard)
+
+
+def concurrent_writers(url: str, args) -> tuple[float, float]:
+    """Labels/s of ``args.writers`` processes together writing the shards of one job (so sharing
+    its label bins), and writing the same shares into one job each (sharing nothing)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    _use_database(url)
+    n, shard = args.writers, args.shard_size
+    jobs, item_ids = _setup(args.labels, args.classes, shard, jobs=n + 1)
+    torch.manual_seed(0)
+    logits = torch.randn(args.labels, args.classes) * 3
+    shares = []  # writer w takes shards w, w + n, ...: their items and logits
+    for w in range(n):
+        rows = [
+            k
+            for s in range(w, len(jobs[0][1]), n)
+            for k in range(s * shard, min((s + 1) * shard, args.labels))
+        ]
+        shares.append(([item_ids[k] for k in rows], logits[rows]))
+    context = mp.get_context("spawn")
+    rates = []
+    for together in (True, False):
+        with context.Manager() as manager, ProcessPoolExecutor(n, mp_context=context) as pool:
+            ready = manager.Barrier(n)
+            futures = []
+            for w, (items, share_logits) in enumerate(shares):
+                job, shard_ids = jobs[0] if together else jobs[1 + w]
+                mine = shard_ids[w::n]
+                futures.append(pool.submit(_writer, url, job.id, mine, items, share_logits, shard, ready))
+            rates.append(args.labels / max(f.result() for f in futures))
+    return rates[0], rates[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", type=int, default=200_000)
@@ -180,6 +230,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="64,256,1024")
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--writers", type=int, default=0, help="also N writer processes on PostgreSQL: one job vs one each"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ["NST_DATA_DIR"] = tempfile.mkdtemp(prefix="nst-bench-")
@@ -196,6 +249,14 @@ def main() -> None:
                 from service.core.db import get_engine
 
                 get_engine().dispose()
+        if args.writers:
+            with postgres_database() as url:
+                together, apart = concurrent_writers(url, args)
+            print(
+                f"postgres, {args.writers} writers, batch 1024: one job (shared label bins) "
+                f"{together:,.0f} labels/s, one job each {apart:,.0f} labels/s, ratio {together / apart:.2f}",
+                flush=True,
+            )
 
     stored = "whole distribution" if args.classes <= 100 else "top-10 + rest mass"
     print(f"\n{args.labels:,} labels, {args.classes} classes ({stored}), shards of {args.shard_size:,}\n")
