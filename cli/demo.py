@@ -125,7 +125,8 @@ def demo(
     seed: int,
 ) -> None:
     """Run the demo: data, service, worker, two generations of noisy students, results."""
-    from trainer.config import Recipe, RecipeError
+    from trainer.cli import check_recipe
+    from trainer.config import Recipe
 
     started = time.perf_counter()
     work_dir = work_dir.resolve()
@@ -147,10 +148,7 @@ def demo(
         randaugment_magnitude=randaugment_magnitude,
         randaugment_increasing=randaugment_increasing,
     )
-    try:
-        recipe.check()  # before minutes of writing images
-    except RecipeError as error:
-        raise click.UsageError(error.as_option()) from None
+    check_recipe(recipe)  # before minutes of writing images
     state_dir = work_dir / "nst"
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh service each run; images are kept
     _step(1, "writing images")

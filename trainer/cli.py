@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nst.client import Client
-from trainer.config import RecipeError, TrainConfig
+from trainer.config import Recipe, RecipeError, TrainConfig
 from trainer.iterate import SET_PER_MODEL, IterateConfig, RecipeChanged, iterate
 from trainer.report import format_table
 
@@ -72,12 +72,17 @@ def _option(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
     return [*decls, field.name], kwargs
 
 
-def _checked(cfg: TrainConfig) -> TrainConfig:
-    """Refuse a recipe that would fail only once training runs (before any data is pulled)."""
+def check_recipe(recipe: Recipe) -> None:
+    """Refuse, as a usage error, a recipe that would fail only once training runs (before any
+    data is pulled or written)."""
     try:
-        cfg.recipe.check()
+        recipe.check()
     except RecipeError as error:
         raise click.UsageError(error.as_option()) from None
+
+
+def _checked(cfg: TrainConfig) -> TrainConfig:
+    check_recipe(cfg.recipe)
     return cfg
 
 
