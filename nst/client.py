@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +52,19 @@ class Unavailable(NstError):
 
 
 _ERRORS = {401: Unauthorized, 404: NotFound, 409: Conflict, 422: InvalidRequest, 503: Unavailable}
+
+
+def _raise_for_error(response: httpx.Response, method: str) -> None:
+    """The service's error (its ``detail``) as the matching NstError; nothing on success."""
+    if not response.is_error:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    error = _ERRORS.get(response.status_code, NstError)
+    raise error(response.status_code, detail, method, str(response.url))
+
 
 # An idle pooled connection is dropped after this long. It must be shorter than the server's own
 # keep-alive (uvicorn's default is 5 s, httpx's was 5 s too): otherwise a request sent as the
@@ -91,13 +106,7 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         response = self._http.request(method, path, **kwargs)
-        if response.is_error:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            error = _ERRORS.get(response.status_code, NstError)
-            raise error(response.status_code, detail, method, str(response.url))
+        _raise_for_error(response, method)
         return response
 
     def _json(self, method: str, path: str, **kwargs) -> Any:
@@ -113,15 +122,28 @@ class Client:
             if not page["data"] or len(rows) >= page["count"]:
                 return rows
 
-    def _download(self, path: str, params: dict, out: str | Path) -> Path:
+    def _download(self, path: str, params: dict, out: str | Path, *, sha256: str | None = None) -> Path:
+        """Stream the response into ``out`` through a temporary file beside it, renamed into place
+        only once the whole body has arrived (and, with ``sha256``, matches it): a failed or
+        interrupted download leaves ``out`` as it was, with no partial file beside it."""
         out = Path(out)
         with self._http.stream("GET", path, params=params) as resp:
             if resp.is_error:
                 resp.read()
-                self._request("GET", path, params=params)  # raises the service's error
-            with out.open("wb") as handle:
-                for chunk in resp.iter_bytes():
-                    handle.write(chunk)
+                _raise_for_error(resp, "GET")
+            fd, part = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+            try:
+                digest = hashlib.sha256()
+                with os.fdopen(fd, "wb") as handle:
+                    for chunk in resp.iter_bytes():
+                        handle.write(chunk)
+                        digest.update(chunk)
+                if sha256 is not None and digest.hexdigest() != sha256:
+                    raise ValueError(f"{path}: the file's sha256 is {digest.hexdigest()}, not {sha256}")
+                os.replace(part, out)
+            except BaseException:
+                Path(part).unlink(missing_ok=True)
+                raise
         return out
 
     def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
@@ -197,14 +219,9 @@ class Client:
         return self._listing("/teachers", filters)
 
     def download_teacher(self, teacher_id: str, out: str | Path) -> Path:
-        """The teacher's safetensors file, checked against its ID (the file's sha256)."""
-        out = self._download(f"/teachers/{teacher_id}/checkpoint", {}, out)
-        with out.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256")
-        if digest.hexdigest() != teacher_id:
-            out.unlink()
-            raise ValueError(f"teacher {teacher_id}: the downloaded file's sha256 is {digest.hexdigest()}")
-        return out
+        """The teacher's safetensors file, checked against its ID (the file's sha256) before it
+        takes ``out``'s place."""
+        return self._download(f"/teachers/{teacher_id}/checkpoint", {}, out, sha256=teacher_id)
 
     def set_teacher_temperature(self, teacher_id: str, temperature: float | None) -> dict:
         """Store the teacher's calibrated softmax temperature (None clears it)."""
