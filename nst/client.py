@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,11 @@ class Client:
             if resp.is_error:
                 resp.read()
                 _raise_for_error(resp, "GET")
-            fd, part = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+            # Not mkstemp: its files are private (0600); this one gets the umask's mode, as ``out`` would.
+            part = out.with_name(f".{out.name}.{uuid.uuid4().hex}.part")
             try:
                 digest = hashlib.sha256()
-                with os.fdopen(fd, "wb") as handle:
+                with part.open("xb") as handle:
                     for chunk in resp.iter_bytes():
                         handle.write(chunk)
                         digest.update(chunk)
@@ -142,7 +143,7 @@ class Client:
                     raise ValueError(f"{path}: the file's sha256 is {digest.hexdigest()}, not {sha256}")
                 os.replace(part, out)
             except BaseException:
-                Path(part).unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
                 raise
         return out
 
