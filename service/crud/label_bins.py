@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import Select, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from service.models import LabelBin
@@ -54,12 +54,11 @@ def job_bins(session: Session, job_id: int, *, min_step: int = 0) -> list[tuple[
     return [tuple(row) for row in session.execute(query)]
 
 
-def job_class_bins(
-    session: Session, *, job_id: int, steps_per_bin: int, bins: int, above_step: int | None
-) -> list[tuple]:
+def job_class_bins(*, job_id: int, steps_per_bin: int, bins: int, above_step: int | None) -> Select:
     """The job's bins merged ``steps_per_bin`` at a time (the last merged bin also takes every
     step above it), as ``(predicted, bin, count, count at or above above_step, confidence
-    sum)``: a few rows a class, summed in SQL. ``above_step`` None counts nothing above."""
+    sum)``: a few rows a class, summed in SQL. ``above_step`` None counts nothing above. A query,
+    so that a caller can read it in one statement with others (one snapshot)."""
     last = steps_per_bin * (bins - 1)
     merged = case((LabelBin.step >= last, bins - 1), else_=LabelBin.step // steps_per_bin)
     above = (
@@ -67,7 +66,7 @@ def job_class_bins(
         if above_step is None
         else case((LabelBin.step >= above_step, LabelBin.label_count), else_=0)
     )
-    query = (
+    return (
         select(
             LabelBin.predicted,
             merged,
@@ -78,7 +77,6 @@ def job_class_bins(
         .where(LabelBin.job_id == job_id)
         .group_by(LabelBin.predicted, merged)
     )
-    return [tuple(row) for row in session.execute(query)]
 
 
 def job_digest(session: Session, job_id: int) -> tuple[int, int, int]:

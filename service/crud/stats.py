@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from service.crud import label_bins
@@ -33,23 +33,25 @@ def class_aggregates(
     labels themselves, for its counts."""
     aggregates = [ClassAggregate() for _ in range(num_classes)]
     step = label_bins.threshold_step(threshold)
-    rows = label_bins.job_class_bins(
-        session, job_id=job_id, steps_per_bin=STEPS_PER_BIN, bins=BINS, above_step=step
-    )
-    for predicted, bin_index, count, above, confidence_sum in rows:
-        aggregate = aggregates[predicted]
-        aggregate.count += int(count)
-        aggregate.above += int(above)
-        aggregate.confidence_sum += float(confidence_sum)
-        aggregate.histogram[bin_index] = int(count)
+    query = label_bins.job_class_bins(job_id=job_id, steps_per_bin=STEPS_PER_BIN, bins=BINS, above_step=step)
     if step is None:
-        counted = session.execute(
-            select(Label.predicted, func.count())
+        # The labels' counts at the threshold as rows of bin -1, in the same statement as the bins:
+        # one snapshot, so a job still being written cannot show more labels above than in all.
+        above = (
+            select(Label.predicted, literal(-1), literal(0), func.count(), literal(0.0))
             .where(Label.job_id == job_id, Label.confidence >= threshold)
             .group_by(Label.predicted)
         )
-        for predicted, count in counted:
-            aggregates[predicted].above = count
+        query = union_all(query, above)
+    for predicted, bin_index, count, above_count, confidence_sum in session.execute(query):
+        aggregate = aggregates[predicted]
+        if bin_index < 0:
+            aggregate.above = int(above_count)
+            continue
+        aggregate.count += int(count)
+        aggregate.above += int(above_count)
+        aggregate.confidence_sum += float(confidence_sum)
+        aggregate.histogram[bin_index] = int(count)
     return aggregates
 
 

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from sqlalchemy import Double, cast, func, select, text
+from sqlalchemy import Double, cast, event, func, select, text
 
 from service.core.db import session_scope
 from service.crud import label_bins
@@ -111,7 +111,17 @@ def test_concurrent_writers_of_one_job_neither_deadlock_nor_miscount(pg_url, mon
 def test_statistics_from_the_bins_equal_those_counted_over_the_labels(job, threshold):
     with session_scope() as session:
         insert_ignoring_duplicates(session, Label, _rows(job, range(1000, 1500), np.random.default_rng(1)))
-        aggregates = class_aggregates(session, job_id=job, num_classes=3, threshold=threshold)
+        statements = []
+        engine = session.get_bind()
+        record = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            aggregates = class_aggregates(session, job_id=job, num_classes=3, threshold=threshold)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        # One statement, one snapshot: counts at an off-grid threshold from the labels and the rest
+        # from the bins must not come from two moments of a job being written.
+        assert len(statements) == 1, statements
         # As stored: psycopg reads a REAL as the double nearest its shortest text (0.7, not
         # float32(0.7)), which the database never compares.
         stored = cast(Label.confidence, Double)
