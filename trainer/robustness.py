@@ -213,15 +213,19 @@ def _seed(seed: int, name: str, severity: int, batch: int) -> int:
     return zlib.crc32(f"{seed}:{name}:{severity}:{batch}".encode())
 
 
-def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """One signed-gradient step of size ``epsilon`` in [0, 1] pixel units (``model`` normalises)."""
-    if epsilon == 0:
-        return x
+def fgsm_direction(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sign of the loss's gradient at ``x``: FGSM's step for every epsilon, so one backward
+    pass serves them all (``model`` normalises; pixels in [0, 1])."""
     x = x.clone().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y)
         (grad,) = torch.autograd.grad(loss, x)
-    return (x + epsilon * grad.sign()).clamp(0.0, 1.0).detach()
+    return grad.sign()
+
+
+def fgsm(x: torch.Tensor, direction: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """One signed-gradient step of size ``epsilon`` in [0, 1] pixel units."""
+    return (x + epsilon * direction).clamp(0.0, 1.0)
 
 
 class Normalised(torch.nn.Module):
@@ -269,14 +273,16 @@ def robustness(
 
     for batch, (x, y) in enumerate(loader):
         total += len(y)
-        right["clean"] += correct(x, y)
+        clean = correct(x, y)
+        right["clean"] += clean
         for name in corruptions:
             for severity in range(1, SEVERITIES + 1):
                 g = torch.Generator().manual_seed(_seed(seed, name, severity, batch))
                 right[name, severity] += correct(corrupt(x, name, severity, g), y)
+        direction = fgsm_direction(model, x.to(device), y.to(device)) if any(epsilons) else None
         for epsilon in epsilons:
-            adversarial = fgsm(model, x.to(device), y.to(device), epsilon)
-            right["fgsm", epsilon] += correct(adversarial, y)
+            # Epsilon 0 is the clean images: their count, not a second pass.
+            right["fgsm", epsilon] += correct(fgsm(x.to(device), direction, epsilon), y) if epsilon else clean
     return {
         "count": total,
         "clean": right["clean"] / total,

@@ -17,6 +17,8 @@ from trainer.robustness import (
     Normalised,
     corrupt,
     corruption_names,
+    fgsm,
+    fgsm_direction,
     mean_corruption_error,
     robustness,
 )
@@ -81,3 +83,40 @@ def test_mce_averages_error_ratios_over_corruptions():
     result = mean_corruption_error(ours, reference)
     assert result["corruption_errors"] == pytest.approx({"a": 50.0, "b": 100.0})
     assert result["mce"] == pytest.approx(75.0) and result["skipped"] == ["c"]
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_fgsm_takes_one_gradient_per_batch_and_steps_along_its_sign(fmnist, teacher_file, pixels):
+    model, metadata = load_teacher(teacher_file)
+    net = Normalised(model, metadata.mean, metadata.std).eval()
+    x, y = pixels[1], torch.arange(16) % 10
+    # The step is the gradient's sign, computed here the plain way, times epsilon, clamped.
+    x_grad = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(net(x_grad), y).backward()
+    expected = (x + 0.05 * x_grad.grad.sign()).clamp(0, 1)
+    assert torch.equal(fgsm(x, fgsm_direction(net, x, y), 0.05), expected)
+
+    _, labels, paths = load_folder(fmnist / "test")
+    split = Split([str(p) for p in paths[:40]], labels[:40].numpy(), np.ones(40, dtype=np.int64))
+    image_format = metadata.model_dump(include={"image_size", "channels", "interpolation", "crop_pct"})
+    counting = _Counting(net)
+    robustness(
+        counting,
+        split,
+        eval_transform(**image_format, mean=[0.0], std=[1.0]),
+        "L",
+        torch.device("cpu"),
+        epsilons=[0.0, 0.02, 0.1],
+        batch_size=20,
+    )
+    # Per batch of the two: the clean pass, one gradient, one pass per epsilon above 0.
+    assert counting.calls == 2 * (1 + 1 + 2)
