@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.models import Item, Label
@@ -29,27 +29,25 @@ def class_counts(
     teacher_classes: Sequence[str],
 ) -> list[ClassCounts]:
     """Per teacher class (the predicted one), the labels of truly labeled items and, per
-    threshold, those at or above it and those of them that are right. A dataset class the
-    teacher lacks never counts as right."""
-    if list(dataset_classes) == list(teacher_classes):
-        truth = Item.label
-    else:
-        to_teacher = {
-            i: list(teacher_classes).index(n) for i, n in enumerate(dataset_classes) if n in teacher_classes
-        }
-        truth = case(to_teacher, value=Item.label, else_=-1) if to_teacher else -1
-    right = Label.predicted == truth
-    columns = [Label.predicted, func.count()]
-    for threshold in thresholds:
-        kept = Label.confidence >= threshold
-        columns += [func.count().filter(kept), func.count().filter(and_(kept, right))]
+    threshold, those at or above it and those of them that are right. Counted per pair of
+    predicted and true class in SQL, then matched here by class name: a dataset class the teacher
+    lacks never counts as right."""
+    to_teacher = {name: i for i, name in enumerate(teacher_classes)}
+    truth_to_teacher = [to_teacher.get(name, -1) for name in dataset_classes]
+    columns = [Label.predicted, Item.label, func.count()]
+    columns += [func.count().filter(Label.confidence >= threshold) for threshold in thresholds]
     rows = session.execute(
         select(*columns)
         .join(Item, Item.id == Label.item_id)
         .where(Label.job_id == job_id, Item.label.is_not(None))
-        .group_by(Label.predicted)
-    ).all()
+        .group_by(Label.predicted, Item.label)
+    )
     counts = [ClassCounts(0, [0] * len(thresholds), [0] * len(thresholds)) for _ in teacher_classes]
-    for predicted, labels, *pairs in rows:
-        counts[predicted] = ClassCounts(labels, list(pairs[0::2]), list(pairs[1::2]))
+    for predicted, label, labels, *kept in rows:
+        into = counts[predicted]
+        into.labels += labels
+        is_right = truth_to_teacher[label] == predicted
+        for i, count in enumerate(kept):
+            into.kept[i] += count
+            into.right[i] += count if is_right else 0
     return counts

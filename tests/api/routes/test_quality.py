@@ -37,6 +37,16 @@ def test_quality_counts_kept_and_right_labels_per_threshold_and_class(client, or
     assert eel["points"][0]["precision"] is None
 
 
+def test_a_probe_class_the_teacher_lacks_is_never_right(client):
+    teacher = synthetic.teacher(CLASSES)
+    probe = synthetic.labeled_dataset(["fox", "cat"], [0, 1, 0], split="test", name="probe")
+    job = synthetic.finished_job(teacher, [(CAT, 0.9), (CAT, 0.9), (EEL, 0.9)], dataset_id=probe)
+    quality = client.get(f"/jobs/{job.id}/quality", params={"thresholds": "0"}).json()
+    assert _counts(quality["overall"]) == [(0.0, 3, 1)]
+    assert _counts(quality["classes"]["cat"]["points"]) == [(0.0, 2, 1)]
+    assert _counts(quality["classes"]["eel"]["points"]) == [(0.0, 1, 0)]
+
+
 def test_quality_needs_a_job_over_a_labeled_dataset_and_valid_thresholds(client):
     teacher = synthetic.teacher(CLASSES)
     pool_job = synthetic.finished_job(teacher, LABELS)
