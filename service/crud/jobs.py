@@ -8,6 +8,7 @@ so copies of a shard running at once never count an item twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,6 +34,7 @@ class JobProgress:
     finished_at: datetime | None
     throughput: float | None
     eta_s: float | None
+    inference_used: list[str]  # the modes its shards were labeled in, so far
 
 
 def create_job(
@@ -51,39 +53,65 @@ def create_job(
     return job, lifecycle.create_shards(session, job=job)
 
 
-def inference_used(session: Session, *, job: Job) -> list[str]:
-    """The inference modes its shards were labeled in, so far."""
-    return list(
-        session.scalars(
-            select(Shard.inference)
-            .where(Shard.job_id == job.id, Shard.inference.is_not(None))
-            .distinct()
-            .order_by(Shard.inference)
+def progress_of(
+    session: Session, jobs: Sequence[Job], *, now: datetime | None = None
+) -> dict[int, JobProgress]:
+    """Each job's progress, by job ID, in three queries however many jobs: a list page costs
+    what one job does."""
+    ids = [job.id for job in jobs]
+    if not ids:
+        return {}
+    totals = {
+        row[0]: row[1:]
+        for row in session.execute(
+            select(
+                Shard.job_id,
+                func.coalesce(func.sum(Shard.items_done), 0),
+                func.coalesce(func.sum(Shard.items_failed), 0),
+                func.count().filter(Shard.state == ShardState.SUCCEEDED),
+                func.count().filter(Shard.state == ShardState.FAILED),
+                func.count().filter(Shard.attempts > 0),
+                func.min(Shard.started_at),
+                func.max(Shard.finished_at),
+            )
+            .where(Shard.job_id.in_(ids))
+            .group_by(Shard.job_id)
         )
+    }
+    errors: dict[int, list[str]] = {job_id: [] for job_id in ids}
+    first = (
+        select(
+            Shard.job_id,
+            Shard.error,
+            func.row_number().over(partition_by=Shard.job_id, order_by=Shard.index).label("n"),
+        )
+        .where(Shard.job_id.in_(ids), Shard.error.is_not(None))
+        .subquery()
     )
+    for job_id, error in session.execute(
+        select(first.c.job_id, first.c.error).where(first.c.n <= 5).order_by(first.c.job_id, first.c.n)
+    ):
+        errors[job_id].append(error)
+    modes: dict[int, list[str]] = {job_id: [] for job_id in ids}
+    for job_id, mode in session.execute(
+        select(Shard.job_id, Shard.inference)
+        .where(Shard.job_id.in_(ids), Shard.inference.is_not(None))
+        .distinct()
+        .order_by(Shard.job_id, Shard.inference)
+    ):
+        modes[job_id].append(mode)
+    empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
+    return {
+        job.id: _progress(job, totals.get(job.id, empty), errors[job.id], modes[job.id], now) for job in jobs
+    }
 
 
 def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobProgress:
-    row = session.execute(
-        select(
-            func.coalesce(func.sum(Shard.items_done), 0),
-            func.coalesce(func.sum(Shard.items_failed), 0),
-            func.count().filter(Shard.state == ShardState.SUCCEEDED),
-            func.count().filter(Shard.state == ShardState.FAILED),
-            func.count().filter(Shard.attempts > 0),
-            func.min(Shard.started_at),
-            func.max(Shard.finished_at),
-        ).where(Shard.job_id == job.id)
-    ).one()
-    done, failed, shards_done, shards_failed, started, started_at, last_finished = row
-    errors = list(
-        session.scalars(
-            select(Shard.error)
-            .where(Shard.job_id == job.id, Shard.error.is_not(None))
-            .order_by(Shard.index)
-            .limit(5)
-        )
-    )
+    return progress_of(session, [job], now=now)[job.id]
+
+
+def _progress(job: Job, totals, errors: list[str], modes: list[str], now: datetime | None) -> JobProgress:
+    done, failed, shards_done, shards_failed, started, started_at, last_finished = totals
     state = lifecycle.job_state(
         job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
     )
@@ -110,6 +138,7 @@ def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobP
         finished_at,
         throughput,
         eta,
+        modes,
     )
 
 

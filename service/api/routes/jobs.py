@@ -25,8 +25,8 @@ from service.schemas import (
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def job_public(session, job: Job) -> JobPublic:
-    p = crud.progress(session, job=job)
+def job_public(session, job: Job, p: crud.JobProgress | None = None) -> JobPublic:
+    p = p or crud.progress(session, job=job)
     return JobPublic(
         id=job.id,
         teacher_id=job.teacher_id,
@@ -38,7 +38,7 @@ def job_public(session, job: Job) -> JobPublic:
         full_distribution_max=job.full_distribution_max,
         shard_size=job.shard_size,
         inference=job.inference,
-        inference_used=crud.inference_used(session, job=job),
+        inference_used=p.inference_used,
         noised_teacher=job.noised_teacher,
         num_classes=job.num_classes,
         items_total=job.items_total,
@@ -116,7 +116,8 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
 @router.get("")
 def list_jobs(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 100) -> JobsPublic:
     rows, count = crud.list_jobs(session, offset=offset, limit=limit)
-    return JobsPublic(data=[job_public(session, j) for j in rows], count=count)
+    progress = crud.progress_of(session, rows)
+    return JobsPublic(data=[job_public(session, j, progress[j.id]) for j in rows], count=count)
 
 
 @router.get("/{job_id}", responses=responses(404))

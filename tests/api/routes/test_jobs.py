@@ -105,3 +105,43 @@ def test_label_exports_name_the_classes_beside_the_indices(client):
     row = parquet.read().to_pylist()[0]
     assert row["predicted_class"] == "c4" and row["top_classes"] == [names[i] for i in row["top_indices"]]
     assert json.loads(parquet.schema_arrow.metadata[b"nst.classes"]) == names
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few_queries(client):
+    from sqlalchemy import event, update
+
+    from service.core.db import get_engine, session_scope
+    from service.models import Shard
+    from tests.utils import synthetic
+
+    teacher = synthetic.teacher(["a", "b"])
+
+    def listed() -> tuple[list[dict], int]:
+        statements = []
+        record = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(get_engine(), "before_cursor_execute", record)
+        try:
+            page = client.get("/jobs").json()["data"]
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", record)
+        return page, len(statements)
+
+    synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4)])
+    _, one_job = listed()
+    failed = synthetic.finished_job(teacher, [(1, 0.8)], state="failed")
+    synthetic.finished_job(teacher, [(0, 0.7)], state="queued")
+    synthetic.finished_job(teacher, [])
+    with session_scope() as session:
+        failing = update(Shard).where(Shard.job_id == failed.id)
+        session.execute(failing.values(error="boom", inference="openvino"))
+    page, four_jobs = listed()
+    assert four_jobs == one_job
+    assert [job["state"] for job in page] == ["succeeded", "failed", "running", "succeeded"]
+    assert page[1]["errors"] == ["boom"] and page[1]["inference_used"] == ["openvino"]
+    clock = {"throughput_items_per_s", "eta_s"}  # a running job's change as time passes
+    for job in page:
+        alone = client.get(f"/jobs/{job['id']}").json()
+        if job["state"] == "running":
+            job, alone = ({k: v for k, v in j.items() if k not in clock} for j in (job, alone))
+        assert job == alone
