@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
@@ -13,18 +15,29 @@ def by_id(session: Session, manifest_id: str) -> Manifest | None:
     return session.scalar(select(Manifest).where(Manifest.id == manifest_id))
 
 
-def class_rows(session: Session, *, manifest_key: int) -> list[ManifestClass]:
-    query = select(ManifestClass).where(ManifestClass.manifest_key == manifest_key)
-    return list(session.scalars(query.order_by(ManifestClass.class_index)))
+def class_rows_of(session: Session, keys: Sequence[int]) -> dict[int, list[ManifestClass]]:
+    """Each manifest's per-class plan in class order, by manifest key, in one query."""
+    rows: dict[int, list[ManifestClass]] = {key: [] for key in keys}
+    query = select(ManifestClass).where(ManifestClass.manifest_key.in_(keys))
+    for row in session.scalars(query.order_by(ManifestClass.manifest_key, ManifestClass.class_index)):
+        rows[row.manifest_key].append(row)
+    return rows
 
 
-def provenance(session: Session, *, manifest_key: int) -> dict[str, list]:
-    rows = session.execute(
-        select(ManifestInput.dataset_id, ManifestInput.job_id, Job.teacher_id)
+def provenance_of(session: Session, keys: Sequence[int]) -> dict[int, dict[str, list]]:
+    """Each manifest's inputs (datasets, jobs and their teachers), by manifest key, in one query."""
+    inputs: dict[int, list] = {key: [] for key in keys}
+    for row in session.execute(
+        select(ManifestInput.manifest_key, ManifestInput.dataset_id, ManifestInput.job_id, Job.teacher_id)
         .outerjoin(Job, Job.id == ManifestInput.job_id)
-        .where(ManifestInput.manifest_key == manifest_key)
-        .order_by(ManifestInput.position)
-    ).all()
+        .where(ManifestInput.manifest_key.in_(keys))
+        .order_by(ManifestInput.manifest_key, ManifestInput.position)
+    ):
+        inputs[row.manifest_key].append(row)
+    return {key: _provenance(rows) for key, rows in inputs.items()}
+
+
+def _provenance(rows) -> dict[str, list]:
     pseudo = [r for r in rows if r.job_id is not None]
     return {
         "teacher_ids": sorted({r.teacher_id for r in pseudo}),

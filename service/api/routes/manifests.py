@@ -24,7 +24,17 @@ router = APIRouter(prefix="/manifests", tags=["manifests"])
 
 
 def manifest_public(session, manifest: Manifest) -> ManifestPublic:
-    rows = reads.class_rows(session, manifest_key=manifest.key)
+    return manifests_public(session, [manifest])[0]
+
+
+def manifests_public(session, manifests: list[Manifest]) -> list[ManifestPublic]:
+    """Manifests as the API shows them, in two queries however many there are."""
+    keys = [m.key for m in manifests]
+    rows, provenance = reads.class_rows_of(session, keys), reads.provenance_of(session, keys)
+    return [_public(m, rows[m.key], provenance[m.key]) for m in manifests]
+
+
+def _public(manifest: Manifest, rows, provenance: dict) -> ManifestPublic:
     class_counts = {
         manifest.classes[r.class_index]: ManifestClassCounts(
             labeled=r.labeled,
@@ -42,7 +52,7 @@ def manifest_public(session, manifest: Manifest) -> ManifestPublic:
         id=manifest.id,
         classes=manifest.classes,
         params=manifest.params,
-        provenance=reads.provenance(session, manifest_key=manifest.key),
+        provenance=provenance,
         class_counts=class_counts,
         totals=ManifestTotals(
             labeled=labeled,
@@ -85,7 +95,7 @@ def create_manifest(body: ManifestCreate, session: SessionDep, response: Respons
 @router.get("")
 def list_manifests(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 100) -> ManifestsPublic:
     rows, count = reads.list_manifests(session, offset=offset, limit=limit)
-    return ManifestsPublic(data=[manifest_public(session, m) for m in rows], count=count)
+    return ManifestsPublic(data=manifests_public(session, rows), count=count)
 
 
 @router.get("/{manifest_id}", responses=responses(404))

@@ -339,3 +339,36 @@ def test_unknown_manifest_is_404(client):
     for path in ("/manifests/abc", "/manifests/abc/entries"):
         response = client.get(path)
         assert response.status_code == 404 and "manifest abc not found" in response.json()["detail"]
+
+
+def test_a_manifest_list_page_shows_each_as_its_own_page_does_in_as_few_queries(client):
+    from sqlalchemy import event
+
+    from service.core.db import get_engine
+
+    teacher = synthetic.teacher(["a", "b"])
+    job = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4), (1, 0.8)])
+
+    def listed() -> tuple[list[dict], int]:
+        statements = []
+        record = lambda *args: statements.append(args[2])  # noqa: E731
+        event.listen(get_engine(), "before_cursor_execute", record)
+        try:
+            page = client.get("/manifests").json()["data"]
+        finally:
+            event.remove(get_engine(), "before_cursor_execute", record)
+        return page, len(statements)
+
+    def build(threshold: float) -> None:
+        response = client.post("/manifests", json={"job_ids": [job.id], "threshold": threshold})
+        assert response.status_code == 201
+
+    build(0.5)
+    _, one = listed()
+    build(0.3)
+    build(0.7)
+    page, three = listed()
+    assert three == one and len(page) == 3
+    assert [m["totals"]["pseudo_unique"] for m in page] == [2, 3, 2]
+    for manifest in page:
+        assert manifest == client.get(f"/manifests/{manifest['id']}").json()
