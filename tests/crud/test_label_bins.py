@@ -7,13 +7,14 @@ import threading
 
 import numpy as np
 import pytest
-from sqlalchemy import Double, cast, event, func, select, text
+from sqlalchemy import Double, cast, func, select, text
 
 from service.core.db import session_scope
 from service.crud import label_bins
 from service.crud.stats import BIN_EDGES, class_aggregates
 from service.models import Label, LabelBin
 from tests.utils import synthetic
+from tests.utils.statements import recorded
 from workers.label_writes import insert_ignoring_duplicates
 
 CLASSES = ["cat", "dog", "eel"]
@@ -111,14 +112,8 @@ def test_concurrent_writers_of_one_job_neither_deadlock_nor_miscount(pg_url, mon
 def test_statistics_from_the_bins_equal_those_counted_over_the_labels(job, threshold):
     with session_scope() as session:
         insert_ignoring_duplicates(session, Label, _rows(job, range(1000, 1500), np.random.default_rng(1)))
-        statements = []
-        engine = session.get_bind()
-        record = lambda *args: statements.append(args[2])  # noqa: E731
-        event.listen(engine, "before_cursor_execute", record)
-        try:
+        with recorded(session.get_bind()) as statements:
             aggregates = class_aggregates(session, job_id=job, num_classes=3, threshold=threshold)
-        finally:
-            event.remove(engine, "before_cursor_execute", record)
         # One statement, one snapshot: counts at an off-grid threshold from the labels and the rest
         # from the bins must not come from two moments of a job being written.
         assert len(statements) == 1, statements

@@ -109,22 +109,18 @@ def test_label_exports_name_the_classes_beside_the_indices(client):
 
 @pytest.mark.usefixtures("backend")
 def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few_queries(client):
-    from sqlalchemy import event, update
+    from sqlalchemy import update
 
     from service.core.db import get_engine, session_scope
     from service.models import Shard
     from tests.utils import synthetic
+    from tests.utils.statements import recorded
 
     teacher = synthetic.teacher(["a", "b"])
 
     def listed() -> tuple[list[dict], int]:
-        statements = []
-        record = lambda *args: statements.append(args[2])  # noqa: E731
-        event.listen(get_engine(), "before_cursor_execute", record)
-        try:
+        with recorded(get_engine()) as statements:
             page = client.get("/jobs").json()["data"]
-        finally:
-            event.remove(get_engine(), "before_cursor_execute", record)
         return page, len(statements)
 
     synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4)])

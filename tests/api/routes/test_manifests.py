@@ -342,21 +342,15 @@ def test_unknown_manifest_is_404(client):
 
 
 def test_a_manifest_list_page_shows_each_as_its_own_page_does_in_as_few_queries(client):
-    from sqlalchemy import event
-
     from service.core.db import get_engine
+    from tests.utils.statements import recorded
 
     teacher = synthetic.teacher(["a", "b"])
     job = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4), (1, 0.8)])
 
     def listed() -> tuple[list[dict], int]:
-        statements = []
-        record = lambda *args: statements.append(args[2])  # noqa: E731
-        event.listen(get_engine(), "before_cursor_execute", record)
-        try:
+        with recorded(get_engine()) as statements:
             page = client.get("/manifests").json()["data"]
-        finally:
-            event.remove(get_engine(), "before_cursor_execute", record)
         return page, len(statements)
 
     def build(threshold: float) -> None:
