@@ -73,6 +73,16 @@ def _raise_for_error(response: httpx.Response, method: str) -> None:
 KEEPALIVE_EXPIRY_S = 1.0
 
 
+def _copy_checked(response: httpx.Response, handle, path: str, sha256: str | None) -> None:
+    """The response's body into ``handle``; raises unless it hashes to ``sha256`` (when given)."""
+    digest = hashlib.sha256()
+    for chunk in response.iter_bytes():
+        handle.write(chunk)
+        digest.update(chunk)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise ValueError(f"{path}: the file's sha256 is {digest.hexdigest()}, not {sha256}")
+
+
 class Client:
     def __init__(
         self,
@@ -123,25 +133,29 @@ class Client:
                 return rows
 
     def _download(self, path: str, params: dict, out: str | Path, *, sha256: str | None = None) -> Path:
-        """Stream the response into ``out`` through a temporary file beside it, renamed into place
-        only once the whole body has arrived (and, with ``sha256``, matches it): a failed or
-        interrupted download leaves ``out`` as it was, with no partial file beside it."""
+        """Stream the response into ``out`` through a temporary file beside it (beside the file a
+        symlink names), flushed to disk and renamed into place only once the whole body has
+        arrived and, with ``sha256``, matches it: a failed or interrupted download leaves ``out``
+        as it was, with no partial file beside it. A pipe or device (``/dev/stdout``) is written
+        directly, as it cannot be replaced."""
         out = Path(out)
         with self._http.stream("GET", path, params=params) as resp:
             if resp.is_error:
                 resp.read()
                 _raise_for_error(resp, "GET")
+            if out.exists() and not out.is_file():
+                with out.open("wb") as handle:
+                    _copy_checked(resp, handle, path, sha256)
+                return out
+            target = Path(os.path.realpath(out))
             # Not mkstemp: its files are private (0600); this one gets the umask's mode, as ``out`` would.
-            part = out.with_name(f".{out.name}.{uuid.uuid4().hex}.part")
+            part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
             try:
-                digest = hashlib.sha256()
                 with part.open("xb") as handle:
-                    for chunk in resp.iter_bytes():
-                        handle.write(chunk)
-                        digest.update(chunk)
-                if sha256 is not None and digest.hexdigest() != sha256:
-                    raise ValueError(f"{path}: the file's sha256 is {digest.hexdigest()}, not {sha256}")
-                os.replace(part, out)
+                    _copy_checked(resp, handle, path, sha256)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(part, target)
             except BaseException:
                 part.unlink(missing_ok=True)
                 raise

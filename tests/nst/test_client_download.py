@@ -78,3 +78,23 @@ def test_a_checkpoint_is_kept_only_when_its_digest_is_its_id(folder):
         with pytest.raises(ValueError, match="sha256"):
             client.download_teacher("f" * 64, folder / "other.safetensors")
     assert _left_in(folder) == ["t.safetensors"]
+
+
+def test_a_symlinked_target_gets_the_file_it_names_and_a_pipe_is_written_directly(folder):
+    import os
+    import threading
+
+    calls: list[str] = []
+    (folder / "real.jsonl").write_bytes(b"an earlier export")
+    (folder / "link.jsonl").symlink_to(folder / "real.jsonl")
+    os.mkfifo(folder / "pipe")
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append((folder / "pipe").read_bytes()))
+    reader.start()
+    with _client(lambda r: httpx.Response(200, content=BODY), calls) as client:
+        client.export_labels(7, folder / "link.jsonl", fmt="jsonl")
+        client.export_labels(7, folder / "pipe", fmt="jsonl")
+    reader.join(timeout=10)
+    assert (folder / "link.jsonl").is_symlink() and (folder / "real.jsonl").read_bytes() == BODY
+    assert received == [BODY]
+    assert _left_in(folder) == ["link.jsonl", "pipe", "real.jsonl"]

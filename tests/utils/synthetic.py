@@ -142,6 +142,7 @@ def finished_job(
     dataset_id: int | None = None,
     state: str = "succeeded",
     full_distribution_max: int = 100,
+    shard_size: int = JOB_OPTIONS["shard_size"],
 ) -> SyntheticJob:
     """A job over a new unlabeled dataset (or ``dataset_id``), one label per item as
     ``(predicted, confidence)``, its single shard in ``state``."""
@@ -154,7 +155,7 @@ def finished_job(
         item_ids = list(
             session.scalars(select(Item.id).where(Item.dataset_id == dataset_id).order_by(Item.id))
         )
-        options = JOB_OPTIONS | {"full_distribution_max": full_distribution_max}
+        options = JOB_OPTIONS | {"full_distribution_max": full_distribution_max, "shard_size": shard_size}
         job, shards = create_job(
             session,
             teacher_id=teacher_id,

@@ -109,7 +109,7 @@ def test_label_exports_name_the_classes_beside_the_indices(client):
 
 @pytest.mark.usefixtures("backend")
 def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few_queries(client):
-    from sqlalchemy import update
+    from sqlalchemy import select
 
     from service.core.db import get_engine, session_scope
     from service.models import Shard
@@ -125,16 +125,22 @@ def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few
 
     synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4)])
     _, one_job = listed()
-    failed = synthetic.finished_job(teacher, [(1, 0.8)], state="failed")
+    # Two failed jobs of seven one-item shards, each shard with its own error and mode.
+    failed = [synthetic.finished_job(teacher, [(1, 0.8)] * 7, state="failed", shard_size=1) for _ in range(2)]
     synthetic.finished_job(teacher, [(0, 0.7)], state="queued")
     synthetic.finished_job(teacher, [])
     with session_scope() as session:
-        failing = update(Shard).where(Shard.job_id == failed.id)
-        session.execute(failing.values(error="boom", inference="openvino"))
-    page, four_jobs = listed()
-    assert four_jobs == one_job
-    assert [job["state"] for job in page] == ["succeeded", "failed", "running", "succeeded"]
-    assert page[1]["errors"] == ["boom"] and page[1]["inference_used"] == ["openvino"]
+        for job in failed:
+            for shard in session.scalars(select(Shard).where(Shard.job_id == job.id)):
+                shard.error = f"job {job.id} shard {shard.index}"
+                shard.inference = ["openvino", "eager"][shard.index % 2]
+    page, five_jobs = listed()
+    assert five_jobs == one_job
+    assert [job["state"] for job in page] == ["succeeded", "failed", "failed", "running", "succeeded"]
+    for job, listed_job in zip(failed, page[1:3], strict=True):
+        assert listed_job["errors"] == [f"job {job.id} shard {i}" for i in range(5)]
+        assert listed_job["inference_used"] == ["eager", "openvino"]
+    assert page[0]["errors"] == [] and page[0]["inference_used"] == []
     clock = {"throughput_items_per_s", "eta_s"}  # a running job's change as time passes
     for job in page:
         alone = client.get(f"/jobs/{job['id']}").json()

@@ -347,22 +347,44 @@ def test_a_manifest_list_page_shows_each_as_its_own_page_does_in_as_few_queries(
 
     teacher = synthetic.teacher(["a", "b"])
     job = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.4), (1, 0.8)])
+    other = synthetic.finished_job(synthetic.teacher(["a", "b"], name="other"), [(0, 0.6)])
+    labeled = synthetic.labeled_dataset(["a", "b"], [0, 1], name="few")
 
     def listed() -> tuple[list[dict], int]:
         with recorded(get_engine()) as statements:
             page = client.get("/manifests").json()["data"]
         return page, len(statements)
 
-    def build(threshold: float) -> None:
-        response = client.post("/manifests", json={"job_ids": [job.id], "threshold": threshold})
-        assert response.status_code == 201
+    def build(jobs: list, threshold: float, labeled_ids: list[int]) -> None:
+        body = {"job_ids": [j.id for j in jobs], "threshold": threshold, "labeled_dataset_ids": labeled_ids}
+        assert client.post("/manifests", json=body).status_code == 201
 
-    build(0.5)
+    build([job], 0.5, [])
     _, one = listed()
-    build(0.3)
-    build(0.7)
+    build([other], 0.3, [labeled])
+    build([job, other], 0.7, [])
     page, three = listed()
     assert three == one and len(page) == 3
-    assert [m["totals"]["pseudo_unique"] for m in page] == [2, 3, 2]
+    assert [(m["totals"]["labeled"], m["totals"]["pseudo_unique"]) for m in page] == [(0, 2), (2, 1), (0, 2)]
+    assert [m["provenance"] for m in page] == [
+        {
+            "teacher_ids": [job.teacher_id],
+            "job_ids": [job.id],
+            "labeled_dataset_ids": [],
+            "unlabeled_dataset_ids": [job.dataset_id],
+        },
+        {
+            "teacher_ids": [other.teacher_id],
+            "job_ids": [other.id],
+            "labeled_dataset_ids": [labeled],
+            "unlabeled_dataset_ids": [other.dataset_id],
+        },
+        {
+            "teacher_ids": sorted([job.teacher_id, other.teacher_id]),
+            "job_ids": [job.id, other.id],
+            "labeled_dataset_ids": [],
+            "unlabeled_dataset_ids": sorted([job.dataset_id, other.dataset_id]),
+        },
+    ]
     for manifest in page:
         assert manifest == client.get(f"/manifests/{manifest['id']}").json()
