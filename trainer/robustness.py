@@ -279,10 +279,12 @@ def robustness(
             for severity in range(1, SEVERITIES + 1):
                 g = torch.Generator().manual_seed(_seed(seed, name, severity, batch))
                 right[name, severity] += correct(corrupt(x, name, severity, g), y)
-        direction = fgsm_direction(model, x.to(device), y.to(device)) if any(epsilons) else None
+        if any(epsilons):
+            x_on = x.to(device)  # once for the gradient and every step
+            direction = fgsm_direction(model, x_on, y.to(device))
         for epsilon in epsilons:
             # Epsilon 0 is the clean images: their count, not a second pass.
-            right["fgsm", epsilon] += correct(fgsm(x.to(device), direction, epsilon), y) if epsilon else clean
+            right["fgsm", epsilon] += correct(fgsm(x_on, direction, epsilon), y) if epsilon else clean
     return {
         "count": total,
         "clean": right["clean"] / total,
