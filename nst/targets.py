@@ -13,6 +13,11 @@ import hashlib
 import numpy as np
 
 PAD = -1
+# Softmax temperatures the service takes (a job's labeling, a manifest's sharpening, a teacher's
+# calibration). Below 0.01, logits / T and p^(1/T) leave float32's range for real teachers, and
+# PostgreSQL's REAL column refuses what float32 cannot hold.
+TEMPERATURE_MIN = 0.01
+TEMPERATURE_MAX = 100.0
 # What the digest covers, in this order: the Parquet columns a trainer reads.
 DIGEST_COLUMNS = (
     "item_id",

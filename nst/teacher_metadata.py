@@ -48,7 +48,7 @@ class TeacherMetadata(BaseModel):
     mean: list[float]
     std: list[float]
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    crop_pct: float = Field(1.0, gt=0.0, le=1.0, description="Resize to size/crop_pct, crop size")
+    crop_pct: float = Field(1.0, ge=0.01, le=1.0, description="Resize to size/crop_pct, crop size")
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description=f"timm.create_model arguments, only {sorted(SAFE_MODEL_KWARGS)}"
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nst import storage
 from nst.storage import Location
+from nst.text import check_text
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".csv", ".jsonl", ".txt"})
@@ -81,8 +82,11 @@ def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[s
     return _scan_list(path, roots, labeled=labeled, classes=classes)
 
 
-def _image_files(folder: Path, roots: list[Path]) -> list[Path]:
-    """Every image under ``folder``, sorted; a symlink that leads outside the roots is an error."""
+def _image_files(folder: Path, roots: list[Path], seen: dict[Path, str] | None = None) -> list[Path]:
+    """Every image under ``folder``, sorted; a symlink that leads outside the roots is an error,
+    and so is one that names an image found before (here or in ``seen``, shared by the class
+    folders of one dataset): an item is one image, once."""
+    seen = {} if seen is None else seen
     found: list[Path] = []
     seen_dirs: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -98,6 +102,12 @@ def _image_files(folder: Path, roots: list[Path]) -> list[Path]:
             file_path = Path(dirpath) / name
             real = file_path.resolve()
             _require_inside(real, roots, shown=str(file_path))
+            if real in seen:
+                raise ScanError(
+                    f"{str(file_path)!r} and {seen[real]!r} are the same image {str(real)!r}; "
+                    "a dataset holds each image once"
+                )
+            seen[real] = str(file_path)
             found.append(real)
     return sorted(found)
 
@@ -161,8 +171,9 @@ def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | Non
     subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     classes = _class_order(subfolders, classes, folder)
     result = ScanResult(folder, "folder", classes=list(classes))
+    seen: dict[Path, str] = {}
     for index, name in enumerate(classes):
-        files = _image_files(folder / name, roots)
+        files = _image_files(folder / name, roots, seen)
         if not files:
             raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
         result.uris.extend(str(f) for f in files)
@@ -193,10 +204,17 @@ def _scan_list(
     result = ScanResult(list_path, {"csv": "csv", "jsonl": "jsonl"}.get(suffix[1:], "list"))
     result.classes = list(classes) if labeled else None
     listed: dict[str, set[str]] = {}  # a URL entry's parent prefix: its objects, listed once
+    line_of: dict[Location, int] = {}
     for line, raw, label in rows:
         real = _list_entry(raw, list_path, roots, f"list {list_name} line {line}")
         if not _is_file(real, listed):
             raise ScanError(f"list {list_name} line {line}: file {raw!r} does not exist")
+        if real in line_of:
+            raise ScanError(
+                f"list {list_name} line {line}: file {raw!r} is line {line_of[real]}'s file again; "
+                "a dataset holds each image once"
+            )
+        line_of[real] = line
         if labeled and label not in index_of:
             raise ScanError(f"list {list_name} line {line}: unknown class {label!r} (classes: {classes})")
         result.uris.append(str(real))
@@ -250,7 +268,9 @@ def _parse_rows(text: str, suffix: str, list_name: str):
                     f"list {list_name} line {number}: expected a JSON object with "
                     '"path" (and "label" for labeled data)'
                 ) from None
-            yield number, str(path), None if label is None else str(label)
+            if not isinstance(path, str):
+                raise ScanError(f"list {list_name} line {number}: path {path!r} is not a string")
+            yield number, path, _label(label, f"list {list_name} line {number}")
     elif suffix == ".csv":
         for number, row in enumerate(csv.reader(text.splitlines()), start=1):
             if not row or not row[0].strip():
@@ -258,8 +278,24 @@ def _parse_rows(text: str, suffix: str, list_name: str):
             if number == 1 and row[0].strip().lower() == "path":  # a header row
                 continue
             label = row[1].strip() if len(row) > 1 and row[1].strip() else None
-            yield number, row[0].strip(), label
+            yield number, row[0].strip(), _label(label, f"list {list_name} line {number}")
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 yield number, line.strip(), None
+
+
+def _label(value: object, where: str) -> str | None:
+    """A class name from a list: a string or an integer (``3`` names class "3"), without control
+    characters; ``None`` for an entry without one."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ScanError(f"{where}: label {value!r} is not a class name (a string or an integer)")
+    name = str(value)
+    if not name.strip():
+        raise ScanError(f"{where}: label is empty")
+    try:
+        return check_text(name)
+    except ValueError as exc:
+        raise ScanError(f"{where}: label {exc}") from None

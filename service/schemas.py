@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from nst.states import JobState, ShardState, TeacherStatus
+from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from nst.teacher_metadata import TeacherMetadata
 from nst.text import Text
 
@@ -28,8 +29,12 @@ class _Public(BaseModel):
 # --- datasets -------------------------------------------------------------------------------
 
 
+# Request bodies are strict: `true` is not a batch size, "yes" not a flag, "1" not an ID.
+_REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class DatasetCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     name: Text = Field(min_length=1, max_length=200)
     kind: Literal["labeled", "unlabeled"]
@@ -105,7 +110,7 @@ class ItemsPage(BaseModel):
 
 
 class TeacherCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     path: Text = Field(min_length=1, max_length=PATH_MAX, description="A .safetensors file under a data root")
     metadata: TeacherMetadata | None = Field(
@@ -146,10 +151,12 @@ class TeachersPublic(BaseModel):
 
 
 class TeacherTemperature(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _REQUEST
 
     temperature: float | None = Field(
-        gt=0.0, le=100.0, description="The calibrated softmax temperature, in (0, 100]; null clears it"
+        ge=TEMPERATURE_MIN,
+        le=TEMPERATURE_MAX,
+        description="The calibrated softmax temperature, in [0.01, 100]; null clears it",
     )
 
 
@@ -160,14 +167,14 @@ InferenceMode = Literal["auto", "eager", "bf16", "compile", "openvino"]
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _REQUEST
 
     teacher_id: Text = Field(min_length=1, max_length=64)
     dataset_id: RowId
     batch_size: int = Field(64, ge=1, le=4096)
     temperature: float | Literal["calibrated"] = Field(
         1.0,
-        description='softmax(logits / T), T in (0, 100]; "calibrated": the teacher\'s '
+        description='softmax(logits / T), T in [0.01, 100]; "calibrated": the teacher\'s '
         "calibrated_temperature (422 when it has none); the job records the number used",
     )
     top_k: int = Field(10, ge=1, le=1000, description="Classes kept when not storing them all")
@@ -190,8 +197,8 @@ class JobCreate(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _temperature_range(cls, value: float | str) -> float | str:
-        if value != "calibrated" and not 0.0 < value <= 100.0:
-            raise ValueError(f"{value} is outside (0, 100]")
+        if value != "calibrated" and not TEMPERATURE_MIN <= value <= TEMPERATURE_MAX:
+            raise ValueError(f"{value} is outside [{TEMPERATURE_MIN}, {TEMPERATURE_MAX:g}]")
         return value
 
 
@@ -308,7 +315,7 @@ class JobStats(BaseModel):
 
 
 class ManifestCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _REQUEST
 
     labeled_dataset_ids: list[RowId] = Field(
         default_factory=list,
@@ -332,7 +339,9 @@ class ManifestCreate(BaseModel):
     target_mode: Literal["even", "labeled_distribution"] = "even"
     balance: bool = Field(True, description="Cap and duplicate to the target; off: keep all once")
     soft: bool = Field(True, description="Soft targets (the teacher's distribution) or hard (argmax)")
-    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Soft targets are p^(1/T), renormalised")
+    temperature: float = Field(
+        1.0, ge=TEMPERATURE_MIN, le=TEMPERATURE_MAX, description="Soft targets are p^(1/T), renormalised"
+    )
     per_class_thresholds: bool = Field(
         False,
         description="Per class, the highest threshold on a 0.01 grid, at or above `threshold`, that "

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
+
 BINS = 15
 
 
@@ -49,7 +51,8 @@ def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: int = 100) -> float:
-    """The T > 0 that minimises the NLL of softmax(logits / T), by L-BFGS on log T."""
+    """The T that minimises the NLL of softmax(logits / T), by L-BFGS on log T, within the
+    service's [0.01, 100]: a val split the teacher gets all right drives T towards 0."""
     logits = logits.double()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -62,7 +65,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: in
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return min(max(float(log_t.detach().exp()), TEMPERATURE_MIN), TEMPERATURE_MAX)
 
 
 def plot_reliability(diagrams: list[dict], path: Path, title: str) -> None:

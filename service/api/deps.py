@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Path, Query, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy import select
@@ -50,6 +50,22 @@ Cursor = Annotated[
 OrdinalCursor = Annotated[
     int | None, Query(ge=0, le=INT32_MAX, description="The previous page's next_cursor; none for the first")
 ]
+
+
+# The query parameters each format of a long list reads; JSONL streams everything.
+_READ_BY_FORMAT = {"json": ("cursor", "limit"), "jsonl": (), "parquet": ("part", "parts")}
+
+
+def refuse_unread_parameters(request: Request, format: str, offered: tuple[str, ...]) -> None:
+    """422 naming a parameter of ``offered`` that the request gives and ``format`` would ignore
+    (``limit`` with jsonl streams every row: the caller meant something else)."""
+    for name in offered:
+        if name in request.query_params and name not in _READ_BY_FORMAT[format]:
+            reads = ", ".join(_READ_BY_FORMAT[format]) or "none of them: it streams every row"
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"{name}: format={format} does not read it (it reads {reads})",
+            )
 
 
 def get_or_404(session: Session, model: type[Model], ident: Any, *, column: Any = None) -> Model:

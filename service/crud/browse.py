@@ -8,6 +8,7 @@ costs the same at any depth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,11 +62,17 @@ def encode_cursor(order: Order, confidence: float | None, item_id: int) -> str:
 def _decode_cursor(order: Order, cursor: str) -> tuple[float | None, int]:
     try:
         if order == "item":
-            return None, int(cursor)
-        confidence, item_id = cursor.split(":")
-        return float(confidence), int(item_id)
+            confidence, item_id = None, int(cursor)
+        else:
+            text, item_id_text = cursor.split(":")
+            confidence, item_id = float(text), int(item_id_text)
     except ValueError:
-        raise CursorError(f"{cursor!r} is not a cursor of a {order!r} page") from None
+        confidence, item_id = math.nan, -1
+    # encode_cursor hands out stored confidences (finite) and row IDs (BIGINT, from 1): anything
+    # else would reach the database as a value its column cannot compare with, or not at all.
+    if not 0 <= item_id < 2**63 or (confidence is not None and not math.isfinite(confidence)):
+        raise CursorError(f"{cursor!r} is not a cursor of a {order!r} page")
+    return confidence, item_id
 
 
 def _keyset(order: Order, key: ColumnElement, item_id: ColumnElement, cursor: str | None):

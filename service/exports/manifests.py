@@ -72,7 +72,13 @@ def sparse_targets(rows: list[tuple], *, soft: bool, num_classes: int, temperatu
             others = num_classes - k
             masses = np.maximum([rows[i][4] or 0.0 for i in members], 0.0)
             each = masses / others if others else np.zeros(len(members))
-        sharpened, sharpened_each = stored ** (1.0 / temperature), each ** (1.0 / temperature)
+        # p^(1/T) in log space, scaled by the row's largest: a small T would underflow every
+        # power to 0 (and 0/0) for a label whose top probability is well below 1.
+        with np.errstate(divide="ignore"):
+            log_kept, log_each = np.log(stored) / temperature, np.log(each) / temperature
+        largest = np.maximum(log_kept.max(axis=1), log_each if others else -np.inf)
+        sharpened = np.exp(log_kept - largest[:, None])
+        sharpened_each = np.exp(log_each - largest)
         total = sharpened.sum(axis=1) + others * sharpened_each
         indices[members, :k] = kept
         values[members, :k] = sharpened / total[:, None]

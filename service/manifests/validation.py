@@ -9,6 +9,7 @@ from service.crud.jobs import progress
 from service.models import Dataset, Job, Teacher
 
 _LIST_PREVIEW = 12
+_MAX_SAMPLES = 2**31 - 1  # the largest INTEGER
 
 
 class ManifestRequestError(ValueError):
@@ -25,7 +26,9 @@ def validate_inputs(session: Session, params: dict) -> tuple[list[Dataset], list
     jobs = [_finished_job(session, i) for i in params["job_ids"]]
     _check_no_overlap(labeled, jobs)
     _check_distribution(params, labeled)
-    return labeled, jobs, _common_classes(session, labeled, jobs)
+    classes = _common_classes(session, labeled, jobs)
+    _check_size(params, num_classes=len(classes))
+    return labeled, jobs, classes
 
 
 def _labeled_dataset(session: Session, dataset_id: int) -> Dataset:
@@ -86,6 +89,18 @@ def _check_no_overlap(labeled: list[Dataset], jobs: list[Job]) -> None:
                 f"job {job.id} labeled dataset {job.dataset_id}, which is also a labeled input; "
                 "an image would be both labeled and pseudo-labeled",
             )
+
+
+def _check_size(params: dict, *, num_classes: int) -> None:
+    """A class's target and an entry's copies are INTEGER columns, and with 'labeled_distribution'
+    one class may take the whole ``target_per_class * num_classes``."""
+    given = params["target_per_class"]
+    if given and given * num_classes > _MAX_SAMPLES:
+        raise ManifestRequestError(
+            "target_per_class",
+            f"{given} for each of {num_classes} classes is {given * num_classes:,} samples; "
+            f"a manifest holds at most {_MAX_SAMPLES:,}",
+        )
 
 
 def _check_distribution(params: dict, labeled: list[Dataset]) -> None:

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from nst.targets import TEMPERATURE_MIN
 from trainer.calibration import BINS, fit_temperature, nll, reliability
 
 
@@ -30,3 +31,10 @@ def test_fitted_temperature_lowers_the_nll_of_overconfident_logits():
     assert temperature == pytest.approx(3.0, rel=0.1)
     assert nll(logits * 3, targets, temperature) < nll(logits * 3, targets)
     assert math.isclose(reliability(logits * 3, targets, temperature=temperature)["temperature"], temperature)
+
+
+def test_a_val_split_the_teacher_gets_all_right_fits_the_smallest_temperature_the_service_takes():
+    """Every argmax right: the NLL falls as T falls, towards 0, which no job could label with."""
+    logits, targets = _calibrated(2_000, seed=2)
+    temperature = fit_temperature(logits, logits.argmax(dim=1))
+    assert temperature == TEMPERATURE_MIN

@@ -1,11 +1,20 @@
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
 from nst.states import JobState, TeacherStatus
 from service import lifecycle
-from service.api.deps import Cursor, Offset, PageLimit, RegistryLimit, RowId, SessionDep, get_or_404
+from service.api.deps import (
+    Cursor,
+    Offset,
+    PageLimit,
+    RegistryLimit,
+    RowId,
+    SessionDep,
+    get_or_404,
+    refuse_unread_parameters,
+)
 from service.api.errors import BODY, responses
 from service.crud import jobs as crud
 from service.exports.labels import labels_jsonl, labels_parquet
@@ -164,12 +173,15 @@ def resume_job(job_id: RowId, session: SessionDep) -> JobPublic:
 def get_labels(
     job_id: RowId,
     session: SessionDep,
+    request: Request,
     format: Literal["json", "jsonl", "parquet"] = "json",
     cursor: Cursor = None,
     limit: PageLimit = 1000,
 ) -> LabelsPage | StreamingResponse:
-    """A page of labels (JSON), or the whole job streamed as JSONL or Parquet."""
+    """A page of labels (JSON), or the whole job streamed as JSONL or Parquet (422 for
+    ``cursor`` or ``limit`` with them)."""
     get_or_404(session, Job, job_id)
+    refuse_unread_parameters(request, format, ("cursor", "limit"))
     if format == "jsonl":
         return StreamingResponse(labels_jsonl(job_id), media_type="application/x-ndjson")
     if format == "parquet":

@@ -1,10 +1,19 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from service.api.deps import Cursor, HashId, Offset, PageLimit, RegistryLimit, SessionDep, get_or_404
+from service.api.deps import (
+    Cursor,
+    HashId,
+    Offset,
+    PageLimit,
+    RegistryLimit,
+    SessionDep,
+    get_or_404,
+    refuse_unread_parameters,
+)
 from service.api.errors import BODY, responses
 from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, records
 from service.manifests import reads
@@ -120,6 +129,7 @@ def get_manifest(manifest_id: HashId, session: SessionDep) -> ManifestPublic:
 def get_entries(
     manifest_id: HashId,
     session: SessionDep,
+    request: Request,
     format: Literal["json", "jsonl", "parquet"] = "json",
     cursor: Cursor = None,
     limit: PageLimit = 1000,
@@ -149,9 +159,11 @@ def get_entries(
     ``nst.targets.EntriesDigest`` of what was streamed). ``part`` of ``parts`` streams only the
     entries whose ``item_id`` modulo ``parts`` is ``part``: the shares are disjoint and cover the
     manifest. The headers ``X-Manifest-Id`` and ``X-Manifest-Entries`` (the entries in this
-    share, counted before streaming) let a reader check what it got.
+    share, counted before streaming) let a reader check what it got. A parameter the format
+    does not read (``part`` with JSON, ``limit`` with Parquet) is a 422.
     """
     manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
+    refuse_unread_parameters(request, format, ("cursor", "limit", "part", "parts"))
     if part >= parts:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"part: {part} is not below parts ({parts})"

@@ -95,6 +95,13 @@ def test_a_pool_without_labels_has_no_truth(client):
         ({"class_index": 3}, "class_index"),
         ({"cursor": "nonsense"}, "cursor"),
         ({"order": "confidence_asc", "cursor": "12"}, "cursor"),
+        # Parsed, but no row could have handed them out: past BIGINT, or not a number to compare.
+        ({"order": "item", "cursor": "9" * 30}, "cursor"),
+        ({"order": "item", "cursor": "-1"}, "cursor"),
+        ({"order": "confidence_desc", "cursor": "0.5:" + "9" * 30}, "cursor"),
+        ({"order": "confidence_desc", "cursor": "nan:1"}, "cursor"),
+        ({"order": "confidence_asc", "cursor": "inf:1"}, "cursor"),
+        ({"order": "confidence_asc", "cursor": "1e999:1"}, "cursor"),
     ],
 )
 def test_bad_filters_are_422_naming_the_parameter(client, job, params, field):

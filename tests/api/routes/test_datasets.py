@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,16 @@ def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
         ("bad_jsonl", "line 1: expected a JSON object"),
         ("not_a_list", "is a file but not a list"),
         ("classes_mismatch", "do not match the sub-folders"),
+        # One image is one item: named twice, it would be labeled twice (or with two classes).
+        ("same_file_twice_in_list", "line 2: file"),
+        ("same_image_in_two_classes", "are the same image"),
+        ("same_image_twice_unlabeled", "are the same image"),
+        # A class name is a string or an integer, never JSON's other values or control characters.
+        ("label_object", "line 1: label {'x': [1]} is not a class name"),
+        ("label_bool", "line 1: label True is not a class name"),
+        ("label_empty", "line 1: label is empty"),
+        ("label_control_jsonl", "line 1: label holds a control character"),
+        ("label_control_csv", "line 1: label holds a control character"),
     ],
 )
 def test_bad_dataset_paths_get_422_and_register_nothing(client, fmnist, tmp_path, case, expected):
@@ -119,6 +130,28 @@ def test_bad_dataset_paths_get_422_and_register_nothing(client, fmnist, tmp_path
         body["path"] = str(png)
     elif case == "classes_mismatch":
         body["path"], body["classes"] = str(fmnist / "labeled"), ["a", "b"]
+    elif case == "same_file_twice_in_list":
+        (root / "sub").mkdir()
+        (root / "sub" / "l.csv").write_text(f"{png},coat\n{os.path.relpath(png, root / 'sub')},dress\n")
+        body["path"] = str(root / "sub" / "l.csv")
+    elif case == "same_image_in_two_classes":
+        for name in ("a", "b"):
+            (root / "two" / name).mkdir(parents=True)
+        (root / "two" / "a" / "x.png").write_bytes(png.read_bytes())
+        (root / "two" / "b" / "y.png").symlink_to(root / "two" / "a" / "x.png")
+        body["path"] = str(root / "two")
+    elif case == "same_image_twice_unlabeled":
+        (root / "pool").mkdir()
+        (root / "pool" / "x.png").write_bytes(png.read_bytes())
+        (root / "pool" / "y.png").symlink_to(root / "pool" / "x.png")
+        body = {"kind": "unlabeled", "path": str(root / "pool")}
+    elif case.startswith("label_") and case != "label_control_csv":
+        label = {"label_object": {"x": [1]}, "label_bool": True, "label_empty": " "}.get(case, "a\u0001b")
+        (root / "l.jsonl").write_text(json.dumps({"path": str(png), "label": label}) + "\n")
+        body["path"] = str(root / "l.jsonl")
+    elif case == "label_control_csv":
+        (root / "l.csv").write_text(f"{png},a\x01b\n")
+        body["path"] = str(root / "l.csv")
     response = _register(client, **body)
     assert response.status_code == 422, response.text
     assert expected in response.json()["detail"]

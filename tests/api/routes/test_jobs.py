@@ -40,12 +40,30 @@ def test_bad_job_requests_name_the_problem(client, teacher, pool, change, status
     assert client.get("/jobs").json()["count"] == 0
 
 
-@pytest.mark.parametrize("field", ["batch_size", "shard_size", "temperature"])
-def test_out_of_range_options_are_422_naming_the_field(client, teacher, pool, field):
-    body = {"teacher_id": teacher["id"], "dataset_id": pool["id"], field: 0}
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("shard_size", 0),
+        ("temperature", 0),
+        # logits / 1e-300 is inf in float32, and PostgreSQL's REAL refuses 1e-50 with a 500
+        ("temperature", 1e-300),
+        ("temperature", 0.001),
+        # Strict: JSON's true is not a size, "yes" not a flag, a string not a number or an ID
+        ("batch_size", True),
+        ("shard_size", 2.0),
+        ("noised_teacher", "yes"),
+        ("noised_teacher", 1),
+        ("temperature", "1.5"),
+        ("dataset_id", "1"),
+    ],
+)
+def test_out_of_range_options_are_422_naming_the_field(client, teacher, pool, field, value):
+    body = {"teacher_id": teacher["id"], "dataset_id": pool["id"], field: value}
     response = client.post("/jobs", json=body)
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][:2] == ["body", field]
+    assert client.get("/jobs").json()["count"] == 0
 
 
 def test_teacher_that_is_not_ready_cannot_label(client, teacher_file, pool):

@@ -260,6 +260,40 @@ def test_a_part_outside_the_parts_is_422_naming_the_field(client, job, params, f
     assert response.status_code == 422 and field in response.text
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"part": 1, "parts": 2}, "part"),  # JSON pages are not shares
+        ({"format": "jsonl", "parts": 2}, "parts"),
+        ({"format": "jsonl", "cursor": 4}, "cursor"),
+        ({"format": "jsonl", "limit": 1}, "limit"),  # would stream every entry
+        ({"format": "parquet", "limit": 1}, "limit"),
+    ],
+)
+def test_a_parameter_the_format_ignores_is_422_naming_it(client, job, params, field):
+    manifest = post(client, job_ids=[job.id]).json()
+    response = client.get(f"/manifests/{manifest['id']}/entries", params=params)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{field}: format=")
+    labels = client.get(f"/jobs/{job.id}/labels", params={k: v for k, v in params.items() if "part" not in k})
+    if "part" not in field:
+        assert labels.status_code == 422 and labels.json()["detail"].startswith(f"{field}: format=")
+
+
+def test_a_small_temperature_sharpens_without_underflow():
+    """p^(1/T) for a flat label over 4,000 classes: every power underflows float64 at T = 0.01."""
+    from service.exports.manifests import sparse_targets
+
+    stored = np.full(4000, 1 / 4000)
+    stored[7] = 2 / 4000
+    probs = (stored / stored.sum()).astype(np.float16).tobytes()
+    _, values, rest = sparse_targets(
+        [("pseudo", 7, probs, None, None)], soft=True, num_classes=4000, temperature=0.01, width=4000
+    )
+    assert np.isfinite(values).all() and values[0, 7] == pytest.approx(1.0) and rest[0] == 0
+    assert values.sum() == pytest.approx(1.0)
+
+
 def test_the_client_creates_reads_and_pages_manifests(client, labeled, job):
     with in_process_client(client) as nst:
         created = nst.create_manifest(labeled_dataset_ids=[labeled], job_ids=[job.id], soft=False)
@@ -284,6 +318,19 @@ BAD_REQUESTS = [
     ({"target_per_class": -3}, "target_per_class"),
     ({"job_ids": [], "labeled_dataset_ids": []}, "labeled_dataset_ids: give labeled datasets"),
     ({"balance": False, "per_class_thresholds": True}, "per_class_thresholds: needs balance"),
+    # p^(1/T) underflows for any label below ~0.5 at T = 0.001
+    ({"temperature": 0.001}, "temperature"),
+    # each class's target and copies are INTEGER columns; one class may take them all
+    (
+        {"target_per_class": 2**31 - 1, "target_mode": "labeled_distribution"},
+        "target_per_class: 2147483647 for each of 3 classes is 6,442,450,941 samples",
+    ),
+    ({"target_per_class": 2**30}, "a manifest holds at most 2,147,483,647"),
+    # strict bodies: no string for an ID or a number, no 0 for a flag
+    ({"job_ids": ["1"]}, "job_ids"),
+    ({"threshold": "0.2"}, "threshold"),
+    ({"balance": 0}, "balance"),
+    ({"soft": "off"}, "soft"),
 ]
 
 

@@ -15,8 +15,8 @@ def pool(client):
     return synthetic.finished_job(synthetic.teacher(CLASSES, name="other"), [(0, 0.9)]).dataset_id
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, 100.5, "warm"])
-def test_temperature_outside_0_to_100_is_422(client, teacher, bad):
+@pytest.mark.parametrize("bad", [0, -1.0, 1e-300, 0.009, 100.5, "warm", "1.5"])
+def test_temperature_outside_its_range_is_422(client, teacher, bad):
     response = client.put(f"/teachers/{teacher}/temperature", json={"temperature": bad})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][:2] == ["body", "temperature"]
