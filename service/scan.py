@@ -190,7 +190,7 @@ def _scan_list(
         raise ScanError(f"list {str(list_path)!r} is unreadable: {exc}") from None
     list_name = storage.name(list_path)
     suffix = Path(list_name).suffix.lower()
-    rows = list(_parse_rows(text, suffix, list_name))
+    rows = list(_parse_rows(text, suffix, list_name, labeled=labeled))
     if not rows:
         raise ScanError(f"list {str(list_path)!r} names no files")
     if labeled:
@@ -254,8 +254,9 @@ def _is_file(real: Location, listed: dict[str, set[str]]) -> bool:
     return real in listed[folder]
 
 
-def _parse_rows(text: str, suffix: str, list_name: str):
-    """Yield (line number, path, label or None) from a CSV, JSONL or plain list."""
+def _parse_rows(text: str, suffix: str, list_name: str, *, labeled: bool):
+    """Yield (line number, path, label or None) from a CSV, JSONL or plain list; an unlabeled
+    dataset's list may carry labels, which are not read."""
     if suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -270,14 +271,14 @@ def _parse_rows(text: str, suffix: str, list_name: str):
                 ) from None
             if not isinstance(path, str):
                 raise ScanError(f"list {list_name} line {number}: path {path!r} is not a string")
-            yield number, path, _label(label, f"list {list_name} line {number}")
+            yield number, path, _label(label, f"list {list_name} line {number}") if labeled else None
     elif suffix == ".csv":
         for number, row in enumerate(csv.reader(text.splitlines()), start=1):
             if not row or not row[0].strip():
                 continue
             if number == 1 and row[0].strip().lower() == "path":  # a header row
                 continue
-            label = row[1].strip() if len(row) > 1 and row[1].strip() else None
+            label = row[1] if len(row) > 1 and labeled else None
             yield number, row[0].strip(), _label(label, f"list {list_name} line {number}")
     else:
         for number, line in enumerate(text.splitlines(), start=1):
@@ -286,15 +287,15 @@ def _parse_rows(text: str, suffix: str, list_name: str):
 
 
 def _label(value: object, where: str) -> str | None:
-    """A class name from a list: a string or an integer (``3`` names class "3"), without control
-    characters; ``None`` for an entry without one."""
+    """A class name from a labeled list: a string or an integer (``3`` names class "3"), stripped,
+    without control characters; ``None`` for an entry without one (or an empty one)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ScanError(f"{where}: label {value!r} is not a class name (a string or an integer)")
-    name = str(value)
-    if not name.strip():
-        raise ScanError(f"{where}: label is empty")
+    name = str(value).strip()
+    if not name:
+        return None
     try:
         return check_text(name)
     except ValueError as exc:

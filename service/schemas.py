@@ -109,11 +109,18 @@ class ItemsPage(BaseModel):
 # --- teachers -------------------------------------------------------------------------------
 
 
+class StrictTeacherMetadata(TeacherMetadata):
+    """A request body's metadata: strict like every body (strictness is not inherited by a
+    nested model; a checkpoint's own header is read by ``TeacherMetadata``)."""
+
+    model_config = ConfigDict(strict=True)
+
+
 class TeacherCreate(BaseModel):
     model_config = _REQUEST
 
     path: Text = Field(min_length=1, max_length=PATH_MAX, description="A .safetensors file under a data root")
-    metadata: TeacherMetadata | None = Field(
+    metadata: StrictTeacherMetadata | None = Field(
         None, description="Default: the metadata the `nst teachers convert` command embedded"
     )
 

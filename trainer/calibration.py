@@ -3,6 +3,7 @@ the reliability diagram, and temperature scaling (Guo et al. 2017) fitted on hel
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -65,7 +66,10 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, max_iter: in
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return min(max(float(log_t.detach().exp()), TEMPERATURE_MIN), TEMPERATURE_MAX)
+    fitted = float(log_t.detach().exp())
+    if not math.isfinite(fitted):
+        raise ValueError(f"the temperature fit diverged (T = {fitted}); the logits hold no usable signal")
+    return min(max(fitted, TEMPERATURE_MIN), TEMPERATURE_MAX)
 
 
 def plot_reliability(diagrams: list[dict], path: Path, title: str) -> None:

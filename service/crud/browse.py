@@ -68,11 +68,17 @@ def _decode_cursor(order: Order, cursor: str) -> tuple[float | None, int]:
             confidence, item_id = float(text), int(item_id_text)
     except ValueError:
         confidence, item_id = math.nan, -1
-    # encode_cursor hands out stored confidences (finite) and row IDs (BIGINT, from 1): anything
-    # else would reach the database as a value its column cannot compare with, or not at all.
-    if not 0 <= item_id < 2**63 or (confidence is not None and not math.isfinite(confidence)):
+    # encode_cursor hands out stored confidences (REAL: finite float32) and row IDs (BIGINT):
+    # anything else would reach the database as a value its column cannot take (a 500).
+    if not 0 <= item_id < 2**63 or (confidence is not None and not _is_float32(confidence)):
         raise CursorError(f"{cursor!r} is not a cursor of a {order!r} page")
     return confidence, item_id
+
+
+def _is_float32(value: float) -> bool:
+    with np.errstate(over="ignore", under="ignore"):
+        single = np.float32(value)
+    return bool(np.isfinite(single)) and (single != 0 or value == 0)
 
 
 def _keyset(order: Order, key: ColumnElement, item_id: ColumnElement, cursor: str | None):

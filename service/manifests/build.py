@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.manifests import selection
 from service.manifests.addressing import canonical_params, content_id
-from service.manifests.validation import validate_inputs
+from service.manifests.validation import ManifestRequestError, validate_inputs
 from service.models import Dataset, Item, Job, Manifest, ManifestClass, ManifestInput
 from service.schemas import ManifestCreate
 
@@ -97,6 +97,12 @@ def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int
     threshold = params["threshold"]
     histogram = selection.pool_histogram(session, job_ids=params["job_ids"], threshold=threshold)
     pool_size = sum(sum(bins.values()) for bins in histogram.values())
+    if not pool_size and not labeled_ids:
+        raise ManifestRequestError(
+            "threshold",
+            f"no pseudo label of job(s) {params['job_ids']} is at or above {threshold}, and no "
+            "labeled dataset is given: the manifest would be empty",
+        )
     targets = _targets(params, labeled=labeled, pool_size=pool_size, num_classes=num_classes)
     rows = []
     for i, target in enumerate(targets):
@@ -123,7 +129,8 @@ def _add_plan(session: Session, prepared: PreparedManifest, *, manifest_key: int
 
 def build_manifest(session: Session, *, prepared: PreparedManifest) -> Manifest:
     """Write the manifest, its plan and its entries in the caller's transaction (all or nothing).
-    The manifest row goes first: a concurrent identical request then fails on its ID at once."""
+    The manifest row goes first: a concurrent identical request then fails on its ID at once.
+    ``ManifestRequestError`` when the plan finds nothing to write (roll back)."""
     if session.get_bind().dialect.name == "postgresql":
         # A million labels' sorts would spill to disk at the default 4MB; until the commit only.
         session.execute(text("SET LOCAL work_mem = '64MB'"))

@@ -104,6 +104,15 @@ def test_model_kwargs_that_could_name_a_file_are_refused(client, tmp_path, key):
     assert client.get("/teachers").json()["count"] == 0 and _stored(client) == []
 
 
+@pytest.mark.parametrize(("field", "value"), [("image_size", 32.0), ("channels", "1"), ("mean", "0.5")])
+def test_a_teacher_body_s_metadata_is_strict_too(client, field, value):
+    path = save_teacher({"w": torch.zeros(2)}, _root() / "t.safetensors", metadata())
+    response = client.post("/teachers", json={"path": str(path), "metadata": metadata(**{field: value})})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][:3] == ["body", "metadata", field]
+    assert client.get("/teachers").json()["count"] == 0 and _stored(client) == []
+
+
 def test_safe_model_kwargs_are_kept(client):
     path = save_teacher({"w": torch.zeros(2)}, _root() / "t.safetensors", metadata())
     meta = metadata(model_kwargs={"drop_rate": 0.2, "global_pool": "avg"})

@@ -11,6 +11,7 @@ from service.crud import label_bins
 from service.exports.manifests import records
 from service.manifests import reads, selection
 from service.manifests.build import build_manifest, prepare_manifest
+from service.manifests.validation import ManifestRequestError
 from service.models import Manifest, ManifestClass, ManifestEntry
 from service.schemas import ManifestCreate
 from tests.utils import synthetic
@@ -135,9 +136,12 @@ def test_the_lottery_is_seeded_and_fair(teacher):
 
 def test_everything_below_the_threshold_gives_no_pseudo_entries(teacher):
     job = synthetic.finished_job(teacher, [(CAT, 0.2), (DOG, 0.29), (EEL, 0.1)])
-    manifest_key = build(job_ids=[job.id], threshold=0.3, target_per_class=4)
+    labeled = synthetic.labeled_dataset(CLASSES, [EEL])
+    manifest_key = build(job_ids=[job.id], labeled_dataset_ids=[labeled], threshold=0.3, target_per_class=4)
     assert copies(manifest_key) == {}
     assert [row[2:] for row in plan(manifest_key)] == [(0, 0)] * 3
+    with pytest.raises(ManifestRequestError, match="the manifest would be empty"):
+        build(job_ids=[job.id], threshold=0.3, target_per_class=4)  # and no labeled set
 
 
 def test_the_threshold_is_inclusive(teacher):
@@ -314,15 +318,18 @@ def test_balancing_brings_every_nonempty_class_to_its_target(
 ):
     job = synthetic.finished_job(teacher, [(c, synthetic.f32(q)) for c, q in labels])
     labels = [(c, synthetic.f32(q)) for c, q in labels]
-    got = copies(
-        build(
-            job_ids=[job.id],
-            threshold=threshold,
-            target_per_class=target,
-            seed=seed,
-            per_class_thresholds=per_class,
-        )
+    request = dict(
+        job_ids=[job.id],
+        threshold=threshold,
+        target_per_class=target,
+        seed=seed,
+        per_class_thresholds=per_class,
     )
+    if all(q < threshold for _, q in labels):
+        with pytest.raises(ManifestRequestError, match="the manifest would be empty"):
+            build(**request)
+        return
+    got = copies(build(**request))
     for c in range(len(CLASSES)):
         members = [
             item for (k, q), item in zip(labels, job.item_ids, strict=True) if k == c and q >= threshold

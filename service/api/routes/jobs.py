@@ -4,6 +4,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 
 from nst.states import JobState, TeacherStatus
+from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from service import lifecycle
 from service.api.deps import (
     Cursor,
@@ -107,6 +108,14 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 detail=f"temperature: teacher {teacher.id} has no calibrated temperature "
                 f"(set one with PUT /teachers/{teacher.id}/temperature)",
+            )
+        # A value stored before the bounds were [0.01, 100]
+        if not TEMPERATURE_MIN <= teacher.calibrated_temperature <= TEMPERATURE_MAX:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                detail=f"temperature: teacher {teacher.id}'s calibrated temperature "
+                f"{teacher.calibrated_temperature} is outside [{TEMPERATURE_MIN}, {TEMPERATURE_MAX:g}]; "
+                "fit it again (nst evaluate --fit-temperature)",
             )
         options["temperature"] = teacher.calibrated_temperature
     job, shards = crud.create_job(

@@ -92,6 +92,9 @@ def create_manifest(body: ManifestCreate, session: SessionDep, response: Respons
             manifest = build_manifest(session, prepared=prepared)
             session.commit()
             return manifest_public(session, manifest)
+        except ManifestRequestError as exc:
+            session.rollback()
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
         except IntegrityError:
             session.rollback()
             manifest = reads.by_id(session, prepared.id)

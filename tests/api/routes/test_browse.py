@@ -102,6 +102,8 @@ def test_a_pool_without_labels_has_no_truth(client):
         ({"order": "confidence_desc", "cursor": "nan:1"}, "cursor"),
         ({"order": "confidence_asc", "cursor": "inf:1"}, "cursor"),
         ({"order": "confidence_asc", "cursor": "1e999:1"}, "cursor"),
+        ({"order": "confidence_asc", "cursor": "1e39:1"}, "cursor"),  # PostgreSQL's REAL overflows
+        ({"order": "confidence_desc", "cursor": "1e-50:1"}, "cursor"),  # and underflows
     ],
 )
 def test_bad_filters_are_422_naming_the_parameter(client, job, params, field):

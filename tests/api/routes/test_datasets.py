@@ -63,6 +63,16 @@ def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
     jsonl.write_text("".join(f'{{"path": "{p}"}}\n' for p in pngs))
     body = _register(client, kind="unlabeled", path=str(jsonl)).json()
     assert body["item_count"] == 30 and body["source_format"] == "jsonl"
+    # A pool's list may carry labels of any kind: they are not read. A labeled list's integer
+    # labels are class names.
+    junk = [{"x": 1}, True, "", 0.5, "a\u0001b"]
+    jsonl.write_text(
+        "".join(json.dumps({"path": str(p), "label": junk[i % 5]}) + "\n" for i, p in enumerate(pngs))
+    )
+    assert _register(client, kind="unlabeled", path=str(jsonl)).json()["item_count"] == 30
+    jsonl.write_text("".join(json.dumps({"path": str(p), "label": i % 2}) + "\n" for i, p in enumerate(pngs)))
+    body = _register(client, kind="labeled", split="val", path=str(jsonl)).json()
+    assert body["item_count"] == 30 and body["classes"] == ["0", "1"]
 
 
 @pytest.mark.parametrize(
@@ -87,7 +97,7 @@ def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
         # A class name is a string or an integer, never JSON's other values or control characters.
         ("label_object", "line 1: label {'x': [1]} is not a class name"),
         ("label_bool", "line 1: label True is not a class name"),
-        ("label_empty", "line 1: label is empty"),
+        ("label_empty", "line 1: a labeled list needs a label"),
         ("label_control_jsonl", "line 1: label holds a control character"),
         ("label_control_csv", "line 1: label holds a control character"),
     ],

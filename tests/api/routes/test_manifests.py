@@ -331,6 +331,8 @@ BAD_REQUESTS = [
     ({"threshold": "0.2"}, "threshold"),
     ({"balance": 0}, "balance"),
     ({"soft": "off"}, "soft"),
+    # nothing at or above it and no labeled set: an empty manifest trains nothing
+    ({"labeled_dataset_ids": [], "threshold": 0.99}, "threshold: no pseudo label of job(s) ["),
 ]
 
 

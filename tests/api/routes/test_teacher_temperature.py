@@ -41,3 +41,17 @@ def test_a_calibrated_temperature_is_stored_and_labels_a_job(client, teacher, po
     assert cleared.json()["calibrated_temperature"] is None
     assert client.post("/jobs", json=body).status_code == 422
     assert client.put(f"/teachers/{'0' * 64}/temperature", json={"temperature": 1.0}).status_code == 404
+
+
+def test_a_calibrated_temperature_stored_outside_the_bounds_is_422_not_a_job(client, teacher, pool):
+    """The API took (0, 100] before [0.01, 100]: an older row must not label with T = 0.001."""
+    from service.core.db import session_scope
+    from service.models import Teacher
+
+    with session_scope() as session:
+        session.get(Teacher, teacher).calibrated_temperature = 0.001
+    body = {"teacher_id": teacher, "dataset_id": pool, "top_k": 3, "temperature": "calibrated"}
+    response = client.post("/jobs", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(f"temperature: teacher {teacher}'s calibrated temperature")
+    assert client.get("/jobs").json()["count"] == 1  # the pool fixture's finished job only
