@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import click
+import httpx
 
-from nst.client import Client, NstError
+from nst.client import Client, NstError, UnknownId
+from nst.config import SettingsError
 from nst.progress import wait_with_progress
+from nst.states import JobState
+from trainer.cli import FINITE_FLOAT
 
 
 def _client(ctx: click.Context) -> Client:
@@ -19,20 +23,40 @@ def _client(ctx: click.Context) -> Client:
 
 def _full_teacher_id(client: Client, given: str) -> str:
     """A teacher's ID from a unique prefix of it, as `nst teachers list` prints them."""
-    if len(given) == 64:
-        return given
-    matches = [t["id"] for t in client.teachers() if t["id"].startswith(given.lower())]
-    if len(matches) != 1:
-        found = "no teacher" if not matches else f"{len(matches)} teachers"
-        raise click.BadParameter(f"{found} with an ID starting {given!r}", param_hint="teacher ID")
-    return matches[0]
+    return client.full_id("teacher", given)
 
 
 def _print(value) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-@click.group()
+def _wrote(path: Path) -> None:
+    # To stderr: the file may be /dev/stdout, whose readers want only its contents.
+    click.echo(f"wrote {path}", err=True)
+
+
+class _Commands(click.Group):
+    """The ``nst`` group: a command that fails for a reason the user can act on (the service's
+    answer, an unreachable service, a setting, a wait that ran out, a missing folder) prints one
+    line naming it and exits 1; a traceback is left for bugs."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (NstError, UnknownId, SettingsError, TimeoutError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except httpx.TransportError as exc:
+            raise click.ClickException(f"cannot reach the service at {_url_of(exc)}: {exc}") from None
+
+
+def _url_of(exc: httpx.TransportError) -> str:
+    try:
+        return str(exc.request.url.copy_with(query=None))
+    except RuntimeError:  # an error raised before any request was made
+        return "its URL"
+
+
+@click.group(cls=_Commands)
 @click.option(
     "--api",
     envvar="NST_API_URL",
@@ -58,9 +82,14 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration up to the newest."""
+    from sqlalchemy.exc import OperationalError
+
     from service.core.migrate import upgrade_head
 
-    upgrade_head()
+    try:
+        upgrade_head()
+    except OperationalError as exc:
+        raise click.ClickException(f"cannot reach the database (NST_DATABASE_URL): {exc.orig}") from None
     click.echo("database is at the newest revision")
 
 
@@ -180,7 +209,11 @@ def teachers() -> None:
 @click.option("--wait/--no-wait", default=True, help="Wait for a worker to validate it.")
 @click.pass_context
 def teachers_register(ctx, path, metadata_file, upload, wait) -> None:
-    metadata = json.load(metadata_file) if metadata_file else None
+    try:
+        metadata = json.load(metadata_file) if metadata_file else None
+    except json.JSONDecodeError as exc:
+        message = f"{metadata_file.name} is not JSON: {exc}"
+        raise click.BadParameter(message, param_hint="--metadata") from None
     with _client(ctx) as client:
         register = client.upload_teacher if upload else client.register_teacher
         teacher = register(path.resolve(), metadata)
@@ -287,10 +320,24 @@ def jobs() -> None:
 
 def _number(option: str, value: str) -> float:
     try:
-        return float(value)
-    except ValueError:
-        message = f"{value!r} is neither a number nor 'calibrated'"
+        return FINITE_FLOAT.convert(value, None, None)
+    except click.BadParameter:
+        message = f"{value!r} is neither a finite number nor 'calibrated'"
         raise click.BadParameter(message, param_hint=option) from None
+
+
+def _waited(client: Client, job: dict, timeout: float | None) -> dict:
+    """Wait for the job with a progress bar, print it, and fail (exit 1) unless it succeeded."""
+    job = wait_with_progress(client, job, timeout=timeout)
+    _print(job)
+    if job["state"] != JobState.SUCCEEDED:
+        raise click.ClickException(f"job {job['id']} ended {job['state']}")
+    return job
+
+
+_TIMEOUT = click.option(
+    "--timeout", type=FINITE_FLOAT, help="Give up waiting after this many seconds (default: until it ends)."
+)
 
 
 @jobs.command("create")
@@ -311,24 +358,30 @@ def _number(option: str, value: str) -> float:
     help="The paper's ablation only: label with the teacher's noise on (RandAugment, dropout, "
     "stochastic depth).",
 )
-@click.option("--wait/--no-wait", default=True, help="Show progress until the job ends.")
+@click.option(
+    "--wait/--no-wait", default=True, help="Show progress until the job ends (exit 1 unless it succeeds)."
+)
+@_TIMEOUT
 @click.pass_context
 def jobs_create(
-    ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, noised_teacher, wait
+    ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, noised_teacher, wait, timeout
 ):
+    if temperature != "calibrated":
+        temperature = _number("--temperature", temperature)
     with _client(ctx) as client:
         job = client.create_job(
             teacher_id=_full_teacher_id(client, teacher_id),
             dataset_id=dataset_id,
             batch_size=batch_size,
-            temperature=temperature if temperature == "calibrated" else _number("--temperature", temperature),
+            temperature=temperature,
             top_k=top_k,
             shard_size=shard_size,
             noised_teacher=noised_teacher,
         )
         if wait:
-            job = wait_with_progress(client, job)
-        _print(job)
+            _waited(client, job, timeout)
+        else:
+            _print(job)
 
 
 @jobs.command("show")
@@ -341,10 +394,12 @@ def jobs_show(ctx, job_id) -> None:
 
 @jobs.command("wait")
 @click.argument("job_id", type=int)
+@_TIMEOUT
 @click.pass_context
-def jobs_wait(ctx, job_id) -> None:
+def jobs_wait(ctx, job_id, timeout) -> None:
+    """Show progress until the job ends; exit 1 unless it succeeded."""
     with _client(ctx) as client:
-        _print(wait_with_progress(client, client.job(job_id)))
+        _waited(client, client.job(job_id), timeout)
 
 
 @jobs.command("cancel")
@@ -372,7 +427,7 @@ def jobs_resume(ctx, job_id) -> None:
 def jobs_export(ctx, job_id, fmt, out) -> None:
     with _client(ctx) as client:
         client.export_labels(job_id, out, fmt)
-    click.echo(f"wrote {out}")
+    _wrote(out)
 
 
 @jobs.command("list")
@@ -388,7 +443,9 @@ def jobs_list(ctx) -> None:
 
 @jobs.command("stats")
 @click.argument("job_id", type=int)
-@click.option("--threshold", default=0.3, show_default=True, help="Confidence filter to count above.")
+@click.option(
+    "--threshold", type=FINITE_FLOAT, default=0.3, show_default=True, help="Confidence filter to count above."
+)
 @click.option("--labeled-dataset", "labeled_dataset_id", type=int, help="Compare with this labeled set.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="Save the chart (.png/.svg).")
 @click.pass_context
@@ -401,7 +458,7 @@ def jobs_stats(ctx, job_id, threshold, labeled_dataset_id, chart) -> None:
         if chart is not None:
             fmt = "svg" if chart.suffix.lower() == ".svg" else "png"
             client.job_stats_chart(job_id, chart, threshold=threshold, fmt=fmt, **params)
-            click.echo(f"wrote {chart}")
+            _wrote(chart)
 
 
 def format_stats(stats: dict) -> str:
@@ -445,7 +502,7 @@ def manifests() -> None:
     "--labeled", "labeled_dataset_ids", type=int, multiple=True, help="A labeled train split (repeatable)."
 )
 @click.option(
-    "--threshold", type=float, default=0.3, show_default=True, help="Keep pseudo labels at or above."
+    "--threshold", type=FINITE_FLOAT, default=0.3, show_default=True, help="Keep pseudo labels at or above."
 )
 @click.option("--target-per-class", type=int, help="Pseudo-labeled images per class (with copies).")
 @click.option(
@@ -453,7 +510,7 @@ def manifests() -> None:
 )
 @click.option("--balance/--no-balance", default=True, show_default=True)
 @click.option("--soft/--hard", default=True, show_default=True, help="Soft (distribution) or hard targets.")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--temperature", type=FINITE_FLOAT, default=1.0, show_default=True)
 @click.option("--per-class-thresholds", is_flag=True, help="The authors' per-class thresholds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the manifest ID.")
@@ -470,8 +527,9 @@ def manifests_create(ctx, job_ids, labeled_dataset_ids, quiet, **options) -> Non
 @click.argument("manifest_id")
 @click.pass_context
 def manifests_show(ctx, manifest_id) -> None:
+    """A manifest by its ID or a unique prefix of it (as `nst manifests list` prints them)."""
     with _client(ctx) as client:
-        _print(client.manifest(manifest_id))
+        _print(client.manifest(client.full_id("manifest", manifest_id)))
 
 
 @manifests.command("list")
@@ -493,12 +551,12 @@ def manifests_list(ctx) -> None:
 @click.pass_context
 def manifests_export(ctx, manifest_id, fmt, out) -> None:
     with _client(ctx) as client:
-        client.export_manifest(manifest_id, out, fmt)
-    click.echo(f"wrote {out}")
+        client.export_manifest(client.full_id("manifest", manifest_id), out, fmt)
+    _wrote(out)
 
 
 def _add_trainer_commands() -> None:
-    # The trainer's options come from its own config; it is imported only when asked for.
+    # The trainer's options come from its own config.
     from cli.demo import demo
     from trainer.cli import evaluate_command, iterate_command, train_command
 
@@ -512,11 +570,7 @@ _add_trainer_commands()
 
 
 def main() -> None:
-    try:
-        cli(standalone_mode=True)
-    except NstError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    cli(standalone_mode=True)
 
 
 if __name__ == "__main__":

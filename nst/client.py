@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -24,11 +24,24 @@ from nst.states import TERMINAL_JOB_STATES, TeacherStatus
 
 
 class NstError(Exception):
-    """The service answered with an error; ``detail`` is its message."""
+    """The service answered with an error; ``detail`` is its message (or, for a request body
+    that failed validation, pydantic's list of errors, which the message spells out per field)."""
 
     def __init__(self, status_code: int, detail: Any, method: str, url: str):
         self.status_code, self.detail = status_code, detail
-        super().__init__(f"{method} {url} -> {status_code}: {detail}")
+        super().__init__(f"{method} {url} -> {status_code}: {_described(detail)}")
+
+
+def _described(detail: Any) -> str:
+    """``threshold: Input should be less than or equal to 1`` for each of a 422's errors."""
+    if not isinstance(detail, list) or not all(isinstance(e, dict) and "msg" in e for e in detail):
+        return str(detail)
+    fields = [".".join(map(str, error.get("loc", [])[1:])) or "request" for error in detail]
+    return "; ".join(f"{field}: {error['msg']}" for field, error in zip(fields, detail, strict=True))
+
+
+class UnknownId(LookupError):
+    """No registered teacher or manifest, or more than one, has an ID starting with the prefix."""
 
 
 class NotFound(NstError):
@@ -137,8 +150,11 @@ class Client:
         symlink names), flushed to disk and renamed into place only once the whole body has
         arrived and, with ``sha256``, matches it: a failed or interrupted download leaves ``out``
         as it was, with no partial file beside it. A pipe or device (``/dev/stdout``) is written
-        directly, as it cannot be replaced."""
+        directly, as it cannot be replaced. A missing folder is an error before any request."""
         out = Path(out)
+        folder = Path(os.path.realpath(out)).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"cannot write {str(out)!r}: folder {str(folder)!r} does not exist")
         with self._http.stream("GET", path, params=params) as resp:
             if resp.is_error:
                 resp.read()
@@ -233,6 +249,20 @@ class Client:
     def teachers(self, **filters) -> list[dict]:
         return self._listing("/teachers", filters)
 
+    def full_id(self, kind: Literal["teacher", "manifest"], given: str) -> str:
+        """The ID of the one teacher or manifest whose ID starts with ``given`` (any case), as
+        `nst teachers list` and `nst manifests list` print them, shortened; ``UnknownId`` if none
+        or several do. A whole ID is returned as it is, lower-cased."""
+        given = given.strip().lower()
+        if len(given) == 64:
+            return given
+        listing = self.teachers() if kind == "teacher" else self.manifests()
+        matches = [row["id"] for row in listing if row["id"].startswith(given)]
+        if len(matches) != 1:
+            found = f"no {kind}" if not matches else f"{len(matches)} {kind}s"
+            raise UnknownId(f"{found} with an ID starting {given!r}")
+        return matches[0]
+
     def download_teacher(self, teacher_id: str, out: str | Path) -> Path:
         """The teacher's safetensors file, checked against its ID (the file's sha256) before it
         takes ``out``'s place."""
@@ -284,8 +314,10 @@ class Client:
         return self._json("GET", f"/jobs/{job_id}/shards")
 
     def wait_for_job(
-        self, job_id: int, timeout: float = 3600.0, on_progress: Callable[[dict], None] | None = None
+        self, job_id: int, timeout: float | None = 3600.0, on_progress: Callable[[dict], None] | None = None
     ) -> dict:
+        """The job once it has ended; ``TimeoutError`` after ``timeout`` seconds (None: no limit)."""
+
         def fetch() -> dict:
             job = self.job(job_id)
             if on_progress:
@@ -307,16 +339,16 @@ class Client:
     def _poll(
         fetch: Callable[[], dict],
         done: Callable[[dict], bool],
-        timeout: float,
+        timeout: float | None,
         what: str,
         interval: float = 0.5,
     ) -> dict:
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             value = fetch()
             if done(value):
                 return value
-            if time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"{what} not finished after {timeout:.0f} s: {value}")
             time.sleep(interval)
 

@@ -7,8 +7,9 @@ from tqdm import tqdm
 from nst.client import Client
 
 
-def wait_with_progress(client: Client, job: dict) -> dict:
-    """Wait for a labeling job, showing items done, state and failures."""
+def wait_with_progress(client: Client, job: dict, *, timeout: float | None = None) -> dict:
+    """Wait for a labeling job, showing items done, state and failures (``timeout`` None: until
+    it ends)."""
     with tqdm(total=job["items_total"], desc=f"label job {job['id']}", unit="img") as bar:
 
         def update(current: dict) -> None:
@@ -16,4 +17,4 @@ def wait_with_progress(client: Client, job: dict) -> dict:
             bar.set_postfix(state=current["state"], failed=current["items_failed"])
             bar.refresh()
 
-        return client.wait_for_job(job["id"], on_progress=update)
+        return client.wait_for_job(job["id"], timeout=timeout, on_progress=update)

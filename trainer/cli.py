@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from nst.client import Client
 from trainer.config import Recipe, RecipeError, TrainConfig
@@ -28,10 +30,45 @@ def _base_type(hint):
     return hint
 
 
-def _floats(_ctx, _param, value):
+class _FiniteFloat(click.ParamType):
+    """A float that JSON can carry: ``nan`` and ``inf`` are usage errors, not failed requests."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE_FLOAT = _FiniteFloat()
+
+
+def _floats(ctx, param, value):
     if not value or isinstance(value, list):
         return value or None
-    return [float(v) for v in value.split(",")]
+    return [FINITE_FLOAT.convert(v.strip(), param, ctx) for v in value.split(",")]
+
+
+def _service(ctx: click.Context, values: dict) -> None:
+    """Under `nst --api URL --token T`, the group's service, unless the command was given its own
+    --api or --token on its command line (both read NST_API_URL and NST_API_TOKEN)."""
+    group = ctx.find_root().obj or {}
+    for key, group_key in (("api_url", "api"), ("api_token", "token")):
+        if group_key in group and ctx.get_parameter_source(key) is not ParameterSource.COMMANDLINE:
+            values[key] = group[group_key]
+
+
+def _full_ids(values: dict, **kinds: str) -> None:
+    """Replace each given ID prefix in ``values`` (``field="teacher"`` or ``"manifest"``) with the
+    one whole ID it starts, as `nst teachers list` and `nst manifests list` print them shortened."""
+    given = {field: kind for field, kind in kinds.items() if values.get(field)}
+    if not given:
+        return
+    with Client(values["api_url"], token=values["api_token"]) as client:
+        for field, kind in given.items():
+            values[field] = client.full_id(kind, values[field])
 
 
 def config_options(command=None, *, exclude: frozenset[str] = frozenset()):
@@ -68,7 +105,7 @@ def _option(field: dataclasses.Field, hint) -> tuple[list[str], dict]:
         kwargs.update(type=str, callback=_floats, default=",".join(map(str, default or [])))
     else:
         decls = [f"--{name}"]
-        kwargs["type"] = base
+        kwargs["type"] = FINITE_FLOAT if base is float else base
     return [*decls, field.name], kwargs
 
 
@@ -88,11 +125,16 @@ def _checked(cfg: TrainConfig) -> TrainConfig:
 
 @click.command("train")
 @config_options
-def train_command(**values) -> None:
-    """Train a noisy student from a manifest (pulled over HTTP) and register it as a teacher."""
+@click.pass_context
+def train_command(ctx: click.Context, **values) -> None:
+    """Train a noisy student from a manifest (pulled over HTTP; its ID or a unique prefix) and
+    register it as a teacher."""
     from trainer.train import ResumeMismatch, train
 
-    cfg = _checked(TrainConfig.from_flat(values))
+    _checked(TrainConfig.from_flat(values))  # before any request
+    _service(ctx, values)
+    _full_ids(values, manifest_id="manifest", parent_id="teacher")
+    cfg = TrainConfig.from_flat(values)
     try:
         result = train(cfg)
     except ResumeMismatch as error:
@@ -132,7 +174,9 @@ def train_command(**values) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu.")
 @click.option("--api", "api_url", envvar="NST_API_URL", default="http://127.0.0.1:8000", show_default=True)
 @click.option("--token", "api_token", envvar="NST_API_TOKEN", default=None)
+@click.pass_context
 def evaluate_command(
+    ctx: click.Context,
     teacher_id,
     dataset_id,
     out,
@@ -147,7 +191,8 @@ def evaluate_command(
     api_token,
 ) -> None:
     """Top-1, top-5, per-class accuracy, the confusion matrix and calibration of any registered
-    teacher; optionally its robustness, or the fitting of its temperature."""
+    teacher (its ID or a unique prefix); optionally its robustness, or the fitting of its
+    temperature."""
     import torch
 
     from trainer.evaluate import NotAValidationSplit, calibrate_teacher, evaluate_teacher
@@ -157,6 +202,10 @@ def evaluate_command(
         raise click.UsageError("--reference: needs --robustness")
     if fit_temperature and (robust or reference_id):
         raise click.UsageError("--fit-temperature: runs alone (evaluate on the test split separately)")
+    service = dict(api_url=api_url, api_token=api_token, teacher_id=teacher_id, reference_id=reference_id)
+    _service(ctx, service)
+    _full_ids(service, teacher_id="teacher", reference_id="teacher")
+    api_url, api_token, teacher_id, reference_id = service.values()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     options = {
@@ -186,12 +235,12 @@ def evaluate_command(
             _echo_evaluation(teacher_id, dataset_id, result)
     if out is not None:
         out.write_text(json.dumps(result, indent=2))
-        click.echo(f"wrote {out}")
+        click.echo(f"wrote {out}", err=True)
         from trainer.calibration import plot_reliability
 
         diagram = out.with_suffix(".reliability.png")
         plot_reliability(result["calibration"], diagram, f"teacher {teacher_id[:12]}, dataset {dataset_id}")
-        click.echo(f"wrote {diagram}")
+        click.echo(f"wrote {diagram}", err=True)
 
 
 def _echo_calibration(result: dict) -> None:
@@ -286,8 +335,12 @@ def main() -> None:
 @click.option("--shard-size", default=2000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @config_options(exclude=SET_PER_MODEL)
-def iterate_command(**values) -> None:
-    """Run the Noisy Student loop for N generations through the service."""
+@click.pass_context
+def iterate_command(ctx: click.Context, **values) -> None:
+    """Run the Noisy Student loop for N generations through the service (--teacher: an ID or a
+    unique prefix)."""
+    _service(ctx, values)
+    _full_ids(values, teacher_id="teacher")
     iterate_fields = {f.name for f in dataclasses.fields(IterateConfig)}
     loop = {k: v for k, v in values.items() if k in iterate_fields}
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}

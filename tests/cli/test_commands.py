@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,6 +31,20 @@ def run(client, monkeypatch):
 
 
 @pytest.fixture
+def fails(client, monkeypatch):
+    """Invoke ``nst ...`` against the in-process app, expecting it to fail: its result."""
+    monkeypatch.setattr("cli.main.Client", lambda *_args, **_kwargs: in_process_client(client))
+
+    def invoke(*args: str, code: int = 1):
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == code, result.output + repr(result.exception)
+        assert "Traceback" not in result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
 def job():
     teacher = synthetic.teacher(CLASSES)
     labels = [(CAT, 0.9), (CAT, 0.8), (CAT, 0.4), (DOG, 0.95), (DOG, 0.2), (EEL, 0.6)]
@@ -44,9 +59,10 @@ def test_manifests_create_prints_the_id_that_show_list_and_export_take(run, clie
     shown = json.loads(run("manifests", "show", manifest_id))
     assert shown == client.get(f"/manifests/{manifest_id}").json()
     assert shown["params"]["threshold"] == 0.5 and shown["provenance"]["job_ids"] == [job.id]
-    assert manifest_id[:16] in run("manifests", "list")
+    listed = run("manifests", "list").split()[0]
+    assert listed == manifest_id[:16] and json.loads(run("manifests", "show", listed.upper())) == shown
     out = tmp_path / "m.parquet"
-    run("manifests", "export", manifest_id, "--out", str(out))
+    run("manifests", "export", listed, "--out", str(out))
     assert pq.read_table(out).num_rows == shown["totals"]["entries"]
     again = json.loads(
         run("manifests", "create", "--job", str(job.id), "--labeled", str(labeled), "--threshold", "0.5")
@@ -121,3 +137,75 @@ def test_demo_refuses_a_randaugment_its_ops_cannot_run_before_writing_anything(t
     assert refused.exit_code == 2
     assert "--randaugment-magnitude: RandAugment 'rand-m2-n2-mmax10'" in refused.output
     assert not (tmp_path / "demo").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_service_is_one_line_for_every_command_and_the_group_s_api_is_theirs():
+    api = f"http://127.0.0.1:{_closed_port()}"
+    for args in (
+        ["datasets", "list"],
+        ["evaluate", "--teacher", "abc", "--dataset", "1"],  # its own --api would say :8000
+        ["train", "--manifest", "abc"],
+        ["iterate", "--labeled", "1", "--unlabeled", "2", "--teacher", "abc"],
+    ):
+        result = CliRunner().invoke(cli, ["--api", api, *args])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args, result.output)
+        assert f"Error: cannot reach the service at {api}/" in result.output, args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs", "create", "--teacher", "t", "--dataset", "1", "--temperature", "nan"],
+        ["manifests", "create", "--job", "1", "--threshold", "inf"],
+        ["train", "--manifest", "m", "--lr", "nan"],
+        ["evaluate", "--teacher", "t", "--dataset", "1", "--epsilons", "0,a"],
+        ["evaluate", "--teacher", "t", "--dataset", "1", "--epsilons", "0,nan"],
+    ],
+)
+def test_numbers_json_cannot_carry_are_usage_errors_before_any_request(args):
+    result = CliRunner().invoke(cli, ["--api", f"http://127.0.0.1:{_closed_port()}", *args])
+    assert result.exit_code == 2 and "Invalid value" in result.output and "cannot reach" not in result.output
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch):
+    from tests.utils.env import clear_caches
+
+    monkeypatch.setenv("NST_LEASE_S", "abc")
+    clear_caches()
+    try:
+        result = CliRunner().invoke(cli, ["db", "upgrade"])
+    finally:
+        monkeypatch.delenv("NST_LEASE_S")
+        clear_caches()
+    assert result.exit_code == 1 and "NST_LEASE_S" in result.output and "Traceback" not in result.output
+
+
+def test_a_422_names_the_field_in_words(fails, job):
+    result = fails("manifests", "create", "--job", str(job.id), "--threshold", "2")
+    assert "threshold: Input should be less than or equal to 1" in result.output
+    assert "'loc'" not in result.output
+
+
+def test_an_export_writes_only_the_file_to_stdout_and_refuses_a_missing_folder(run, fails, job, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    result = CliRunner().invoke(cli, ["jobs", "export", str(job.id), "--format", "jsonl", "--out", str(out)])
+    # --out /dev/stdout | jq: the note goes to stderr, stdout carries only the file
+    assert result.exit_code == 0 and result.stdout == "" and f"wrote {out}" in result.stderr
+    assert len(out.read_text().splitlines()) == len(job.item_ids)
+    missing = tmp_path / "nope" / "labels.parquet"
+    result = fails("jobs", "export", str(job.id), "--out", str(missing))
+    assert f"folder {str(missing.parent)!r} does not exist" in result.output
+    assert not missing.parent.exists()
+
+
+def test_waiting_for_a_job_that_failed_exits_1_after_printing_it(fails, client):
+    failed = synthetic.finished_job(synthetic.teacher(CLASSES, name="failing"), [(CAT, 0.9)], state="failed")
+    result = fails("jobs", "wait", str(failed.id))
+    assert f"Error: job {failed.id} ended failed" in result.output
+    assert json.loads(result.stdout)["state"] == "failed"
