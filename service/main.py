@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from nst.config import get_settings
 from service.api import errors
+from service.api.browsers import BrowserGuards
 from service.api.main import api_router
 from service.core.migrate import upgrade_head
 from service.metrics import RequestMetrics, metrics_registry
@@ -27,9 +28,12 @@ def create_app() -> FastAPI:
         summary="Noisy Student pseudo-label service: datasets, teachers, labeling jobs.",
         version="0.1.0",
         lifespan=_lifespan,
+        docs_url=None,  # service/ui serves /docs from local files
+        redoc_url=None,
     )
     app.state.metrics = metrics_registry()
     app.add_middleware(RequestMetrics, registry=app.state.metrics)
+    app.add_middleware(BrowserGuards)
     settings = get_settings()
     errors.install(app, body_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)
     app.include_router(api_router)

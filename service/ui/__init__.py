@@ -1,20 +1,26 @@
 """The web UI under /ui: Jinja2 page shells and plain-JavaScript modules that read the public
-REST API with the user's token, so a page shows nothing a script could not fetch itself."""
+REST API with the user's token, so a page shows nothing a script could not fetch itself; and the
+API's Swagger page at /docs, from local files."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request
+import fastapi_offline
+from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from nst.config import get_settings
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
+docs_router = APIRouter(include_in_schema=False)
+# Swagger UI 5 (the first to read OpenAPI 3.1, which FastAPI writes), as fastapi-offline ships it
+SWAGGER_UI = FilePath(fastapi_offline.__file__).parent / "static"
 
 
 def _page(request: Request, template: str, **context) -> HTMLResponse:
@@ -39,7 +45,7 @@ def job_labels(request: Request, job_id: int) -> HTMLResponse:
 
 
 @router.get("/manifests/{manifest_id}", response_class=HTMLResponse)
-def manifest(request: Request, manifest_id: str) -> HTMLResponse:
+def manifest(request: Request, manifest_id: Annotated[str, Path(pattern="^[0-9a-f]{1,64}$")]) -> HTMLResponse:
     return _page(request, "manifest.html", page="manifest", manifest_id=manifest_id)
 
 
@@ -48,6 +54,15 @@ def generations(request: Request) -> HTMLResponse:
     return _page(request, "generations.html", page="generations")
 
 
+@docs_router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request) -> HTMLResponse:
+    return templates.TemplateResponse(request, "docs.html", {})
+
+
 def install(app: FastAPI) -> None:
+    """The UI and the docs page; the app is built with FastAPI's own /docs and /redoc off (they
+    load Swagger's and ReDoc's scripts from a CDN)."""
     app.include_router(router)
+    app.include_router(docs_router)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+    app.mount("/docs/static", StaticFiles(directory=SWAGGER_UI), name="docs-static")

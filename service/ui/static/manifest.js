@@ -2,7 +2,7 @@
 import { definitions, el, field, getJSON, number, short, showError, start } from "./api.js";
 import { filterControls, pagedGrid } from "./tiles.js";
 
-const manifestId = document.body.dataset.manifestId;
+const manifestId = encodeURIComponent(document.body.dataset.manifestId);
 
 function value(v) {
   if (v === null || v === undefined) return "–";
