@@ -205,7 +205,8 @@ def evaluate_command(
     service = dict(api_url=api_url, api_token=api_token, teacher_id=teacher_id, reference_id=reference_id)
     _service(ctx, service)
     _full_ids(service, teacher_id="teacher", reference_id="teacher")
-    api_url, api_token, teacher_id, reference_id = service.values()
+    api_url, api_token = service["api_url"], service["api_token"]
+    teacher_id, reference_id = service["teacher_id"], service["reference_id"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     options = {

@@ -8,7 +8,6 @@ costs the same at any depth.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,11 +65,12 @@ def _decode_cursor(order: Order, cursor: str) -> tuple[float | None, int]:
         else:
             text, item_id_text = cursor.split(":")
             confidence, item_id = float(text), int(item_id_text)
+        # encode_cursor hands out stored confidences (REAL: finite float32) and row IDs (BIGINT):
+        # anything else would reach the database as a value its column cannot take (a 500).
+        valid = 0 <= item_id < 2**63 and (confidence is None or _is_float32(confidence))
     except ValueError:
-        confidence, item_id = math.nan, -1
-    # encode_cursor hands out stored confidences (REAL: finite float32) and row IDs (BIGINT):
-    # anything else would reach the database as a value its column cannot take (a 500).
-    if not 0 <= item_id < 2**63 or (confidence is not None and not _is_float32(confidence)):
+        valid = False
+    if not valid:
         raise CursorError(f"{cursor!r} is not a cursor of a {order!r} page")
     return confidence, item_id
 
