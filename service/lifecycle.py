@@ -10,7 +10,8 @@ A shard::
 Claiming a running or failed shard (a redelivered message) is one attempt more. A running shard
 holds a lease that its worker renews while it labels; the reaper (``reap``) queues again a shard
 whose lease lapsed (its worker died) or one queued long ago while no shard runs (its message was
-lost), and fails it once it has had ``shard_max_attempts``. A worker releases its shard back to
+lost), and fails it once it has had ``shard_max_attempts``; so does a claim past them (a worker
+that dies on the shard has its message redelivered at once). A worker releases its shard back to
 queued when a later attempt must retry some of its items (transient read errors). A claim
 cancels the shard instead if its job was cancelled, and fails it if its teacher is not ready; a
 running shard sees its job's cancellation at its next commit. Succeeded and cancelled are final:
@@ -43,7 +44,9 @@ from nst.states import UNFINISHED_SHARD_STATES, JobState, ShardState, TeacherSta
 from service.models import Item, ItemError, Job, Label, Shard, Teacher, utcnow
 
 _FINAL = (ShardState.SUCCEEDED, ShardState.CANCELLED)
-PERMANENT, TRANSIENT = "permanent", "transient"  # the kinds of an item error
+# The kinds of an item error. A suspect is an image a worker was reading or labeling when it
+# died (``workers.labeling``): it is tried once more, and a second death makes it permanent.
+PERMANENT, TRANSIENT, SUSPECT = "permanent", "transient", "suspect"
 
 logger = logging.getLogger("nst.lifecycle")
 logger.setLevel(logging.INFO)
@@ -123,8 +126,8 @@ def cancel_job(session: Session, *, job: Job) -> None:
 
 
 def resume_job(session: Session, *, job_id: int) -> list[int]:
-    """Queue the job's failed shards again; return every shard to enqueue (queued, running or
-    failed), in order."""
+    """Queue the job's failed shards again, their attempts counted afresh; return every shard to
+    enqueue (queued, running or failed), in order."""
     shard_ids = list(
         session.scalars(
             select(Shard.id)
@@ -132,10 +135,11 @@ def resume_job(session: Session, *, job_id: int) -> list[int]:
             .order_by(Shard.index)
         )
     )
+    # A person resumed it: its attempts count afresh, or the first claim would meet the cap.
     session.execute(
         update(Shard)
         .where(Shard.job_id == job_id, Shard.state == ShardState.FAILED)
-        .values(state=ShardState.QUEUED, error=None, finished_at=None)
+        .values(state=ShardState.QUEUED, error=None, finished_at=None, attempts=0, reaped_count=0)
     )
     session.execute(update(Shard).where(Shard.id.in_(shard_ids)).values(enqueued_at=utcnow()))
     log_event("job.resumed", job=job_id, shards_sent=len(shard_ids))
@@ -162,14 +166,24 @@ def claim_shard(session: Session, *, shard_id: int) -> ShardResult | None:
     if teacher.status != TeacherStatus.READY:
         reason = f"teacher {teacher.id} is {teacher.status}: {teacher.status_reason}"
         return _settle(shard, ShardState.FAILED, reason)
+    max_attempts = get_settings().shard_max_attempts
+    if shard.attempts >= max_attempts:
+        # A worker that dies on this shard has its message redelivered at once, so the lease
+        # never lapses and the reaper never counts: the claim is what ends the loop.
+        reason = (
+            f"claimed {shard.attempts} times without finishing (NST_SHARD_MAX_ATTEMPTS={max_attempts}): "
+            "its worker died or gave up each time"
+        )
+        return _settle(shard, ShardState.FAILED, reason)
     if not session.scalar(select(exists().where(Shard.job_id == job.id, Shard.started_at.is_not(None)))):
         log_event("job.running", job=job.id)
     # Counted in SQL: SQLite ignores FOR UPDATE, so two copies claiming at once both read the
     # same count, and an increment made in Python would lose one of them.
+    attempt = shard.attempts + 1  # for the log line only
     shard.state, shard.attempts, shard.error = ShardState.RUNNING, Shard.attempts + 1, None
     shard.started_at = shard.started_at or utcnow()
     shard.lease_expires_at = utcnow() + timedelta(seconds=get_settings().lease_s)
-    log_event("shard.running", job=job.id, shard=shard.id, index=shard.index, attempt=shard.attempts)
+    log_event("shard.running", job=job.id, shard=shard.id, index=shard.index, attempt=attempt)
     return None
 
 

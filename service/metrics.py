@@ -32,7 +32,7 @@ from service import lifecycle
 from service.core.db import get_session_factory
 from service.models import ItemError, Job, Shard, utcnow
 
-ERROR_KINDS = (lifecycle.PERMANENT, lifecycle.TRANSIENT)
+ERROR_KINDS = (lifecycle.PERMANENT, lifecycle.TRANSIENT, lifecycle.SUSPECT)
 
 UNMATCHED = "<unmatched>"  # one label for every path no route knows, so scanners add no series
 

@@ -16,14 +16,26 @@ from sqlalchemy.orm import Session
 
 from nst.states import ShardState
 from service.core.db import session_scope
-from service.lifecycle import TRANSIENT, ShardResult, stop_shard, succeed_shard
+from service.lifecycle import PERMANENT, SUSPECT, TRANSIENT, ShardResult, stop_shard, succeed_shard
 from service.models import Item, ItemError, Job, Label, Shard
+
+DIED_ONCE = "the worker died while reading or labeling this image; it is tried once more"
+DIED_TWICE = "the worker died twice while reading or labeling this image"
+
+
+def _in_shard(shard: Shard, job: Job):
+    return select(Item.id).where(
+        Item.dataset_id == job.dataset_id,
+        Item.ordinal >= shard.start_ordinal,
+        Item.ordinal < shard.end_ordinal,
+    )
 
 
 def pending_items(session: Session, shard: Shard, job: Job) -> list[tuple[int, str]]:
-    """The shard's items with neither a label nor an item error, as ``(item_id, uri)``."""
+    """The shard's items with neither a label nor an item error (a suspect is tried again), as
+    ``(item_id, uri)``."""
     done = select(Label.item_id).where(Label.job_id == job.id)
-    failed = select(ItemError.item_id).where(ItemError.job_id == job.id)
+    failed = select(ItemError.item_id).where(ItemError.job_id == job.id, ItemError.kind != SUSPECT)
     query = (
         select(Item.id, Item.uri)
         .where(
@@ -38,17 +50,42 @@ def pending_items(session: Session, shard: Shard, job: Job) -> list[tuple[int, s
     return [tuple(row) for row in session.execute(query)]
 
 
+def suspects(session: Session, shard: Shard, job: Job) -> set[int]:
+    """The shard's items a worker died on once (``mark_suspect``)."""
+    query = select(ItemError.item_id).where(
+        ItemError.job_id == job.id, ItemError.kind == SUSPECT, ItemError.item_id.in_(_in_shard(shard, job))
+    )
+    return set(session.scalars(query))
+
+
+def mark_suspect(job_id: int, item_id: int, *, again: bool) -> None:
+    """Committed before a careful pass reads the item, and removed by the commit of its label
+    (``commit_labels``' ``cleared``): if the worker dies in between, the mark stays. A first mark
+    lets the next attempt try the item once more (a kill from outside lands on some item too);
+    marking it ``again`` makes it a permanent item error, which that attempt's death leaves."""
+    with session_scope() as session:
+        if again:
+            session.execute(
+                update(ItemError)
+                .where(ItemError.job_id == job_id, ItemError.item_id == item_id, ItemError.kind == SUSPECT)
+                .values(kind=PERMANENT, message=DIED_TWICE)
+                .execution_options(synchronize_session=False)
+            )
+        else:
+            row = {"job_id": job_id, "item_id": item_id, "message": DIED_ONCE, "kind": SUSPECT}
+            insert_ignoring_duplicates(session, ItemError, [row])
+
+
 def forget_transient_errors(session: Session, shard: Shard, job: Job) -> None:
     """Delete the shard's transient item errors (a read that failed in an earlier attempt), so
     this attempt reads those items again; the progress forgets them too."""
-    in_shard = select(Item.id).where(
-        Item.dataset_id == job.dataset_id,
-        Item.ordinal >= shard.start_ordinal,
-        Item.ordinal < shard.end_ordinal,
-    )
     forgotten = session.execute(
         delete(ItemError)
-        .where(ItemError.job_id == job.id, ItemError.kind == TRANSIENT, ItemError.item_id.in_(in_shard))
+        .where(
+            ItemError.job_id == job.id,
+            ItemError.kind == TRANSIENT,
+            ItemError.item_id.in_(_in_shard(shard, job)),
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     if forgotten:
@@ -128,18 +165,35 @@ class ShardWriter:
 
 
 def commit_labels(
-    shard_id: int, job: Job, rows: list[dict], bad: list[dict], *, last: bool = False
+    shard_id: int,
+    job: Job,
+    rows: list[dict],
+    bad: list[dict],
+    *,
+    last: bool = False,
+    cleared: int | None = None,
 ) -> ShardResult | None:
     """Write labels and the shard's progress in one transaction; stop if the job was cancelled.
-    With ``last``, the shard succeeds in the same transaction (``succeed_shard``).
+    With ``last``, the shard succeeds in the same transaction (``succeed_shard``); ``cleared``
+    is an item whose ``mark_suspect`` mark this commit's outcome replaces.
 
     Progress grows by what the inserts really added, in SQL (``items_done + n``), so a
     redelivered or concurrently running copy of the shard never counts an item twice; counting
     the whole shard again instead cost a join over its items with every batch.
     """
     with session_scope() as session:
-        if session.scalar(select(Job.cancelled_at).where(Job.id == job.id)) is not None:
+        # FOR SHARE (PostgreSQL): a cancellation's UPDATE waits for this commit, and every later
+        # commit sees it; without the lock one that committed in between was missed.
+        cancelled = select(Job.cancelled_at).where(Job.id == job.id).with_for_update(read=True)
+        if session.scalar(cancelled) is not None:
             return stop_shard(session, shard_id=shard_id, state=ShardState.CANCELLED)
+        if cleared is not None:
+            marked = (ItemError.kind == SUSPECT) | (ItemError.message == DIED_TWICE)
+            session.execute(
+                delete(ItemError)
+                .where(ItemError.job_id == job.id, ItemError.item_id == cleared, marked)
+                .execution_options(synchronize_session=False)
+            )
         added = insert_ignoring_duplicates(session, Label, rows)
         failed = insert_ignoring_duplicates(session, ItemError, bad)
         if last:

@@ -24,9 +24,15 @@ from nst.states import ShardState
 from service.core.db import session_scope
 from service.lifecycle import TRANSIENT, ShardResult, claim_shard, release_shard, renew_lease, stop_shard
 from service.models import Job, Shard
-from workers import decode, inference
+from workers import decode, inference, label_writes
 from workers.decode import TransientError, model_batches
-from workers.label_writes import ShardWriter, forget_transient_errors, pending_items
+from workers.label_writes import (
+    ShardWriter,
+    forget_transient_errors,
+    mark_suspect,
+    pending_items,
+    suspects,
+)
 from workers.soft_labels import soft_labels
 from workers.teacher_model import cached_teacher, resolve_device
 
@@ -65,16 +71,38 @@ class LabelingSettings:
         )
 
 
-def start_shard(shard_id: int) -> tuple[ShardResult | None, list[tuple[int, str]], Job | None, int]:
-    """Claim the shard; return a final result if there is nothing to do, else the work and the
-    attempt this is. Items whose read failed in an earlier attempt are pending again."""
+# From this attempt on a shard is labeled carefully: two claims of it did not finish, so a
+# worker may be dying on one of its images.
+CAREFUL_FROM_ATTEMPT = 3
+
+
+@dataclass
+class Work:
+    """What an attempt has to do: the pending items, their job, which attempt this is and the
+    items a worker already died on once."""
+
+    items: list[tuple[int, str]]
+    job: Job
+    attempt: int
+    suspects: set[int]
+
+
+def start_shard(shard_id: int) -> ShardResult | Work:
+    """Claim the shard; return a final result if there is nothing to do, else its work."""
     with session_scope() as session:
         if (result := claim_shard(session, shard_id=shard_id)) is not None:
-            return result, [], None, 0
+            return result
         shard = session.get(Shard, shard_id)
         job = session.get(Job, shard.job_id)
-        forget_transient_errors(session, shard, job)
-        return None, pending_items(session, shard, job), job, shard.attempts
+        items, suspected = _pending(session, shard_id, job)
+        return Work(items, job, shard.attempts, suspected)
+
+
+def _pending(session, shard_id: int, job: Job) -> tuple[list[tuple[int, str]], set[int]]:
+    """Items whose read failed in an earlier attempt or pass are pending again."""
+    shard = session.get(Shard, shard_id)
+    forget_transient_errors(session, shard, job)
+    return pending_items(session, shard, job), suspects(session, shard, job)
 
 
 def label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
@@ -91,57 +119,61 @@ def label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
 
 
 def _label_shard(shard_id: int, settings: LabelingSettings) -> ShardResult:
-    result, items, job, attempt = start_shard(shard_id)
-    if result is not None:
-        return result
-    final = attempt >= settings.max_attempts  # the last attempt records transient errors for good
+    work = start_shard(shard_id)
+    if isinstance(work, ShardResult):
+        return work
+    final = work.attempt >= settings.max_attempts  # the last attempt records transient errors for good
+    careful = work.attempt >= CAREFUL_FROM_ATTEMPT or bool(work.suspects)
     with _lease(shard_id, settings.lease_s):
         for run in (1, 2):
             try:
-                return _label(shard_id, job, items, settings, final=final)
-            except OperationalError:
-                raise  # the database: the task retries it
+                return _label(shard_id, work, settings, final=final, careful=careful)
+            except (OperationalError, TransientItemErrors):
+                raise  # the database, or items to read again: the task retries it
             except Exception:
                 # A dead decode process (SIGKILL: the OOM killer on a large image) breaks the
-                # worker's DataLoader for every later shard: rebuild it and label the rest again.
+                # worker's DataLoader for every later shard: rebuild it and label the rest again,
+                # carefully, since one of them may be what killed it.
                 decode.reset(decode.decoder(settings.device, settings.decode_workers)[0])
                 if run == 2:
                     raise
                 logger.warning(
-                    "shard %s: labeling failed, decode processes restarted", shard_id, exc_info=True
+                    "shard %s: labeling failed, decode processes restarted; the rest one image at a time",
+                    shard_id,
+                    exc_info=True,
                 )
+                careful = True
                 with session_scope() as session:
-                    items = pending_items(session, session.get(Shard, shard_id), job)
+                    work.items, work.suspects = _pending(session, shard_id, work.job)
     raise AssertionError("unreachable")
 
 
-def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final: bool) -> ShardResult:
-    device = settings.device
+def _label(
+    shard_id: int, work: Work, settings: LabelingSettings, *, final: bool, careful: bool
+) -> ShardResult:
+    job, device = work.job, settings.device
     mode = inference.resolve(job.inference, device)
     runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size, job.noised_teacher)
     with session_scope() as session:  # provenance: the mode that ran, after any fallback
         session.get(Shard, shard_id).inference = runner.mode
-    loader, batches = decode.decoder(device, settings.decode_workers)
-    batches.start(items, spec.image_format, job.batch_size)
+    if careful:
+        batches = _one_at_a_time(work, spec.image_format)
+    else:
+        loader, sampler = decode.decoder(device, settings.decode_workers)
+        sampler.start(work.items, spec.image_format, job.batch_size)
+        batches = model_batches(loader, job.batch_size)
     writer = ShardWriter(
         shard_id, job, commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
     )
     unread = 0
-    for images, item_ids, errors in model_batches(loader, job.batch_size):
-        ok = [i for i, e in enumerate(errors) if not e]
-        rows: list[dict] = []
-        if ok:
-            logits = _forward(runner, images if len(ok) == len(errors) else images[ok])
-            rows = soft_labels(
-                logits, temperature=job.temperature, keep_all=job.stores_full_distribution, top_k=job.top_k
-            )
-            for row, i in zip(rows, ok, strict=True):
-                row.update(job_id=job.id, item_id=item_ids[i])
-        rows, not_finite = finite_rows(rows)
-        bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
-        bad += [_item_error(job.id, item_id, NOT_FINITE) for item_id in not_finite]
+    for images, item_ids, errors in batches:
+        rows, bad = _outcomes(runner, job, images, item_ids, errors)
         unread += sum(b["kind"] == TRANSIENT for b in bad)
-        if (stopped := writer.add(rows, bad)) is not None:
+        if careful:  # this image's outcome replaces its mark, at once
+            stopped = label_writes.commit_labels(shard_id, job, rows, bad, cleared=item_ids[0])
+        else:
+            stopped = writer.add(rows, bad)
+        if stopped is not None:
             return stopped
     if unread and not final:
         if (stopped := writer.flush()) is not None:
@@ -151,6 +183,33 @@ def _label(shard_id: int, job: Job, items, settings: LabelingSettings, *, final:
             release_shard(session, shard_id=shard_id, reason=reason)
         raise TransientItemErrors(f"shard {shard_id}: {reason}")
     return writer.finish()
+
+
+def _one_at_a_time(work: Work, image_format) -> Iterator[decode.Batch]:
+    """The careful pass: each image decoded here, in this process, behind its mark
+    (``mark_suspect``), so that the image a worker keeps dying on is found and skipped instead
+    of failing the shard. Slower (a commit per image), and only for shards that need it."""
+    files = decode.ImageFiles()
+    for item_id, uri in work.items:
+        mark_suspect(work.job.id, item_id, again=item_id in work.suspects)
+        yield decode.collate([files[(item_id, uri, image_format)]])
+
+
+def _outcomes(runner, job: Job, images: torch.Tensor, item_ids: list[int], errors: list[str]):
+    """A batch's labels and item errors."""
+    ok = [i for i, e in enumerate(errors) if not e]
+    rows: list[dict] = []
+    if ok:
+        logits = _forward(runner, images if len(ok) == len(errors) else images[ok])
+        rows = soft_labels(
+            logits, temperature=job.temperature, keep_all=job.stores_full_distribution, top_k=job.top_k
+        )
+        for row, i in zip(rows, ok, strict=True):
+            row.update(job_id=job.id, item_id=item_ids[i])
+    rows, not_finite = finite_rows(rows)
+    bad = [_item_error(job.id, item_ids[i], e) for i, e in enumerate(errors) if e]
+    bad += [_item_error(job.id, item_id, NOT_FINITE) for item_id in not_finite]
+    return rows, bad
 
 
 NOT_FINITE = "the teacher's output for this image is not finite (NaN or infinity)"

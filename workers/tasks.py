@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from nst.config import get_settings
 from nst.states import TeacherStatus
-from nst.storage import StorageUnavailable
+from nst.storage import AccessDenied, StorageUnavailable
 from service.core.db import session_scope
 from service.lifecycle import set_teacher_status
 from service.models import Teacher
@@ -83,11 +83,15 @@ def label_shard(shard_id: int) -> dict:
     return result.__dict__
 
 
-# A store that cannot be reached says nothing about the file: retried, never a verdict.
+# A store that cannot be reached, or that refuses this worker (its credentials or grants),
+# says nothing about the file: retried, never a verdict; the teacher stays pending, with why.
+UNREADABLE = (StorageUnavailable, AccessDenied)
+
+
 @app.task(
     name=VALIDATE_TEACHER,
     base=RetryingTask,
-    autoretry_for=(*TRANSIENT, StorageUnavailable),
+    autoretry_for=(*TRANSIENT, *UNREADABLE),
     retry_backoff=2,
 )
 def validate_teacher(teacher_id: str) -> str:
@@ -99,7 +103,10 @@ def validate_teacher(teacher_id: str) -> str:
     try:
         validate(spec)
         status, reason = TeacherStatus.READY, None
-    except StorageUnavailable:
+    except UNREADABLE as exc:
+        reason = f"a worker could not read the checkpoint, retrying: {type(exc).__name__}: {exc}"
+        with session_scope() as session:
+            set_teacher_status(session, teacher_id=teacher_id, status=TeacherStatus.PENDING, reason=reason)
         raise
     except InvalidCheckpoint as exc:
         status, reason = TeacherStatus.INVALID, str(exc)

@@ -111,7 +111,7 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
     assert samples["nst_labels_written_total"][()] == sum(j["items_done"] for j in jobs) == 3 + 1 + 3
     kinds = {dict(k)["kind"]: v for k, v in samples["nst_item_errors"].items()}
     assert sum(kinds.values()) == sum(j["items_failed"] for j in jobs) == errors == 2
-    assert kinds == {"permanent": 1, "transient": 1}
+    assert kinds == {"permanent": 1, "transient": 1, "suspect": 0}
     assert samples["nst_shard_attempts_total"][()] == sum(s["attempts"] for s in shards) == 1 + 1 + 4
     assert samples["nst_shard_reenqueues_total"][()] == 2
     assert samples["nst_shard_leases_expired"][()] == 1

@@ -1,7 +1,9 @@
 """The labeling logic, run in-process (no broker), on SQLite and on PostgreSQL."""
 
+import errno
 import os
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,12 +15,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from sqlalchemy import func, select
 
+from nst import storage
 from nst.checkpoint import save_teacher
 from nst.config import get_settings
 from nst.states import ShardState
 from service.core.db import session_scope
 from service.lifecycle import ShardResult
-from service.models import Item, Job, Label, Shard
+from service.models import Item, ItemError, Job, Label, Shard
 from tests.utils import factories
 from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
 from workers import decode, label_writes, labeling
@@ -116,6 +119,152 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     assert labeling.label_shard(shard_id, settings).state == "succeeded"
     assert _label_count(job["id"]) == 300
     assert client.get(f"/jobs/{job['id']}").json()["items_done"] == 300
+
+
+class Killed(BaseException):
+    """The worker process dying (the OOM killer) while it reads an image: nothing catches it."""
+
+
+def _small_pool(client, fmnist, count: int = 20) -> tuple[dict, list[Path]]:
+    root = Path(os.environ["NST_DATA_ROOTS"].split(",")[0]) / "small"
+    root.mkdir()
+    for png in sorted((fmnist / "unlabeled").glob("*.png"))[:count]:
+        shutil.copy(png, root)
+    return factories.unlabeled_dataset(client, root, name="small"), sorted(root.glob("*.png"))
+
+
+def _failing_reads(monkeypatch, uri_end: str, error: BaseException, times: int | None) -> None:
+    """Reading the file whose URI ends with ``uri_end`` raises ``error`` (``times`` times)."""
+    real, calls = storage.openable, []
+
+    def openable(uri):
+        if uri.endswith(uri_end) and (times is None or len(calls) < times):
+            calls.append(uri)
+            raise error
+        return real(uri)
+
+    monkeypatch.setattr(storage, "openable", openable)
+
+
+def _errors(job_id: int) -> list[tuple[str, str]]:
+    with session_scope() as session:
+        return [
+            (e.kind, e.message) for e in session.scalars(select(ItemError).where(ItemError.job_id == job_id))
+        ]
+
+
+def test_a_failed_read_is_retried_by_a_later_attempt_not_lost(
+    backend, client, enqueued, teacher_file, fmnist, monkeypatch
+):
+    dataset, files = _small_pool(client, fmnist)
+    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    shard_id = enqueued[-1][1]
+    _failing_reads(monkeypatch, files[3].name, OSError(errno.EIO, "Input/output error"), times=1)
+    with pytest.raises(labeling.TransientItemErrors):
+        labeling.label_shard(shard_id, _settings())
+    with session_scope() as session:  # released for the task's retry, the item not yet judged
+        assert session.get(Shard, shard_id).state == ShardState.QUEUED
+    assert _label_count(job["id"]) == 19 and _errors(job["id"]) == [
+        ("transient", "OSError: [Errno 5] Input/output error")
+    ]
+
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"  # the retry reads it
+    assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 0)
+
+
+def test_an_image_the_worker_dies_on_twice_is_skipped_and_the_rest_labeled(
+    backend, client, enqueued, teacher_file, fmnist, monkeypatch
+):
+    dataset, files = _small_pool(client, fmnist)
+    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    shard_id = enqueued[-1][1]
+    _failing_reads(monkeypatch, files[5].name, Killed(), times=None)
+    for attempt in (1, 2, 3, 4):  # each message redelivered at once: no lease lapses
+        with pytest.raises(Killed):
+            labeling.label_shard(shard_id, _settings())
+        if attempt == 3:  # the first careful attempt: the five before it labeled, it marked once
+            assert _label_count(job["id"]) == 5
+            assert _errors(job["id"]) == [("suspect", label_writes.DIED_ONCE)]
+    assert _errors(job["id"]) == [("permanent", label_writes.DIED_TWICE)]
+
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
+    assert _label_count(job["id"]) == 19
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 19, 1)
+
+
+def test_a_careful_attempt_killed_once_on_an_image_labels_it_the_next_time(
+    backend, client, enqueued, teacher_file, fmnist, monkeypatch
+):
+    """A kill from outside lands on some image too: one death does not condemn it."""
+    dataset, files = _small_pool(client, fmnist)
+    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:  # two claims that did not finish: the next is careful
+        session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
+    _failing_reads(monkeypatch, files[5].name, Killed(), times=1)
+    with pytest.raises(Killed):
+        labeling.label_shard(shard_id, _settings())
+    assert _errors(job["id"]) == [("suspect", label_writes.DIED_ONCE)]
+
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
+    assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 0)
+
+
+def test_a_shard_claimed_past_its_attempts_fails_and_a_resume_starts_them_afresh(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    monkeypatch.setenv("NST_SHARD_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    job = factories.job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:  # a worker died twice holding it
+        session.get(Shard, shard_id).attempts = 2
+    assert labeling.label_shard(shard_id, _settings()).state == "failed"
+    failed = client.get(f"/jobs/{job['id']}").json()
+    assert failed["state"] == "failed"
+    assert "claimed 2 times without finishing (NST_SHARD_MAX_ATTEMPTS=2)" in failed["errors"][0]
+
+    assert client.post(f"/jobs/{job['id']}/resume").status_code == 200
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
+    assert client.get(f"/jobs/{job['id']}/shards").json()[0]["attempts"] == 1
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_cancel_waits_for_a_commit_in_flight_and_the_next_commit_sees_it(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    job = factories.job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    labeling.start_shard(shard_id)
+    inserting, release = threading.Event(), threading.Event()
+    real_insert = label_writes.insert_ignoring_duplicates
+
+    def slow_insert(*args):
+        inserting.set()
+        release.wait(10)
+        return real_insert(*args)
+
+    monkeypatch.setattr(label_writes, "insert_ignoring_duplicates", slow_insert)
+    with session_scope() as session:
+        job_row = session.get(Job, job["id"])
+        session.expunge(job_row)
+    commit = threading.Thread(target=label_writes.commit_labels, args=(shard_id, job_row, [], []))
+    commit.start()
+    assert inserting.wait(10)
+    cancel = threading.Thread(target=lambda: client.post(f"/jobs/{job['id']}/cancel"))
+    cancel.start()
+    cancel.join(1.0)
+    assert cancel.is_alive()  # waits for the commit that read the job as not cancelled
+    release.set()
+    commit.join(10)
+    cancel.join(10)
+    monkeypatch.setattr(label_writes, "insert_ignoring_duplicates", real_insert)
+    assert label_writes.commit_labels(shard_id, job_row, [], []).state == "cancelled"
 
 
 def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
