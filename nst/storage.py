@@ -17,7 +17,7 @@ import hashlib
 import io
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from stat import S_ISDIR
@@ -72,22 +72,43 @@ def redact(text: str) -> str:
     return text
 
 
-def normalise_url(raw: str) -> str:
-    """The URL with no trailing slash; refused with credentials, a query or ``.``/``..`` parts."""
+_KEY_SCHEMES = frozenset({"s3", "s3a"})  # the path is an object's key, taken literally
+_VERSION_SELECTOR = "?versionId="  # s3fs reads this part of a key as an object version
+
+
+def _split(raw: str) -> tuple[str, str, str]:
+    """(scheme, host or bucket, path). An S3 URL's path is the object's key as s3fs reads it:
+    ``?`` and ``#`` in it are characters of the key (S3 allows them), not a query or a fragment."""
+    scheme, _, rest = raw.partition("://")
+    if scheme.lower() in _KEY_SCHEMES:
+        bucket, slash, key = rest.partition("/")
+        if _VERSION_SELECTOR in key:
+            raise BadLocation(
+                f"{raw!r} has a query ({_VERSION_SELECTOR}), which would name an object version; "
+                "give a plain URL"
+            )
+        return scheme, bucket, slash + key
     parts = urlsplit(raw)
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+    if parts.query or parts.fragment:
+        raise BadLocation(f"{raw!r} has a query or fragment; give a plain URL")
+    return scheme, parts.netloc, parts.path
+
+
+def normalise_url(raw: str) -> str:
+    """The URL with no trailing slash; refused with credentials, ``.``/``..`` parts, or a query or
+    fragment (an S3 key's ``?`` and ``#`` are neither: see ``_split``)."""
+    if "@" in raw.partition("://")[2].partition("/")[0]:  # user:password@ comes before any "/"
         raise BadLocation(
             f"{redact(raw)!r} carries credentials; give them in the environment (AWS_ACCESS_KEY_ID, "
             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE), never in a URL"
         )
-    if parts.query or parts.fragment:
-        raise BadLocation(f"{raw!r} has a query or fragment; give a plain URL")
-    if not parts.netloc:
-        raise BadLocation(f"{raw!r} names no bucket or host")
-    segments = parts.path.split("/")
+    scheme, netloc, path = _split(raw)
+    if not netloc or "?" in netloc or "#" in netloc:
+        raise BadLocation(f"{raw!r} names no valid bucket or host")
+    segments = path.split("/")
     if any(s in (".", "..") for s in segments):
         raise BadLocation(f"{raw!r} has a '.' or '..' part")
-    return f"{parts.scheme.lower()}://{parts.netloc}{parts.path}".rstrip("/")
+    return f"{scheme.lower()}://{netloc}{path}".rstrip("/")
 
 
 def location(raw: str | Path) -> Location:
@@ -198,18 +219,59 @@ def translate(exc: BaseException, where: Location) -> StorageError:
     return error
 
 
-def open_binary(where: Location | str) -> IO[bytes]:
-    """A binary file object to read ``where``; raises a ``StorageError`` of its kind."""
+class _Translating(io.RawIOBase):
+    """A store's file object whose failures are ``StorageError``s of their kind, so that a reader
+    such as Pillow cannot take a store that stopped answering for a bad file."""
+
+    def __init__(self, handle, where: str) -> None:
+        super().__init__()
+        self._handle, self._where = handle, where
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._call(self._handle.read, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._call(self._handle.seek, offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._handle.close()
+        super().close()
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except Exception as exc:
+            raise translate(exc, self._where) from None
+
+
+def open_binary(where: Location | str, *, block_size: int | None = None) -> IO[bytes]:
+    """A binary file object to read ``where``; raises a ``StorageError`` of its kind on opening
+    and, for a URL, on any read. An object is fetched ``block_size`` bytes at a time (fsspec's
+    default, 50 MiB for S3, when not given)."""
     if not is_url(where):
         try:
             return open(where, "rb")  # noqa: SIM115 (the caller closes it)
         except OSError as exc:
             raise translate(exc, where) from None
     fs, path = _fs(where)
+    options = {} if block_size is None else {"block_size": block_size}
     try:
-        return fs.open(path, "rb")
+        handle = fs.open(path, "rb", **options)
     except Exception as exc:
         raise translate(exc, where) from None
+    return io.BufferedReader(_Translating(handle, where))
 
 
 def read_bytes(where: Location | str) -> bytes:
@@ -311,17 +373,19 @@ def cached_copy(where: str, cache_dir: Path, sha256: str) -> Path:
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".fetch-", suffix=".part")
+    # Not mkstemp: its files are private (0600); a cache shared by workers under other users
+    # needs the umask's mode, as any new file gets.
+    tmp = cache_dir / f".fetch-{uuid.uuid4().hex}.part"
     try:
-        with os.fdopen(fd, "wb") as out:
+        with tmp.open("xb") as out:
             for chunk in chunks(where):
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != sha256:
             raise StorageError(f"{where!r} has sha256 {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp_name, final)
+        os.replace(tmp, final)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return final
 
 

@@ -12,9 +12,12 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from nst import storage
 from nst.storage import Location
@@ -93,22 +96,39 @@ def embedded_metadata(header: dict[str, Any]) -> dict[str, Any] | None:
         raise CheckpointError("the file's embedded 'nst' metadata is not JSON") from None
 
 
-def store(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> tuple[str, Location, int, dict]:
-    """Write ``chunks`` into the store under their sha256; return (sha, location, size, header).
+@dataclass
+class Received:
+    """An upload whose header checked out, held in a local file until it is put into the store."""
 
-    The bytes go to a local temporary file first and are moved (or uploaded) into place only once
-    the header checks out, so a failed or interrupted upload leaves nothing behind.
-    """
-    local = isinstance(store_dir, Path)
-    if local:
+    sha: str
+    size: int
+    header: dict
+    file: Path
+
+
+def _part_file(store_dir: Location) -> tuple[Path, IO[bytes]]:
+    """A new temporary file for an upload, and its handle. For a local store, beside its files (a
+    rename moves it in) and not from mkstemp, whose 0600 would hide the checkpoint from workers
+    under another user: it gets the umask's mode, as any new file does. For an object store, a
+    private one in the system's temporary folder."""
+    if isinstance(store_dir, Path):
         store_dir.mkdir(parents=True, exist_ok=True)
+        tmp = store_dir / f".upload-{uuid.uuid4().hex}.part"
+        return tmp, tmp.open("xb")
+    fd, name = tempfile.mkstemp(prefix=".upload-", suffix=".part")
+    return Path(name), os.fdopen(fd, "wb")
+
+
+@contextmanager
+def received(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> Iterator[Received]:
+    """Write ``chunks`` to a local temporary file and check them; the file is removed on leaving,
+    so a refused, failed or interrupted upload leaves nothing behind (``put`` moves it first)."""
+    tmp, out = _part_file(store_dir)
     digest = hashlib.sha256()
     size = 0
     head = b""  # the first SNIFF_BYTES bytes, sniffed before the rest of a large file is written
-    fd, tmp_name = tempfile.mkstemp(dir=store_dir if local else None, prefix=".upload-", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with out:
             for chunk in chunks:
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
@@ -122,13 +142,23 @@ def store(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> tuple[s
         if len(head) < SNIFF_BYTES:  # too short for a safetensors file; named as uploaded
             refuse_pickle(name, head)
             raise CheckpointError(f"{name!r} is too short to be a safetensors file")
-        header = read_header(tmp, name=name)
-        sha = digest.hexdigest()
-        final = storage.join(store_dir, f"{sha}.safetensors")
-        storage.write_file(tmp, final)
-        return sha, final, size, header
+        yield Received(digest.hexdigest(), size, read_header(tmp, name=name), tmp)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def put(upload: Received, store_dir: Location) -> Location:
+    """Move a received upload into the store under its sha256; an object store shows it only
+    once it is whole."""
+    final = storage.join(store_dir, f"{upload.sha}.safetensors")
+    storage.write_file(upload.file, final)
+    return final
+
+
+def store(chunks: Iterable[bytes], *, name: str, store_dir: Location) -> tuple[str, Location, int, dict]:
+    """Receive ``chunks`` and put them into the store; return (sha, location, size, header)."""
+    with received(chunks, name=name, store_dir=store_dir) as upload:
+        return upload.sha, put(upload, store_dir), upload.size, upload.header
 
 
 def file_chunks(path: Location, chunk_size: int = 1 << 20) -> Iterable[bytes]:

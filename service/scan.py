@@ -3,7 +3,8 @@ the data roots.
 
 Pure functions: they read the file system or list the object store (``nst.storage``; objects are
 listed, never downloaded) and return rows or raise ``ScanError`` whose message names the
-problem; they never touch the database, so a failed scan leaves nothing behind.
+problem, or ``storage.StorageUnavailable`` when the store does not answer (a later attempt may
+succeed); they never touch the database, so a failed scan leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -129,15 +130,12 @@ def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[s
     labeled set), from one listing."""
     if Path(storage.name(url)).suffix.lower() in LIST_SUFFIXES:
         return _scan_list(url, roots, labeled=labeled, classes=classes)
-    try:
-        found = storage.list_files(url)
-    except storage.StorageError as exc:
-        raise ScanError(str(exc)) from None
+    found = _listing(url)
     if not found:
         raise ScanError(f"path {url!r} names no object and no prefix with objects under it")
     if found == [url]:
         raise ScanError(f"path {url!r} is an object but not a list (.csv, .jsonl or .txt); give a prefix")
-    images = storage.suffix_filter(found, IMAGE_SUFFIXES)
+    images = [_addressable(image, url) for image in storage.suffix_filter(found, IMAGE_SUFFIXES)]
     if not images:
         raise ScanError(f"prefix {url!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not labeled:
@@ -152,6 +150,26 @@ def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[s
         result.uris.extend(by_class[name])
         result.labels.extend([index] * len(by_class[name]))
     return result
+
+
+def _listing(prefix: str, *, recursive: bool = True) -> list[str]:
+    """The objects under ``prefix``; missing or denied is a ``ScanError``, a store that does not
+    answer is not (it is no fault of the request)."""
+    try:
+        return storage.list_files(prefix, recursive=recursive)
+    except storage.StorageUnavailable:
+        raise
+    except storage.StorageError as exc:
+        raise ScanError(str(exc)) from None
+
+
+def _addressable(image: str, prefix: str) -> str:
+    """A listed object's URL as thumbnails and workers will read it again; a key that no URL can
+    name (a ``.`` or ``..`` part, a version selector) is refused here, by name, not later."""
+    try:
+        return storage.normalise_url(image)
+    except storage.BadLocation as exc:
+        raise ScanError(f"prefix {prefix!r} holds an object that cannot be registered: {exc}") from None
 
 
 def _class_order(subfolders: list[str], classes: list[str] | None, folder: Location) -> list[str]:
@@ -186,6 +204,8 @@ def _scan_list(
 ) -> ScanResult:
     try:
         text = storage.read_bytes(list_path).decode("utf-8")
+    except storage.StorageUnavailable:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise ScanError(f"list {str(list_path)!r} is unreadable: {exc}") from None
     list_name = storage.name(list_path)
@@ -230,7 +250,7 @@ def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str
         elif Path(raw).is_absolute():
             real = Path(raw).resolve()
         else:
-            real = storage.location(str(storage.join(storage.parent(list_path), raw)))
+            real = storage.location(str(storage.join(storage.parent(list_path), _without_dot_parts(raw))))
     except storage.BadLocation as exc:
         raise ScanError(f"{where}: {exc}") from None
     except (OSError, RuntimeError, ValueError) as exc:
@@ -242,15 +262,18 @@ def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str
     return real
 
 
+def _without_dot_parts(relative: str) -> str:
+    """``./pool/a.png`` as ``pool/a.png``: a ``.`` part names its own folder, which a local path
+    resolves and a URL refuses; ``..`` stays, for the confinement checks to judge."""
+    return "/".join(part for part in relative.split("/") if part != ".")
+
+
 def _is_file(real: Location, listed: dict[str, set[str]]) -> bool:
     if isinstance(real, Path):
         return _exists(real) and real.is_file()
     folder = storage.parent(real)
     if folder not in listed:
-        try:
-            listed[folder] = set(storage.list_files(folder, recursive=False))
-        except storage.StorageError as exc:
-            raise ScanError(str(exc)) from None
+        listed[folder] = set(_listing(folder, recursive=False))
     return real in listed[folder]
 
 

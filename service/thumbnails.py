@@ -13,6 +13,7 @@ from nst.storage import Location
 
 SIZES = (64, 128, 256)
 QUALITY = 85
+READ_BLOCK = 1 << 20  # an object is fetched as Pillow reads it, a block at a time, never whole
 
 
 class ThumbnailError(ValueError):
@@ -20,15 +21,16 @@ class ThumbnailError(ValueError):
 
 
 def render(path: Location, size: int) -> bytes:
-    """Raises ``ThumbnailError`` for a file that is no image, a ``storage.StorageError`` when the
-    file cannot be read."""
-    source = storage.openable(str(path))
+    """Raises ``ThumbnailError`` for a file that is no image (or one too large to decode), a
+    ``storage.StorageError`` when the file cannot be read."""
     try:
-        with Image.open(source) as image:
+        with storage.open_binary(path, block_size=READ_BLOCK) as source, Image.open(source) as image:
             image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale: far less work
             image = ImageOps.exif_transpose(image)
             image = image.convert("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+    except storage.StorageError:
+        raise  # the store failed, not the file
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ThumbnailError(f"{storage.name(path)} is not a readable image ({exc})") from None
     scale = size / max(image.size)
     fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

@@ -44,7 +44,7 @@ _DESCRIPTIONS = {
     413: "The body is larger than allowed",
     415: "Not a supported media type",
     422: "A bad input; the detail names the field and the problem",
-    503: "The queue is unavailable; the detail says how to retry",
+    503: "The queue or the storage is unavailable; the detail says what to retry",
 }
 
 

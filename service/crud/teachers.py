@@ -27,6 +27,11 @@ def create_teacher(
     return teacher, True
 
 
+def is_registered(session: Session, sha: str) -> bool:
+    """A row for ``sha`` is committed (read afresh, never from the session's identity map)."""
+    return session.scalar(select(Teacher.id).where(Teacher.id == sha)) is not None
+
+
 def list_teachers(
     session: Session, *, offset: int, limit: int, status: str | None
 ) -> tuple[list[Teacher], int]:

@@ -2,6 +2,8 @@
 forked DataLoader processes, where missing, denied and unreachable become item errors."""
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -30,12 +32,21 @@ def test_a_url_with_credentials_is_refused_without_repeating_them():
     [
         ("s3://nst-test/data/../other", "'..'"),
         ("s3://nst-test/a?versionId=1", "query"),
+        ("s3://nst-test/a.png#/../../other", "'..'"),
+        ("https://example.com/a.png?X-Amz-Signature=0", "query"),
         ("s3:///key", "bucket"),
+        ("s3://nst-test#x/key", "bucket"),
     ],
 )
 def test_urls_that_could_escape_or_mislead_are_refused(raw, problem):
     with pytest.raises(storage.BadLocation, match=problem):
         storage.normalise_url(raw)
+
+
+def test_an_s3_keys_hash_and_question_mark_are_its_own_characters():
+    """S3 allows them in a key and s3fs reads them so: a URL names such an object as it is."""
+    for raw in ("s3://nst-test/pool/img#1.png", "s3://nst-test/pool/what?.png", "s3://nst-test/a@b.png"):
+        assert storage.location(raw) == raw
 
 
 def test_confinement_under_url_prefixes_is_by_whole_segments(tmp_path):
@@ -138,8 +149,13 @@ def test_a_cached_copy_is_checked_against_its_sha256(objects, tmp_path):
     import hashlib
 
     sha = hashlib.sha256(storage.read_bytes(objects[1])).hexdigest()
-    copy = storage.cached_copy(objects[1], tmp_path, sha)
+    previous = os.umask(0o022)
+    try:
+        copy = storage.cached_copy(objects[1], tmp_path, sha)
+    finally:
+        os.umask(previous)
     assert copy == tmp_path / f"{sha}.png" and copy.read_bytes() == storage.read_bytes(objects[1])
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o644  # the umask's mode: other users' workers read it
     with pytest.raises(storage.StorageError, match="expected 0000"):
         storage.cached_copy(objects[2], tmp_path / "other", "0" * 64)
     assert list(Path(tmp_path / "other").iterdir()) == []  # nothing half-written left behind

@@ -2,6 +2,7 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Response, status
 
+from nst import storage
 from service import pixel_stats
 from service.api.deps import (
     Offset,
@@ -28,7 +29,7 @@ def _public(session, dataset: Dataset) -> DatasetPublic:
     return public
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 503))
 def register_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep) -> DatasetPublic:
     try:
         result = scan(
@@ -36,6 +37,8 @@ def register_dataset(body: DatasetCreate, session: SessionDep, settings: Setting
         )
     except ScanError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"path: {exc}") from None
+    except storage.StorageUnavailable as exc:  # the store did not answer; a retry may succeed
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"path: {exc}") from None
     dataset = crud.create_dataset(
         session,
         name=body.name,

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from nst import storage
 from nst.config import get_settings
 from service.api.deps import ItemId
-from service.api.errors import responses
+from service.api.errors import ErrorPublic, responses
 from service.core.db import get_session_factory
 from service.models import Item
 from service.thumbnails import SIZES, ThumbnailError, render
@@ -48,7 +48,10 @@ def _item_file(item_id: int) -> storage.Location:
         uri = item.uri if item is not None else None
     if uri is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id} not found")
-    path = storage.location(uri)
+    try:
+        path = storage.location(uri)
+    except storage.BadLocation as exc:  # registered before such keys were refused
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"item {item_id}: {exc}") from None
     if not storage.inside(path, get_settings().data_roots):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail=f"item {item_id}: its file lies outside the data roots"
@@ -66,7 +69,9 @@ def _thumbnail(item_id: int, size: int, if_none_match: str | None) -> _Thumbnail
         return _Thumbnail(etag, render(path, size))
     except storage.ObjectMissing:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"item {item_id}: its file is gone") from None
-    except storage.StorageError as exc:  # denied, or the store did not answer
+    except storage.StorageUnavailable as exc:  # a later attempt may succeed
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"item {item_id}: {exc}") from None
+    except storage.StorageError as exc:  # denied
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"item {item_id}: {exc}") from None
     except ThumbnailError as exc:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, detail=f"item {item_id}: {exc}") from None
@@ -77,7 +82,8 @@ def _thumbnail(item_id: int, size: int, if_none_match: str | None) -> _Thumbnail
     response_class=Response,
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "A JPEG within size x size"},
-        **responses(304, 403, 404, 415),
+        502: {"model": ErrorPublic, "description": "The store refused the read"},
+        **responses(304, 403, 404, 415, 503),
     },
 )
 async def get_thumbnail(

@@ -6,6 +6,7 @@ from pathlib import Path
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from nst import storage
 from nst.states import TeacherStatus
@@ -44,39 +45,71 @@ def _register(
     chunks: Iterable[bytes],
     metadata: TeacherMetadata | None,
 ) -> TeacherPublic:
+    store_dir = storage.join(settings.artifact_dir, "teachers")
     try:
-        sha, path, size, header = checkpoints.store(
-            chunks, name=name, store_dir=storage.join(settings.artifact_dir, "teachers")
-        )
+        with checkpoints.received(chunks, name=name, store_dir=store_dir) as upload:
+            existing = session.get(Teacher, upload.sha)
+            if existing is None:  # checked before the file is stored: a refusal leaves nothing
+                metadata = metadata or _embedded(upload.header)
+                _require_parent(session, metadata)
+            path = checkpoints.put(upload, store_dir)
     except checkpoints.CheckpointError as exc:
         raise HTTPException(UNPROCESSABLE, detail=f"file: {exc}") from None
     except storage.StorageError as exc:  # the artifact store refused or did not answer
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"artifact store: {exc}") from None
-    existing = session.get(Teacher, sha)
-    if existing is not None:
+    teacher, created = (existing, False) if existing is not None else _insert(session, upload, path, metadata)
+    if not created:  # the same file registered before, or by a concurrent upload
         response.status_code = status.HTTP_200_OK
-        return TeacherPublic.model_validate(existing)
-    try:
-        metadata = metadata or _embedded(header)
-        if metadata.parent_id is not None and session.get(Teacher, metadata.parent_id) is None:
-            raise HTTPException(
-                UNPROCESSABLE, detail=f"metadata.parent_id: unknown teacher {metadata.parent_id!r}"
-            )
-        teacher, _ = crud.create_teacher(session, sha=sha, path=path, size=size, metadata=metadata)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        storage.remove(path)  # no teacher row, so no stored file either
-        raise
+        return TeacherPublic.model_validate(teacher)
     try:
         enqueue_teacher_validation(teacher.id)
     except QueueUnavailable as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"teacher {sha} is registered but pending: {exc}; "
-            f"retry with POST /teachers/{sha}/validate",
+            detail=f"teacher {teacher.id} is registered but pending: {exc}; "
+            f"retry with POST /teachers/{teacher.id}/validate",
         ) from None
     return TeacherPublic.model_validate(teacher)
+
+
+def _require_parent(session, metadata: TeacherMetadata) -> None:
+    if metadata.parent_id is not None and session.get(Teacher, metadata.parent_id) is None:
+        raise HTTPException(
+            UNPROCESSABLE, detail=f"metadata.parent_id: unknown teacher {metadata.parent_id!r}"
+        )
+
+
+def _insert(
+    session, upload: checkpoints.Received, path: storage.Location, metadata: TeacherMetadata
+) -> tuple[Teacher, bool]:
+    """(teacher, created), committed. A concurrent upload of the same file may insert first: its
+    teacher is the answer, and the file, the same bytes at the same path, is its file."""
+    try:
+        teacher, created = crud.create_teacher(
+            session, sha=upload.sha, path=path, size=upload.size, metadata=metadata
+        )
+        session.commit()
+        return teacher, created
+    except BaseException as exc:
+        session.rollback()
+        if isinstance(exc, IntegrityError) and (first := session.get(Teacher, upload.sha)) is not None:
+            return first, False
+        _discard_unreferenced(session, upload.sha, path)
+        if isinstance(exc, IntegrityError):
+            _require_parent(session, metadata)  # the parent was deleted meanwhile
+        raise
+
+
+def _discard_unreferenced(session, sha: str, path: storage.Location) -> None:
+    """Remove a stored teacher file unless a teacher row points to it (one registered by a
+    concurrent upload of the same bytes). A failure here is logged, never raised: the caller's
+    own error or answer stands, and the file is only an orphan."""
+    try:
+        if crud.is_registered(session, sha):
+            return
+        storage.remove(path)
+    except (OSError, SQLAlchemyError) as exc:  # a store that refuses deletes; a lost database
+        logger.warning("teacher file %s not removed: %s", path, exc)
 
 
 def _embedded(header: dict) -> TeacherMetadata:
@@ -105,6 +138,8 @@ def register_teacher_by_path(
     try:
         path = resolve_under_roots(body.path, roots)
         found = storage.info(path)
+    except storage.StorageUnavailable as exc:  # the store did not answer; a retry may succeed
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"path: {exc}") from None
     except (ScanError, storage.StorageError) as exc:
         raise HTTPException(UNPROCESSABLE, detail=f"path: {exc}") from None
     if found["type"] != "file":
@@ -182,7 +217,7 @@ def set_temperature(teacher_id: HashId, body: TeacherTemperature, session: Sessi
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The safetensors file"},
         502: {"model": ErrorPublic, "description": "The artifact store failed"},
-        **responses(404),
+        **responses(404, 503),
     },
 )
 def download_checkpoint(teacher_id: HashId, session: SessionDep) -> Response:
@@ -195,6 +230,10 @@ def download_checkpoint(teacher_id: HashId, session: SessionDep) -> Response:
         found = storage.info(path)
     except storage.ObjectMissing:
         found = None
+    except storage.StorageUnavailable as exc:  # a later attempt may succeed
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"teacher {teacher_id}: {exc}"
+        ) from None
     except storage.StorageError as exc:
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"teacher {teacher_id}: {exc}") from None
     if found is None or found["type"] != "file":
@@ -233,9 +272,5 @@ def delete_teacher(teacher_id: HashId, session: SessionDep) -> Response:
     path = storage.location(teacher.file_path)
     session.delete(teacher)
     session.commit()
-    try:
-        storage.remove(path)
-    except storage.StorageError as exc:
-        # The teacher is gone from the registry; its file, addressed by content, is only an orphan.
-        logger.warning("teacher %s deleted; its file stays behind: %s", teacher_id, exc)
+    _discard_unreferenced(session, teacher_id, path)  # unless re-uploaded meanwhile
     return Response(status_code=status.HTTP_204_NO_CONTENT)

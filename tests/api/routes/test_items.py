@@ -57,6 +57,12 @@ def test_a_file_that_left_the_data_roots_is_refused(client, items, monkeypatch, 
     assert response.status_code == 403 and "outside the data roots" in response.json()["detail"]
 
 
+def test_an_image_over_pillows_pixel_limit_is_415_like_any_undecodable_file(client, items, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 // 4)  # over twice the limit: an error
+    response = client.get(f"/items/{items[0]['id']}/thumbnail")
+    assert response.status_code == 415 and "decompression bomb" in response.json()["detail"], response.text
+
+
 def test_a_grid_of_thumbnails_at_once(client, items):
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda item: client.get(f"/items/{item['id']}/thumbnail"), items * 5))

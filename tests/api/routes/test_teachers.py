@@ -1,6 +1,9 @@
 import json
 import os
 import pickle
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,96 @@ def test_a_store_that_refuses_the_delete_leaves_an_orphan_file_not_a_500(client,
     monkeypatch.setattr(storage, "remove", refused)
     assert client.delete(f"/teachers/{teacher['id']}").status_code == 204
     assert client.get(f"/teachers/{teacher['id']}").status_code == 404
+
+
+def _refuse_deletes(monkeypatch) -> None:
+    """A write-once bucket policy: every delete is denied."""
+    from nst import storage
+
+    def refused(where):
+        raise storage.AccessDenied(f"{where}: access denied")
+
+    monkeypatch.setattr(storage, "remove", refused)
+
+
+def test_two_concurrent_uploads_of_one_file_are_one_teacher_whose_file_stays(
+    client, teacher_file, enqueued, monkeypatch
+):
+    """Both store the file and find no teacher before either inserts: the second insert loses on
+    the unique key, answers with the first's teacher and leaves the file, now that teacher's."""
+    from nst import storage
+
+    both_stored = threading.Barrier(2, timeout=30)
+    write_file = storage.write_file
+
+    def write_then_wait(source, where):
+        write_file(source, where)
+        both_stored.wait()
+
+    monkeypatch.setattr(storage, "write_file", write_then_wait)
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda _: _upload(client, teacher_file), range(2)))
+    assert sorted(r.status_code for r in responses) == [200, 201], [r.text for r in responses]
+    [teacher_id] = {r.json()["id"] for r in responses}
+    assert client.get("/teachers").json()["count"] == 1
+    assert enqueued == [(VALIDATE, teacher_id)]
+    download = client.get(f"/teachers/{teacher_id}/checkpoint")
+    assert download.status_code == 200 and download.content == teacher_file.read_bytes()
+
+
+def test_a_delete_keeps_the_file_of_a_re_upload_that_registered_it_meanwhile(
+    client, teacher_file, monkeypatch
+):
+    from service.crud import teachers as crud
+
+    teacher = _upload(client, teacher_file).json()
+    is_registered = crud.is_registered
+
+    def re_uploaded_first(session, sha):  # the re-upload lands between the delete and its cleanup
+        assert _upload(client, teacher_file).status_code == 201
+        return is_registered(session, sha)
+
+    monkeypatch.setattr(crud, "is_registered", re_uploaded_first)
+    assert client.delete(f"/teachers/{teacher['id']}").status_code == 204
+    assert client.get(f"/teachers/{teacher['id']}/checkpoint").status_code == 200
+
+
+def test_a_refusal_on_a_store_that_refuses_deletes_is_its_own_422_and_stores_nothing(
+    client, teacher_file, tmp_path, monkeypatch
+):
+    from safetensors.torch import save_file
+
+    _refuse_deletes(monkeypatch)
+    response = _upload(client, teacher_file, metadata(parent_id="f" * 64))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("metadata.parent_id: unknown teacher")
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    response = _upload(client, bare)
+    assert response.status_code == 422 and response.json()["detail"].startswith("metadata: required")
+    assert _stored_files() == []
+
+
+def test_a_failed_insert_keeps_its_own_error_when_the_cleanup_is_refused(
+    client, teacher_file, monkeypatch, caplog
+):
+    def database_gone(*_args, **_kwargs):
+        raise RuntimeError("the database went away")
+
+    _refuse_deletes(monkeypatch)
+    monkeypatch.setattr("service.crud.teachers.create_teacher", database_gone)
+    with pytest.raises(RuntimeError, match="the database went away"):
+        _upload(client, teacher_file)
+    assert "not removed" in caplog.text and "access denied" in caplog.text
+
+
+def test_a_stored_checkpoint_has_the_umasks_mode_not_mkstemps_0600(client, teacher_file):
+    """Workers under another user on a shared volume read it with the group's or others' bits."""
+    previous = os.umask(0o027)
+    try:
+        response = _upload(client, teacher_file)
+    finally:
+        os.umask(previous)
+    assert response.status_code == 201, response.text
+    [stored] = _stored_files()
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o640
