@@ -4,9 +4,10 @@ noise on for the noised-teacher ablation only (``nst.noise``)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
 
 import timm
 import torch
@@ -59,6 +60,7 @@ class TeacherSpec:
     image_format: ImageFormat
     model_kwargs: tuple
     file_path: str
+    sha256: str  # the teacher's ID: its file's content
 
     @classmethod
     def from_row(cls, teacher: Teacher) -> TeacherSpec:
@@ -76,6 +78,7 @@ class TeacherSpec:
             image_format,
             tuple(sorted(teacher.model_kwargs.items())),
             teacher.file_path,
+            teacher.id,
         )
 
 
@@ -99,19 +102,33 @@ def build_model(spec: TeacherSpec, *, noised: bool = False) -> nn.Module:
         )
     except (RuntimeError, TypeError, ValueError) as exc:  # timm: "Unknown model (...)"
         raise InvalidCheckpoint(f"architecture {spec.architecture!r} does not build: {exc}") from None
-    state = load_file(local_checkpoint(spec.file_path), device="cpu")
+    state = load_file(local_checkpoint(spec.file_path, spec.sha256), device="cpu")
     _check_state(model.state_dict(), state, spec)
     model.load_state_dict(state)
     return noise.model_noise_on(model) if noised else model.eval()
 
 
-def local_checkpoint(file_path: str) -> str:
-    """The checkpoint as a local file. One in an object store is fetched once into
-    ``NST_DATA_DIR/cache/teachers`` and checked against its sha256, which names it in the store."""
-    if not storage.is_url(file_path):
-        return file_path
-    sha = Path(storage.name(file_path)).stem
-    return str(storage.cached_copy(file_path, get_settings().data_dir / "cache" / "teachers", sha))
+def local_checkpoint(file_path: str, sha256: str) -> str:
+    """The checkpoint as a local file, checked against its sha256. One in an object store is
+    fetched once into ``NST_DATA_DIR/cache/teachers`` and checked as it arrives; a local one (a
+    shared volume, a file registered by its path) is hashed where it lies, so a file changed or
+    cut short since it was registered is refused, not labeled with."""
+    if storage.is_url(file_path):
+        return str(storage.cached_copy(file_path, get_settings().data_dir / "cache" / "teachers", sha256))
+    found = os.stat(file_path)
+    if _local_sha256(file_path, found.st_size, found.st_mtime_ns) != sha256:
+        raise InvalidCheckpoint(f"{file_path!r} is no longer the file registered: its sha256 changed")
+    return file_path
+
+
+@lru_cache(maxsize=64)
+def _local_sha256(file_path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per version of the file (its size and modification time are the key)."""
+    digest = hashlib.sha256()
+    with open(file_path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_state(
