@@ -39,6 +39,13 @@ def _settings(**changes) -> labeling.LabelingSettings:
     return replace(settings, device="cpu", decode_workers=0, **changes)
 
 
+def _job(client, teacher: dict, dataset: dict, **options) -> dict:
+    """A job labeled in eager float32. These tests are about the labeling loop, which is the same
+    in every mode (the modes: tests/workers/test_inference.py); preparing OpenVINO, the CPU's
+    default, took about 5 s of each test."""
+    return factories.job(client, teacher, dataset, **{"inference": "eager", **options})
+
+
 def _run_enqueued(enqueued, settings: labeling.LabelingSettings | None = None) -> list[ShardResult]:
     results = [labeling.label_shard(arg, settings or _settings()) for name, arg in enqueued if name == LABEL]
     enqueued.clear()
@@ -58,7 +65,7 @@ def pool(client, fmnist):
 def test_labels_match_a_direct_forward_pass(backend, client, enqueued, teacher_file, pool, fmnist):
     teacher = factories.ready_teacher(client, teacher_file)
     assert teacher["status"] == "ready", teacher["status_reason"]
-    job = factories.job(client, teacher, pool, shard_size=128, batch_size=50)
+    job = factories.job(client, teacher, pool, shard_size=128, batch_size=50)  # auto: the CPU's default
     results = _run_enqueued(enqueued)
     assert [r.state for r in results] == ["succeeded"] * 3
     done = client.get(f"/jobs/{job['id']}").json()
@@ -80,7 +87,7 @@ def test_labels_match_a_direct_forward_pass(backend, client, enqueued, teacher_f
 
 def test_a_shard_run_twice_writes_each_label_once(backend, client, enqueued, teacher_file, pool):
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300)
+    job = _job(client, teacher, pool, shard_size=300)
     shard_id = enqueued[-1][1]
     labeling.label_shard(shard_id, _settings())
     with session_scope() as session:  # a redelivered message finds the shard as it was
@@ -96,7 +103,7 @@ def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     backend, client, enqueued, teacher_file, pool, monkeypatch
 ):
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    job = _job(client, teacher, pool, shard_size=300, batch_size=32)
     shard_id = enqueued[-1][1]
     settings = _settings(commit_rows=1)  # a transaction per batch
     real_commit, commits = label_writes.commit_labels, []
@@ -157,7 +164,7 @@ def test_a_failed_read_is_retried_by_a_later_attempt_not_lost(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
     dataset, files = _small_pool(client, fmnist)
-    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
     shard_id = enqueued[-1][1]
     _failing_reads(monkeypatch, files[3].name, OSError(errno.EIO, "Input/output error"), times=1)
     with pytest.raises(labeling.TransientItemErrors):
@@ -178,7 +185,7 @@ def test_an_image_the_worker_dies_on_twice_is_skipped_and_the_rest_labeled(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
     dataset, files = _small_pool(client, fmnist)
-    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
     shard_id = enqueued[-1][1]
     _failing_reads(monkeypatch, files[5].name, Killed(), times=None)
     for attempt in (1, 2, 3, 4):  # each message redelivered at once: no lease lapses
@@ -200,7 +207,7 @@ def test_a_careful_attempt_killed_once_on_an_image_labels_it_the_next_time(
 ):
     """A kill from outside lands on some image too: one death does not condemn it."""
     dataset, files = _small_pool(client, fmnist)
-    job = factories.job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
     shard_id = enqueued[-1][1]
     with session_scope() as session:  # two claims that did not finish: the next is careful
         session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
@@ -220,7 +227,7 @@ def test_a_shard_claimed_past_its_attempts_fails_and_a_resume_starts_them_afresh
 ):
     monkeypatch.setenv("NST_SHARD_MAX_ATTEMPTS", "2")
     get_settings.cache_clear()
-    job = factories.job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
+    job = _job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
     shard_id = enqueued[-1][1]
     with session_scope() as session:  # a worker died twice holding it
         session.get(Shard, shard_id).attempts = 2
@@ -238,7 +245,7 @@ def test_a_shard_claimed_past_its_attempts_fails_and_a_resume_starts_them_afresh
 def test_a_cancel_waits_for_a_commit_in_flight_and_the_next_commit_sees_it(
     backend, client, enqueued, teacher_file, pool, monkeypatch
 ):
-    job = factories.job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
+    job = _job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
     shard_id = enqueued[-1][1]
     labeling.start_shard(shard_id)
     inserting, release = threading.Event(), threading.Event()
@@ -273,7 +280,7 @@ def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
     """The shard's last labels and its finish share a transaction: dying between the inserts and
     the finish rolls both back, and the redelivered shard writes them once."""
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    job = _job(client, teacher, pool, shard_size=300, batch_size=32)
     shard_id = enqueued[-1][1]
     settings = _settings(commit_rows=128, commit_seconds=3600)  # commits by rows only
     real_succeed = label_writes.succeed_shard
@@ -311,7 +318,7 @@ def test_small_batches_are_written_in_larger_transactions(
     backend, client, enqueued, teacher_file, pool, monkeypatch
 ):
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    job = _job(client, teacher, pool, shard_size=300, batch_size=32)
     sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued, _settings(commit_rows=100, commit_seconds=3600))[0].state == "succeeded"
     # Four batches of 32 per transaction, then the rest with the shard's finish: one transaction.
@@ -322,7 +329,7 @@ def test_small_batches_are_written_in_larger_transactions(
 
 def test_a_slow_shard_still_commits_every_commit_seconds(client, enqueued, teacher_file, pool, monkeypatch):
     teacher = factories.ready_teacher(client, teacher_file)
-    factories.job(client, teacher, pool, shard_size=300, batch_size=32)
+    _job(client, teacher, pool, shard_size=300, batch_size=32)
     sizes = _record_commit_sizes(monkeypatch)
     assert _run_enqueued(enqueued, _settings(commit_rows=10_000, commit_seconds=0.0))[0].state == "succeeded"
     # Every batch commits at once; the shard's finish then has no rows left to carry.
@@ -333,7 +340,7 @@ def test_progress_grows_only_by_labels_a_commit_really_inserted(
     backend, client, enqueued, teacher_file, pool
 ):
     teacher = factories.ready_teacher(client, teacher_file)
-    created = factories.job(client, teacher, pool, shard_size=300)
+    created = _job(client, teacher, pool, shard_size=300)
     shard_id = enqueued[-1][1]
     with session_scope() as session:
         job = session.get(Job, created["id"])
@@ -369,7 +376,7 @@ def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqu
     (root / "zz-empty.jpg").write_bytes(b"")
     dataset = factories.unlabeled_dataset(client, root)
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, dataset, batch_size=8)
+    job = _job(client, teacher, dataset, batch_size=8)
     assert [r.state for r in _run_enqueued(enqueued)] == ["succeeded"]
     done = client.get(f"/jobs/{job['id']}").json()
     assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 2)
@@ -382,7 +389,7 @@ def test_cancel_stops_a_running_shard_at_its_next_commit(
     backend, client, enqueued, teacher_file, pool, monkeypatch
 ):
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=300, batch_size=50)
+    job = _job(client, teacher, pool, shard_size=300, batch_size=50)
     real_commit, commits = label_writes.commit_labels, []
 
     def cancel_after_two(*args, **kwargs):
@@ -407,7 +414,7 @@ def test_many_classes_keep_top_k_and_the_rest_mass(backend, client, enqueued, po
         metadata(class_names=names),
     )
     teacher = factories.ready_teacher(client, path)
-    job = factories.job(client, teacher, pool, top_k=5)
+    job = _job(client, teacher, pool, top_k=5)
     _run_enqueued(enqueued)
     label = client.get(f"/jobs/{job['id']}/labels", params={"limit": 1}).json()["data"][0]
     assert len(label["probs"]) == 5 and len(label["top_indices"]) == 5
@@ -444,7 +451,7 @@ def test_labels_export_as_jsonl_and_parquet_match_the_pages(backend, client, enq
     import pyarrow.parquet as pq
 
     teacher = factories.ready_teacher(client, teacher_file)
-    job = factories.job(client, teacher, pool, shard_size=100)
+    job = _job(client, teacher, pool, shard_size=100)
     _run_enqueued(enqueued)
     pages, cursor = [], None
     while True:
