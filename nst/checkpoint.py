@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nst.atomic import replacing
 from nst.teacher_metadata import TeacherMetadata
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "weights")
@@ -34,7 +35,8 @@ def save_teacher(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata={"nst": header})
+    with replacing(path) as part:  # a crash while saving leaves the previous student whole
+        save_file(tensors, str(part), metadata={"nst": header})
     return path
 
 

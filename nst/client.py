@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import httpx
 
+from nst import atomic
 from nst.states import TERMINAL_JOB_STATES, TeacherStatus
 
 
@@ -368,9 +369,8 @@ class Client:
         self, job_id: int, out_path: str | Path, threshold: float = 0.3, fmt: str = "png", **params
     ) -> Path:
         query = {"threshold": threshold, "format": fmt, **params}
-        out_path = Path(out_path)
-        out_path.write_bytes(self._request("GET", f"/jobs/{job_id}/stats/chart", params=query).content)
-        return out_path
+        chart = self._request("GET", f"/jobs/{job_id}/stats/chart", params=query).content
+        return atomic.write_bytes(out_path, chart)
 
     def create_manifest(self, **body) -> dict:
         """Build (201) or find (200) the manifest for these inputs; see ``ManifestCreate``."""

@@ -9,11 +9,14 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
+from nst import atomic
 from nst.client import Client
 from trainer.config import Recipe, RecipeError, TrainConfig
 from trainer.iterate import SET_PER_MODEL, IterateConfig, RecipeChanged, iterate
@@ -119,8 +122,28 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def _checked(cfg: TrainConfig) -> TrainConfig:
-    check_recipe(cfg.recipe)
+    """``cfg``, refused as a usage error when a setting would fail only once training runs."""
+    try:
+        cfg.check()
+    except RecipeError as error:
+        raise click.UsageError(error.as_option()) from None
     return cfg
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A failure the user can act on (a setting, a saved run or dataset that does not fit what was
+    asked, a manifest that did not arrive as published) as one Error: line; others stay
+    tracebacks."""
+    from trainer.data import DatasetMismatch, ManifestMismatch
+    from trainer.train import ResumeMismatch
+
+    try:
+        yield
+    except RecipeError as error:
+        raise click.ClickException(error.as_option()) from None
+    except (ResumeMismatch, RecipeChanged, ManifestMismatch, DatasetMismatch) as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.command("train")
@@ -129,17 +152,31 @@ def _checked(cfg: TrainConfig) -> TrainConfig:
 def train_command(ctx: click.Context, **values) -> None:
     """Train a noisy student from a manifest (pulled over HTTP; its ID or a unique prefix) and
     register it as a teacher."""
-    from trainer.train import ResumeMismatch, train
+    from trainer.train import train
 
     _checked(TrainConfig.from_flat(values))  # before any request
     _service(ctx, values)
     _full_ids(values, manifest_id="manifest", parent_id="teacher")
     cfg = TrainConfig.from_flat(values)
-    try:
+    with _one_line_errors():
         result = train(cfg)
-    except ResumeMismatch as error:
-        raise click.ClickException(str(error)) from error
     click.echo(json.dumps(result, indent=2))
+
+
+def _device(ctx, param, value: str):
+    """The torch device named (auto: cuda when available, else cpu); one torch cannot parse, or
+    a CUDA device this machine lacks, is a usage error before any request."""
+    import torch
+
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise click.BadParameter(f"{value!r} is not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 @click.command("evaluate")
@@ -169,9 +206,21 @@ def train_command(ctx: click.Context, **values) -> None:
     is_flag=True,
     help="Fit the teacher's softmax temperature on --dataset (a labeled val split) and store it.",
 )
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--workers", default=2, show_default=True, help="DataLoader processes decoding images.")
-@click.option("--device", default="auto", show_default=True, help="auto: cuda when available, else cpu.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="DataLoader processes decoding images.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=_device,
+    help="auto: cuda when available, else cpu.",
+)
 @click.option("--api", "api_url", envvar="NST_API_URL", default="http://127.0.0.1:8000", show_default=True)
 @click.option("--token", "api_token", envvar="NST_API_TOKEN", default=None)
 @click.pass_context
@@ -193,8 +242,6 @@ def evaluate_command(
     """Top-1, top-5, per-class accuracy, the confusion matrix and calibration of any registered
     teacher (its ID or a unique prefix); optionally its robustness, or the fitting of its
     temperature."""
-    import torch
-
     from trainer.evaluate import NotAValidationSplit, calibrate_teacher, evaluate_teacher
     from trainer.robustness import mean_corruption_error
 
@@ -202,19 +249,19 @@ def evaluate_command(
         raise click.UsageError("--reference: needs --robustness")
     if fit_temperature and (robust or reference_id):
         raise click.UsageError("--fit-temperature: runs alone (evaluate on the test split separately)")
+    if out is not None:
+        atomic.check_folder(out)  # before minutes of evaluating
     service = dict(api_url=api_url, api_token=api_token, teacher_id=teacher_id, reference_id=reference_id)
     _service(ctx, service)
     _full_ids(service, teacher_id="teacher", reference_id="teacher")
     api_url, api_token = service["api_url"], service["api_token"]
     teacher_id, reference_id = service["teacher_id"], service["reference_id"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     options = {
-        "device": torch.device(device),
+        "device": device,
         "batch_size": batch_size,
         "num_workers": workers,
     }
-    with Client(api_url, token=api_token) as client:
+    with Client(api_url, token=api_token) as client, _one_line_errors():
         if fit_temperature:
             try:
                 result = calibrate_teacher(client, teacher_id, dataset_id, **options)
@@ -235,7 +282,7 @@ def evaluate_command(
                 }
             _echo_evaluation(teacher_id, dataset_id, result)
     if out is not None:
-        out.write_text(json.dumps(result, indent=2))
+        atomic.write_bytes(out, json.dumps(result, indent=2).encode())
         click.echo(f"wrote {out}", err=True)
         from trainer.calibration import plot_reliability
 
@@ -340,20 +387,31 @@ def main() -> None:
 def iterate_command(ctx: click.Context, **values) -> None:
     """Run the Noisy Student loop for N generations through the service (--teacher: an ID or a
     unique prefix)."""
+    _iterate_config(values)  # before any request: a typo in --students would show after generation 0
     _service(ctx, values)
     _full_ids(values, teacher_id="teacher")
+    cfg = _iterate_config(values)
+    with Client(values["api_url"], token=values["api_token"]) as client, _one_line_errors():
+        rows = iterate(cfg, client)
+    click.echo(format_table(rows))
+
+
+def _iterate_config(values: dict) -> IterateConfig:
+    """The loop's settings and its training template from the options, every one checked."""
     iterate_fields = {f.name for f in dataclasses.fields(IterateConfig)}
     loop = {k: v for k, v in values.items() if k in iterate_fields}
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}
-    loop["students"] = loop["students"].split(",")
+    loop["students"] = [name.strip() for name in loop["students"].split(",")]
     if loop["robustness"] and loop["eval_dataset_id"] is None and loop["robustness_dataset_id"] is None:
         raise click.UsageError("--robustness: needs --eval or --robustness-on, the dataset to measure it on")
     cfg = IterateConfig(**loop, train=_checked(TrainConfig.from_flat({"manifest_id": "", **train_values})))
-    from trainer.train import ResumeMismatch
+    try:
+        cfg.check()
+    except RecipeError as error:
+        option = _ITERATE_OPTIONS.get(error.field, error.field.replace("_", "-"))
+        raise click.UsageError(f"--{option}: {error.problem}") from None
+    return cfg
 
-    with Client(train_values["api_url"], token=train_values["api_token"]) as client:
-        try:
-            rows = iterate(cfg, client)
-        except (RecipeChanged, ResumeMismatch) as error:
-            raise click.ClickException(str(error)) from error
-    click.echo(format_table(rows))
+
+# The loop's options named otherwise than their fields.
+_ITERATE_OPTIONS = {"teacher_architecture": "teacher-arch"}

@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from nst import noise
 
 
 class RecipeError(ValueError):
-    """A recipe value that would fail only once training runs, with the field it is in."""
+    """A setting (of the recipe, or any other part) that would fail only once training runs, or
+    train something other than it says, with the field it is in."""
 
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")
@@ -25,6 +27,28 @@ class RecipeError(ValueError):
     def as_option(self) -> str:
         """The message as the command line names the field."""
         return f"--{self.field.replace('_', '-')}: {self.problem}"
+
+
+# What a teacher's metadata accepts (nst.teacher_metadata): a student trained here must register.
+IMAGE_SIZES = (8, 4096)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# NumPy takes 32-bit seeds, and every rank seeds it with seed * 100 + rank (trainer.train).
+MAX_SEED = 2**32 // 100 - 1
+
+
+def _require(field: str, value, ok: bool, rule: str) -> None:
+    if not ok:
+        raise RecipeError(field, f"must be {rule}, not {value!r}")
+
+
+def _in_range(field: str, value, low, high, rule: str) -> None:
+    """``low <= value <= high`` (None: unbounded); ``rule`` says it in words."""
+    ok = (low is None or value >= low) and (high is None or value <= high)
+    _require(field, value, ok, rule)
+
+
+def _probability_below_one(field: str, value: float) -> None:
+    _require(field, value, 0 <= value < 1, "0 or more and below 1")
 
 
 @dataclass
@@ -81,7 +105,76 @@ class Recipe:
         )
 
     def check(self) -> None:
-        """Raise RecipeError for a recipe that would fail only once training runs."""
+        """Raise RecipeError for a recipe that would fail only once training runs (most after the
+        manifest's download), or would quietly train something other than it says."""
+        self._check_student()
+        self._check_noise()
+        self._check_optimisation()
+        self._check_randaugment()
+
+    def _check_student(self) -> None:
+        import timm  # here: the defaults above are read without timm
+
+        _require("architecture", self.architecture, timm.is_model(self.architecture), "a timm model name")
+        sizes = f"from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels)"
+        _in_range("image_size", self.image_size, *IMAGE_SIZES, sizes)
+        _require("channels", self.channels, self.channels in (1, 3), "1 or 3")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None:
+                _require(
+                    name, values, len(values) == self.channels, f"one value per channel ({self.channels})"
+                )
+        if self.std is not None:
+            _require("std", self.std, all(s > 0 for s in self.std), "positive")
+        _require(
+            "interpolation",
+            self.interpolation,
+            self.interpolation in INTERPOLATIONS,
+            " or ".join(INTERPOLATIONS),
+        )
+        _in_range("crop_pct", self.crop_pct, 0.01, 1.0, "from 0.01 to 1")
+        if self.pretrained_path is not None:
+            found = Path(self.pretrained_path).is_file()
+            _require("pretrained_path", self.pretrained_path, found, "an existing safetensors file")
+
+    def _check_noise(self) -> None:
+        _probability_below_one("dropout", self.dropout)
+        _probability_below_one("drop_path", self.drop_path)
+        if self.crop_scale_min is not None:
+            _require(
+                "crop_scale_min", self.crop_scale_min, 0 < self.crop_scale_min <= 1, "above 0 and at most 1"
+            )
+        _in_range("hflip", self.hflip, 0, 1, "a probability from 0 to 1")
+        _in_range("randaugment_ops", self.randaugment_ops, 0, None, "0 or more")
+        if self.randaugment_magnitude is not None:
+            _in_range("randaugment_magnitude", self.randaugment_magnitude, 0, None, "0 or more")
+
+    def _check_optimisation(self) -> None:
+        from timm.optim import list_optimizers
+
+        _in_range("steps", self.steps, 1, None, "1 or more")
+        _in_range("batch_size", self.batch_size, 1, None, "1 or more")
+        _in_range("pseudo_ratio", self.pseudo_ratio, 0, None, "0 or more (0: the labeled entries only)")
+        _probability_below_one("label_smoothing", self.label_smoothing)
+        # timm reads "lookahead_adamw" as adamw with lookahead
+        known = self.optimizer.lower().split("_")[-1] in list_optimizers()
+        _require(
+            "optimizer", self.optimizer, known, "one of timm's optimizers (timm.optim.list_optimizers())"
+        )
+        _require("lr", self.lr, self.lr > 0, "positive")
+        _in_range("weight_decay", self.weight_decay, 0, None, "0 or more")
+        _in_range("warmup_steps", self.warmup_steps, 0, None, "0 or more")
+        _require("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "0 (no EMA) or more and below 1")
+        _in_range("seed", self.seed, 0, MAX_SEED, f"from 0 to {MAX_SEED}")
+        _in_range("finetune_steps", self.finetune_steps, 0, None, "0 (off) or more")
+        if self.finetune_image_size is not None:
+            sizes = f"from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels)"
+            _in_range("finetune_image_size", self.finetune_image_size, *IMAGE_SIZES, sizes)
+        _require("finetune_lr", self.finetune_lr, self.finetune_lr > 0, "positive")
+        _in_range("finetune_freeze", self.finetune_freeze, 0, 1, "a fraction from 0 to 1")
+
+    def _check_randaugment(self) -> None:
         if self.randaugment:
             try:
                 noise.check_randaugment(self.randaugment_spec)
@@ -98,6 +191,10 @@ class Recipe:
 
     @property
     def pseudo_batch_size(self) -> int:
+        """Pseudo-labeled images per step: at least one unless the ratio is 0, which trains on the
+        labeled entries only."""
+        if self.pseudo_ratio == 0:
+            return 0
         return max(1, round(self.batch_size * self.pseudo_ratio))
 
     @property
@@ -128,6 +225,11 @@ class Runtime:
     resume: bool = False
     progress: bool = True
 
+    def check(self) -> None:
+        _in_range("workers", self.workers, 0, None, "0 (decode in the main process) or more")
+        _in_range("eval_every", self.eval_every, 0, None, "0 (only at the end) or more")
+        _in_range("checkpoint_every", self.checkpoint_every, 0, None, "0 (only at the end) or more")
+
 
 @dataclass
 class ServiceLink:
@@ -144,6 +246,11 @@ class Lineage:
     generation: int = 0
     name: str | None = None
 
+    def check(self) -> None:
+        _in_range("generation", self.generation, 0, 2**31 - 1, "0 or more")
+        if self.name is not None:
+            _require("name", self.name, 0 < len(self.name) <= 200, "1 to 200 characters")
+
 
 @dataclass
 class TrainConfig:
@@ -151,6 +258,12 @@ class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
     runtime: Runtime = field(default_factory=Runtime)
     lineage: Lineage = field(default_factory=Lineage)
+
+    def check(self) -> None:
+        """Raise RecipeError for a setting that would fail only once training runs."""
+        self.recipe.check()
+        self.runtime.check()
+        self.lineage.check()
 
     @classmethod
     def parts(cls) -> dict[str, type]:

@@ -140,12 +140,17 @@ def _split(table: pa.Table, num_classes: int, *, soft: bool) -> Split:
     return Split(uris, classes, copies, sparse)
 
 
+class DatasetMismatch(ValueError):
+    """A dataset to score a model on does not hold the model's classes."""
+
+
 def fetch_eval_split(client: Client, dataset_id: int, classes: list[str]) -> Split:
     """A registered labeled dataset, its labels mapped onto the manifest's class order."""
     dataset = client.dataset(dataset_id)
     if sorted(dataset["classes"] or []) != sorted(classes):
-        raise ValueError(
-            f"eval dataset {dataset_id} has classes {dataset['classes']}, the manifest {classes}"
+        raise DatasetMismatch(
+            f"dataset {dataset_id} has classes {dataset['classes']}, the model {classes}: score it on a "
+            "labeled dataset of its classes"
         )
     to_manifest = {i: classes.index(name) for i, name in enumerate(dataset["classes"])}
     items = list(client.items(dataset_id))

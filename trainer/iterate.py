@@ -18,7 +18,7 @@ from pathlib import Path
 from nst.client import Client, NotFound
 from nst.progress import wait_with_progress
 from nst.states import JobState
-from trainer.config import Lineage, ServiceLink, TrainConfig
+from trainer.config import MAX_SEED, Lineage, RecipeError, ServiceLink, TrainConfig
 from trainer.report import plot_generations, write_table
 
 
@@ -61,6 +61,25 @@ class IterateConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(ServiceLink(manifest_id="")))
     teacher_steps: int | None = _first_teacher_setting(None)  # None: the template's steps
     seed: int = 0
+
+    def check(self) -> None:
+        """Raise RecipeError for a setting the loop would otherwise fail on only once it is under
+        way: a model is built only when its generation starts, after the pool is labeled."""
+        import timm
+
+        architectures = {"students": self.students}
+        if self.teacher_id is None:
+            architectures["teacher_architecture"] = [self.teacher_architecture]
+        for name, models in architectures.items():
+            unknown = [model for model in models if not timm.is_model(model)]
+            if unknown:
+                raise RecipeError(name, f"{', '.join(map(repr, unknown))}: not a timm model name")
+        if self.generations < 0:
+            raise RecipeError("generations", f"must be 0 or more, not {self.generations}")
+        if self.teacher_steps is not None and self.teacher_steps < 1:
+            raise RecipeError("teacher_steps", f"must be 1 or more, not {self.teacher_steps}")
+        if not 0 <= self.seed <= MAX_SEED - self.generations:  # generation g trains with seed + g
+            raise RecipeError("seed", f"must be from 0 to {MAX_SEED - self.generations}, not {self.seed}")
 
     def student_for(self, generation: int) -> str:
         return self.students[min(generation - 1, len(self.students) - 1)]
@@ -455,6 +474,7 @@ def _teacher_metrics(cfg: IterateConfig, client: Client) -> dict:
 
 
 def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
+    cfg.check()
     rows = _load_rows(cfg)
     if rows:
         _say(f"continuing after generation {rows[-1]['generation']} ({_state_path(cfg)})")

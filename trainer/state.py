@@ -1,11 +1,10 @@
 """The resumable training state in one safetensors file: weights, EMA, optimizer, scheduler,
-step, RNG, metrics and the full config. Tensors go in as tensors and everything else as JSON
-metadata, so resuming never unpickles anything."""
+step, every rank's RNG, metrics and the full config. Tensors go in as tensors and everything else
+as JSON metadata, so resuming never unpickles anything."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from nst.atomic import replacing
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -37,13 +38,17 @@ def save_state(
     step: int,
     config: dict,
     metrics: dict,
+    rng: list[dict],
 ) -> Path:
+    """``rng``: every rank's ``rng_state()``, in rank order."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     optim_tensors, optim_scalars = _optimizer_tensors(optimizer)
     tensors.update(optim_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
+    for rank, state in enumerate(rng):
+        tensors[f"rng.{rank}.torch"] = state["torch"]
+        tensors.update({f"rng.{rank}.cuda.{i}": cuda for i, cuda in enumerate(state["cuda"])})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     metadata = {
         "step": str(step),
@@ -54,20 +59,47 @@ def save_state(
         "optim.scalars": json.dumps(optim_scalars),
         # timm's crop and RandAugment draw from Python's and NumPy's RNGs; with them restored
         # (and decoding in the main process) a resumed run sees the images an unbroken one would.
-        "rng.python": json.dumps(random.getstate()),
-        "rng.numpy": json.dumps(_numpy_rng_state()),
+        "rng.ranks": str(len(rng)),
+        "rng.python": json.dumps([state["python"] for state in rng]),
+        "rng.numpy": json.dumps([state["numpy"] for state in rng]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    save_file(tensors, str(partial), metadata=metadata)
-    os.replace(partial, path)  # a crash while saving leaves the previous state intact
+    with replacing(path) as part:  # a crash while saving leaves the previous state intact
+        save_file(tensors, str(part), metadata=metadata)
     return path
+
+
+def rng_state() -> dict:
+    """This process's random state: torch's (and CUDA's, when in use), Python's and NumPy's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "python": random.getstate(),
+        "numpy": _numpy_rng_state(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        # Only the devices this machine has: a process uses its own one.
+        for device, cuda in zip(range(torch.cuda.device_count()), state["cuda"], strict=False):
+            torch.cuda.set_rng_state(cuda, device)
+    random.setstate(_python_rng(state["python"]))
+    np.random.set_state(_numpy_rng(state["numpy"]))
 
 
 def read_config(path: Path) -> dict:
     """The config a state was saved with, without reading its tensors."""
     with safe_open(str(path), framework="pt") as handle:
         return json.loads(handle.metadata()["config"])
+
+
+def read_step(path: Path) -> int:
+    """The steps a state had trained, without reading its tensors."""
+    with safe_open(str(path), framework="pt") as handle:
+        return int(handle.metadata()["step"])
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -94,10 +126,31 @@ def load_state(path: Path) -> dict[str, Any]:
         "model": groups["model"],
         "ema": groups["ema"] or None,
         "optimizer": {"state": optim_state, "param_groups": json.loads(metadata["optim.param_groups"])},
-        "rng": tensors["rng.torch"],
-        "rng_python": _python_rng(json.loads(metadata["rng.python"])),
-        "rng_numpy": _numpy_rng(json.loads(metadata["rng.numpy"])),
+        "rng": _rng_states(metadata, tensors),
     }
+
+
+def _rng_states(metadata: dict, tensors: dict) -> list[dict]:
+    """Every saved rank's RNG state, in rank order; a state saved before they were kept per rank
+    holds rank 0's only."""
+    pythons, numpys = json.loads(metadata["rng.python"]), json.loads(metadata["rng.numpy"])
+    if "rng.ranks" not in metadata:
+        return [{"torch": tensors["rng.torch"], "cuda": [], "python": pythons, "numpy": numpys}]
+    return [
+        {
+            "torch": tensors[f"rng.{rank}.torch"],
+            "cuda": _cuda_states(tensors, rank),
+            "python": pythons[rank],
+            "numpy": numpys[rank],
+        }
+        for rank in range(int(metadata["rng.ranks"]))
+    ]
+
+
+def _cuda_states(tensors: dict, rank: int) -> list[torch.Tensor]:
+    prefix = f"rng.{rank}.cuda."
+    devices = sorted(int(key[len(prefix) :]) for key in tensors if key.startswith(prefix))
+    return [tensors[f"{prefix}{device}"] for device in devices]
 
 
 def _numpy_rng_state() -> list:

@@ -8,6 +8,7 @@ trainer knows the service only through its HTTP API (``nst.client``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -33,7 +34,7 @@ from nst.client import Client
 from nst.teacher_metadata import TeacherMetadata
 from nst.transforms import eval_transform
 from trainer import normalisation
-from trainer.config import Recipe, TrainConfig
+from trainer.config import Recipe, RecipeError, Runtime, TrainConfig
 from trainer.data import (
     EndlessSampler,
     ImageTargets,
@@ -45,7 +46,7 @@ from trainer.data import (
 )
 from trainer.evaluate import evaluate
 from trainer.finetune import finetune_resolution
-from trainer.state import load_state, read_config, save_state
+from trainer.state import load_state, read_config, read_step, rng_state, save_state, set_rng_state
 
 
 @dataclass
@@ -136,14 +137,15 @@ def _loader(
 
 
 def _batches(labeled: Split, pseudo: Split, cfg: TrainConfig, proc: Process, start_step: int):
-    """Endless (labeled batch, pseudo batch) pairs; either may be None when its split is empty."""
+    """Endless (labeled batch, pseudo batch) pairs; either may be None when its split is empty,
+    the pseudo one also when the recipe's pseudo ratio is 0 (its loader is then never made)."""
     recipe = cfg.recipe
     noisy = train_transform(recipe, noisy=recipe.randaugment)
     streams = []
     for stream, (split, size) in enumerate(
         [(labeled, recipe.batch_size), (pseudo, recipe.pseudo_batch_size)]
     ):
-        if len(split):
+        if len(split) and size:
             loader = _loader(split, noisy, cfg, proc, size, stream, start=start_step * size)
             streams.append(iter(loader))
         else:
@@ -177,10 +179,14 @@ class _Run:
         """Images this process's run has trained on, over all ranks."""
         recipe = self.cfg.recipe
         per_step = recipe.batch_size * bool(len(self.labeled))
-        per_step += recipe.pseudo_batch_size * bool(len(self.pseudo))
+        per_step += recipe.pseudo_batch_size * bool(len(self.pseudo))  # 0 when the ratio is 0
         return (self.step - self.start_step) * per_step * self.proc.world
 
     def checkpoint(self) -> None:
+        """Save the state on rank 0, with every rank's RNG: called on every rank."""
+        rng = _gather(rng_state(), self.proc)
+        if not self.proc.main:
+            return
         save_state(
             self.state_path,
             model=self.model,
@@ -190,12 +196,24 @@ class _Run:
             step=self.step,
             config=self.cfg.to_dict(),
             metrics=self.metrics,
+            rng=rng,
         )
+
+
+def _gather(value, proc: Process) -> list:
+    """Every rank's ``value``, in rank order."""
+    if proc.world == 1:
+        return [value]
+    values = [None] * proc.world
+    dist.all_gather_object(values, value)
+    return values
 
 
 def train(cfg: TrainConfig, client: Client | None = None) -> dict:
     """Train, evaluate and (on rank 0) write and register the student; return a summary."""
-    cfg.recipe.check()
+    cfg.check()
+    if cfg.runtime.resume:
+        check_resumable(cfg)  # before any request
     if client is None:
         with Client(cfg.service.api_url, token=cfg.service.api_token) as own_client:
             return train(cfg, own_client)
@@ -205,11 +223,8 @@ def train(cfg: TrainConfig, client: Client | None = None) -> dict:
 
 
 def _setup(cfg: TrainConfig, client: Client) -> _Run:
-    """Seed, pull the manifest, build the model, optimizer, schedule and EMA, resume if asked."""
+    """Pull the manifest, build the model, optimizer, schedule and EMA, seed, resume if asked."""
     recipe, proc = cfg.recipe, init_process()
-    torch.manual_seed(recipe.seed)
-    random.seed(recipe.seed * 100 + proc.rank)
-    np.random.seed(recipe.seed * 100 + proc.rank)  # timm's RandAugment picks its operations with it
     # Each rank pulls only its own share of the entries.
     manifest, labeled, pseudo = fetch_manifest(
         client, cfg.service.manifest_id, part=proc.rank, parts=proc.world
@@ -222,10 +237,12 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
     classes = manifest["classes"]
     if not len(labeled) and not len(pseudo):
         raise ValueError(f"manifest {cfg.service.manifest_id} has no entries")
+    if not recipe.pseudo_batch_size:
+        _check_labeled_only(labeled, cfg, proc)
+    if cfg.runtime.resume:
+        check_resumable(cfg)  # again: the normalisation is now resolved
 
-    model = build_model(recipe, len(classes)).to(proc.device)
-    if proc.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model, ema = _student(recipe, len(classes), proc)
     optimizer = create_optimizer_v2(
         model, opt=recipe.optimizer, lr=recipe.lr, weight_decay=recipe.weight_decay
     )
@@ -237,8 +254,6 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
         warmup_lr=recipe.lr * 0.01,
         min_lr=recipe.lr * 0.01,
     )
-    # ModelEmaV3 after .to(device) and before DDP, as timm's train script does.
-    ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True) if recipe.ema_decay else None
     eval_id = cfg.service.eval_dataset_id
     run = _Run(
         cfg=cfg,
@@ -255,10 +270,39 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
         state_path=Path(cfg.runtime.out_dir) / "state.safetensors",
     )
     if cfg.runtime.resume and run.state_path.exists():
-        _check_same_manifest(run.state_path, cfg.service.manifest_id)
-        run.step, run.metrics = _restore(run.state_path, model, ema, optimizer, scheduler)
+        run.step, run.metrics = _restore(run.state_path, model, ema, optimizer, proc)
         run.start_step = run.step
     return run
+
+
+def _student(recipe: Recipe, num_classes: int, proc: Process) -> tuple[torch.nn.Module, ModelEmaV3 | None]:
+    """The student and its EMA, with the same initial weights on every rank; then each rank's
+    own noise (``_seed_noise``)."""
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, num_classes).to(proc.device)
+    if proc.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    # ModelEmaV3 after .to(device) and before DDP, as timm's train script does.
+    ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True) if recipe.ema_decay else None
+    _seed_noise(recipe.seed, proc.rank)
+    return model, ema
+
+
+def _seed_noise(seed: int, rank: int) -> None:
+    """Each rank its own dropout and drop-path masks (torch, CUDA included) and crops and
+    RandAugment operations (timm draws them from Python's and NumPy's RNGs): with one seed for
+    all, every rank would noise its images alike."""
+    rank_seed = seed * 100 + rank  # within NumPy's 32 bits for seeds up to config.MAX_SEED
+    torch.manual_seed(rank_seed)
+    random.seed(rank_seed)
+    np.random.seed(rank_seed)
+
+
+def _check_labeled_only(labeled: Split, cfg: TrainConfig, proc: Process) -> None:
+    """A pseudo ratio of 0 trains on the labeled entries only: there must be some."""
+    if not _sum_over_ranks(len(labeled), proc):
+        problem = f"0 trains on the labeled entries only, and manifest {cfg.service.manifest_id} has none"
+        raise RecipeError("pseudo_ratio", problem)
 
 
 def _loop(run: _Run) -> float:
@@ -298,7 +342,7 @@ def _loop(run: _Run) -> float:
         if due and run.eval_split and proc.main:
             run.metrics = _evaluate(ema.module if ema else model, run.eval_split, cfg.recipe, run, bar)
             net.train()
-        if proc.main and runtime.checkpoint_every and run.step % runtime.checkpoint_every == 0:
+        if runtime.checkpoint_every and run.step % runtime.checkpoint_every == 0:
             run.checkpoint()
     bar.close()
     return time.perf_counter() - started
@@ -307,22 +351,24 @@ def _loop(run: _Run) -> float:
 def _finish(run: _Run, seconds: float) -> dict:
     """Fine-tune the resolution if asked, evaluate, and on rank 0 write and register the student."""
     cfg, proc = run.cfg, run.proc
-    final = run.ema.module if run.ema is not None else run.model
-    if cfg.recipe.finetune_steps and proc.main and len(run.labeled):
+    final, recipe = run.ema.module if run.ema is not None else run.model, cfg.recipe
+    if recipe.finetune_steps and proc.main and len(run.labeled):
         workers = cfg.runtime.workers
-        final, recipe = finetune_resolution(final, run.labeled, cfg.recipe, proc.device, workers=workers)
-        run.cfg = cfg = dataclasses.replace(cfg, recipe=recipe)  # the student now takes this size
+        # The student now takes the new size; the state keeps the training recipe, which a
+        # resumed run must match.
+        final, recipe = finetune_resolution(final, run.labeled, recipe, proc.device, workers=workers)
     if run.eval_split is not None and proc.main:
-        run.metrics = _evaluate(final, run.eval_split, cfg.recipe, run, None)
+        run.metrics = _evaluate(final, run.eval_split, recipe, run, None)
     result = {
         "steps": run.step,
         "seconds": round(seconds, 2),
         "metrics": run.metrics,
         "images_per_s": round(run.images_trained / max(seconds, 1e-9), 1),
     }
+    run.checkpoint()
     if proc.main:
-        run.checkpoint()
-        result.update(_publish(final, cfg, run.classes, run.metrics, run.client))
+        published = dataclasses.replace(cfg, recipe=recipe)
+        result.update(_publish(final, published, run.classes, run.metrics, run.client))
     if proc.world > 1:
         dist.barrier()
     return result
@@ -359,28 +405,92 @@ def _evaluate(model, split: Split, recipe: Recipe, run: _Run, bar) -> dict:
 
 
 class ResumeMismatch(ValueError):
-    """The training state to resume was made from another manifest."""
+    """The training state to resume was made from another manifest, or with other settings."""
 
 
-def _check_same_manifest(path: Path, manifest_id: str) -> None:
-    saved = TrainConfig.from_dict(read_config(path)).service.manifest_id
-    if saved != manifest_id:
+# What a resumed run may change: how it is carried out and where its results go. Anything else
+# would make it neither the saved run nor the one asked for (the optimizer, EMA, sampler and RNG
+# states are the saved run's). ``steps`` is compared on its own (``_steps_change``).
+_MAY_CHANGE = {f.name for f in dataclasses.fields(Runtime)} | {
+    "api_url",
+    "api_token",
+    "eval_dataset_id",
+    "register",
+    "steps",
+}
+
+
+def check_resumable(cfg: TrainConfig) -> None:
+    """Refuse to resume a saved state with another manifest or recipe. ``steps`` may change, to no
+    fewer than the steps already trained: the learning-rate schedule is then the new count's
+    (cosine over ``steps``), from the saved step on."""
+    path = Path(cfg.runtime.out_dir) / "state.safetensors"
+    if not path.exists():
+        return
+    saved = _flat(read_config(path))
+    manifest_id = cfg.service.manifest_id
+    if saved.get("manifest_id", manifest_id) != manifest_id:
         raise ResumeMismatch(
-            f"{path} holds training on manifest {saved}, not {manifest_id}: resuming it would mix two "
-            "training sets; choose another out_dir, or train without --resume"
+            f"{path} holds training on manifest {saved['manifest_id']}, not {manifest_id}: resuming it "
+            "would mix two training sets; choose another out_dir, or train without --resume"
+        )
+    changes = _setting_changes(saved, _flat(cfg.to_dict())) + _steps_change(path, cfg.recipe.steps)
+    if changes:
+        raise ResumeMismatch(
+            f"{path} holds a run trained with other settings ({'; '.join(changes)}); resume it with "
+            "its own (only --steps, and runtime settings such as --workers or --out-dir, may "
+            "change), choose another out_dir, or train without --resume"
         )
 
 
-def _restore(path: Path, model, ema, optimizer, scheduler) -> tuple[int, dict]:
+def _flat(config: dict) -> dict:
+    """One value per field name, from a saved config in parts or flat (older checkpoints), JSON's
+    way (tuples as lists): what a saved file would hold."""
+    parts = TrainConfig.parts()
+    if parts.keys() & config.keys():
+        config = {name: value for part in parts if part in config for name, value in config[part].items()}
+    return json.loads(json.dumps(config))
+
+
+def _setting_changes(saved: dict, current: dict) -> list[str]:
+    """'field: saved -> current' for every setting that differs and may not; a setting the saved
+    file does not hold (written by an older version) is not compared, nor a normalisation not yet
+    resolved (None: it will resolve as it did)."""
+    return [
+        f"{name}: {saved[name]!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in _MAY_CHANGE
+        and name in saved
+        and not (name in ("mean", "std") and value is None)
+        and _comparable(name, saved[name]) != _comparable(name, value)
+    ]
+
+
+def _comparable(name: str, value):
+    if name == "pretrained_path" and value:  # the same file, named from another directory
+        return str(Path(value).resolve())
+    return value
+
+
+def _steps_change(path: Path, steps: int) -> list[str]:
+    trained = read_step(path)
+    if steps < trained:
+        return [f"steps: {steps} is fewer than the {trained} already trained"]
+    return []
+
+
+def _restore(path: Path, model, ema, optimizer, proc: Process) -> tuple[int, dict]:
+    """The saved weights, EMA, optimizer and this rank's RNG; the scheduler is not restored but
+    rebuilt from the recipe (it holds nothing else), so a changed ``steps`` takes effect."""
     state = load_state(path)
     model.load_state_dict(state["model"])
     if ema is not None and state["ema"] is not None:
         ema.module.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    random.setstate(state["rng_python"])
-    np.random.set_state(state["rng_numpy"])
+    # A rank the state has no RNG for (the run now has more processes) keeps its fresh seed; its
+    # share of the manifest has changed anyway.
+    if proc.rank < len(state["rng"]):
+        set_rng_state(state["rng"][proc.rank])
     return state["step"], state["metrics"]
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from trainer.config import Lineage, Recipe, Runtime, ServiceLink, TrainConfig
+from trainer.config import Lineage, Recipe, RecipeError, Runtime, ServiceLink, TrainConfig
 
 
 def _config() -> TrainConfig:
@@ -41,3 +41,42 @@ def test_field_names_are_unique_across_the_parts():
 def test_from_flat_names_an_unknown_setting():
     with pytest.raises(TypeError, match="stpes"):
         TrainConfig.from_flat({"manifest_id": "m", "stpes": 3})
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"batch_size": 0}, "batch_size: must be 1 or more, not 0"),
+        ({"architecture": "resnet_18"}, "architecture: must be a timm model name, not 'resnet_18'"),
+        ({"dropout": 1.5}, "dropout: must be 0 or more and below 1, not 1.5"),
+        ({"drop_path": -0.1}, "drop_path: must be 0 or more and below 1"),
+        ({"image_size": 0}, "image_size: must be from 8 to 4096"),
+        ({"crop_scale_min": 2.0}, "crop_scale_min: must be above 0 and at most 1, not 2.0"),
+        ({"crop_scale_min": 0.0}, "crop_scale_min: must be above 0"),
+        ({"pseudo_ratio": -1.0}, "pseudo_ratio: must be 0 or more (0: the labeled entries only), not -1.0"),
+        ({"steps": 0}, "steps: must be 1 or more"),
+        ({"lr": 0.0}, "lr: must be positive"),
+        ({"seed": -1}, "seed: must be from 0 to"),
+        ({"optimizer": "adamx"}, "optimizer: must be one of timm's optimizers"),
+        ({"channels": 2}, "channels: must be 1 or 3"),
+        ({"mean": [0.5, 0.5]}, "mean: must be one value per channel (1), not [0.5, 0.5]"),
+        ({"pretrained_path": "/nowhere/student.safetensors"}, "pretrained_path: must be an existing"),
+        ({"workers": -1}, "workers: must be 0 (decode in the main process) or more, not -1"),
+        ({"checkpoint_every": -5}, "checkpoint_every: must be 0"),
+        ({"generation": -1}, "generation: must be 0 or more"),
+    ],
+)
+def test_a_setting_that_would_fail_once_training_runs_is_refused_naming_its_field(setting, named):
+    cfg = TrainConfig.from_flat({"manifest_id": "m", **setting})
+    with pytest.raises(RecipeError) as refused:
+        cfg.check()
+    assert named in str(refused.value) and refused.value.field == next(iter(setting))
+
+
+def test_the_default_settings_and_a_pseudo_ratio_of_0_pass_the_check():
+    TrainConfig.from_flat({"manifest_id": "m"}).check()
+    labeled_only = Recipe(pseudo_ratio=0)
+    labeled_only.check()
+    assert (
+        labeled_only.pseudo_batch_size == 0 and Recipe(pseudo_ratio=0.01, batch_size=4).pseudo_batch_size == 1
+    )

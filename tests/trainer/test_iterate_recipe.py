@@ -170,3 +170,24 @@ def test_a_file_from_before_the_increasing_ops_counts_as_the_authors_ops(tmp_pat
     increasing = TrainConfig(ServiceLink(manifest_id=""), Recipe(steps=100, randaugment_increasing=True))
     with pytest.raises(RecipeChanged, match="train.randaugment_increasing: False -> True"):
         _load_rows(_config(tmp_path, train=increasing))
+
+
+class _NoRequests:
+    def __getattr__(self, name):
+        raise AssertionError(f"the loop asked the service ({name}) before refusing")
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"students": ["resnet18", "resnt34"]}, "students: 'resnt34': not a timm model name"),
+        ({"teacher_architecture": "resnet_18"}, "teacher_architecture: 'resnet_18': not a timm model name"),
+        ({"teacher_steps": 0}, "teacher_steps: must be 1 or more"),
+    ],
+)
+def test_a_model_the_loop_cannot_build_is_refused_before_generation_0(tmp_path, changes, named):
+    from trainer.config import RecipeError
+
+    with pytest.raises(RecipeError, match=named):
+        iterate(_config(tmp_path, **changes), _NoRequests())
+    assert not (tmp_path / "iterate.json").exists()

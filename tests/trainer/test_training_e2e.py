@@ -186,6 +186,8 @@ def test_ddp_with_two_cpu_processes(service, tmp_path):
     assert len(registered) == 1  # only rank 0 writes and registers the student
     weights = load_file(str(out / "student.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    rng = load_state(out / "state.safetensors")["rng"]  # each rank's own, and its own noise
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 def _json_objects(text: str) -> list[str]:
