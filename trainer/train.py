@@ -291,9 +291,11 @@ def _student(recipe: Recipe, num_classes: int, proc: Process) -> tuple[torch.nn.
 def _seed_noise(seed: int, rank: int) -> None:
     """Each rank its own dropout and drop-path masks (torch, CUDA included) and crops and
     RandAugment operations (timm draws them from Python's and NumPy's RNGs): with one seed for
-    all, every rank would noise its images alike."""
+    all, every rank would noise its images alike. Rank 0 goes on with the torch stream that
+    built the model, as a one-process run always has, so its results stay reproducible."""
     rank_seed = seed * 100 + rank  # within NumPy's 32 bits for seeds up to config.MAX_SEED
-    torch.manual_seed(rank_seed)
+    if rank:
+        torch.manual_seed(rank_seed)
     random.seed(rank_seed)
     np.random.seed(rank_seed)
 
