@@ -154,8 +154,9 @@ def _label(
     job, device = work.job, settings.device
     mode = inference.resolve(job.inference, device)
     runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size, job.noised_teacher)
-    with session_scope() as session:  # provenance: the mode that ran, after any fallback
-        session.get(Shard, shard_id).inference = runner.mode
+    if work.items:  # provenance: the mode that labels, after any fallback (an attempt with
+        with session_scope() as session:  # nothing left to label leaves the last one's)
+            session.get(Shard, shard_id).inference = runner.mode
     if careful:
         batches = _one_at_a_time(work, spec.image_format)
     else:

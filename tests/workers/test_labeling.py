@@ -99,6 +99,20 @@ def test_a_shard_run_twice_writes_each_label_once(backend, client, enqueued, tea
         assert session.get(Shard, shard_id).attempts == 2
 
 
+def test_a_redelivery_with_nothing_left_keeps_the_mode_that_labeled(
+    client, enqueued, teacher_file, pool, monkeypatch
+):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = _job(client, teacher, pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    labeling.label_shard(shard_id, _settings())
+    with session_scope() as session:  # a late copy, on a worker whose mode would differ
+        session.get(Shard, shard_id).state = ShardState.RUNNING
+    monkeypatch.setattr(labeling.inference, "resolve", lambda mode, device: "bf16")
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
+    assert client.get(f"/jobs/{job['id']}").json()["inference_used"] == ["eager"]
+
+
 def test_a_crash_mid_shard_loses_nothing_and_duplicates_nothing(
     backend, client, enqueued, teacher_file, pool, monkeypatch
 ):
