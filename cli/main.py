@@ -82,14 +82,18 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration up to the newest."""
-    from sqlalchemy.exc import OperationalError
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
 
     from service.core.migrate import upgrade_head
 
     try:
         upgrade_head()
-    except OperationalError as exc:
-        raise click.ClickException(f"cannot reach the database (NST_DATABASE_URL): {exc.orig}") from None
+    except DBAPIError as exc:  # unreachable, refused, or a migration the data did not allow
+        problem = f"the database (NST_DATABASE_URL) refused the upgrade: {exc.orig}"
+        raise click.ClickException(problem) from None
+    except CommandError as exc:  # e.g. a database migrated by a newer nst than this one
+        raise click.ClickException(f"the database (NST_DATABASE_URL) cannot be upgraded: {exc}") from None
     click.echo("database is at the newest revision")
 
 

@@ -36,10 +36,39 @@ def run_migrations_online() -> None:
 
 
 def _run(connection) -> None:
-    # render_as_batch: SQLite cannot ALTER most things in place; batch mode copies the table.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    # render_as_batch: SQLite cannot ALTER most things in place; batch mode copies the table and
+    # drops the old one. With foreign keys on, that DROP TABLE deletes every row that references
+    # the table through ON DELETE CASCADE (copying `jobs` emptied `shards` and `labels`): so they
+    # are off while the migrations run (SQLite honours the switch only outside a transaction),
+    # and checked once the copies are in place.
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        _foreign_keys(connection, "OFF")
+    try:
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                _check_foreign_keys(connection)
+    finally:
+        if sqlite:
+            _foreign_keys(connection, "ON")
+
+
+def _foreign_keys(connection, switch: str) -> None:
+    # On the driver's connection: through SQLAlchemy the PRAGMA would begin a transaction, which
+    # Alembic would then take for its caller's and never commit.
+    connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={switch}")
+
+
+def _check_foreign_keys(connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        table, _, parent, _ = broken[0]
+        raise RuntimeError(
+            f"the migrations left {len(broken)} row(s) whose foreign key names no row, e.g. in "
+            f"{table} (referencing {parent}); nothing was committed"
+        )
 
 
 if context.is_offline_mode():

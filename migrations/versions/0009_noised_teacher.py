@@ -18,7 +18,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
-        batch.add_column(sa.Column("noised_teacher", sa.Boolean(), nullable=False, server_default=sa.false()))
+        # A constant default ("0": false on both databases), not sa.false(): SQLite's batch mode
+        # then adds the column in place instead of copying the table.
+        batch.add_column(sa.Column("noised_teacher", sa.Boolean(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:

@@ -25,6 +25,8 @@ def upgrade_head(engine: Engine | None = None) -> None:
     if engine is None:
         command.upgrade(config, "head")
         return
-    with engine.begin() as connection:
+    # Not engine.begin(): Alembic then owns the transaction and commits it before the migrations
+    # turn SQLite's foreign keys back on (migrations/env.py), which SQLite allows only outside one.
+    with engine.connect() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

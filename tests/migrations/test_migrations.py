@@ -64,3 +64,77 @@ def test_the_label_bins_trigger_survives_to_head(engine):
         query = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = 'labels_binned'"
     with engine.connect() as connection:
         assert connection.execute(sa.text(query)).scalar() == 1
+
+
+def _migrate(engine, direction: str, revision: str) -> None:
+    from alembic import command
+
+    from service.core.migrate import alembic_config
+
+    config = alembic_config()
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, direction)(config, revision)
+
+
+def _counts(engine) -> dict[str, int]:
+    tables = ("datasets", "items", "teachers", "jobs", "shards", "labels", "item_errors")
+    with engine.connect() as connection:
+        return {t: connection.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+def test_upgrades_and_downgrades_keep_the_rows_of_a_database_in_use(engine):
+    """SQLite's batch mode copies a table and drops the old one; with foreign keys on, that drop
+    deleted every shard and label of the jobs table it copied (0009)."""
+    _migrate(engine, "upgrade", "0008")
+    now = "CURRENT_TIMESTAMP"
+    statements = [
+        "INSERT INTO datasets (id, name, kind, modality, source_path, source_format, item_count, "
+        f"created_at) VALUES (1, 'pool', 'unlabeled', 'image', '/x', 'folder', 2, {now})",
+        "INSERT INTO items (id, dataset_id, ordinal, uri) VALUES (1, 1, 0, 'a'), (2, 1, 1, 'b')",
+        "INSERT INTO teachers (id, name, architecture, class_names, image_size, channels, mean, std, "
+        "interpolation, crop_pct, model_kwargs, generation, metrics, status, file_path, size_bytes, "
+        f"created_at) VALUES ('t', 't', 'resnet18', '[\"a\", \"b\"]', 28, 1, '[0]', '[1]', 'bilinear', "
+        f"1.0, '{{}}', 0, '{{}}', 'ready', '/f', 1, {now})",
+        "INSERT INTO jobs (id, teacher_id, dataset_id, batch_size, temperature, top_k, "
+        "full_distribution_max, shard_size, num_classes, items_total, shards_total, created_at) "
+        f"VALUES (1, 't', 1, 8, 1.0, 2, 2, 2, 2, 2, 1, {now})",
+        'INSERT INTO shards (id, job_id, "index", start_ordinal, end_ordinal, state, items_done, '
+        "items_failed, attempts) VALUES (1, 1, 0, 0, 2, 'succeeded', 1, 1, 1)",
+        "INSERT INTO labels (job_id, item_id, predicted, confidence, entropy, probs) "
+        "VALUES (1, 1, 0, 0.9, 0.1, :probs)",
+        "INSERT INTO item_errors (job_id, item_id, message, kind) VALUES (1, 2, 'bad', 'permanent')",
+    ]
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement), {"probs": b"\0\0\0\0"} if ":probs" in statement else {})
+    kept = {"datasets": 1, "items": 2, "teachers": 1, "jobs": 1, "shards": 1, "labels": 1, "item_errors": 1}
+    assert _counts(engine) == kept
+
+    _migrate(engine, "upgrade", "head")
+    assert _counts(engine) == kept
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT noised_teacher FROM jobs")) in (False, 0)
+    _migrate(engine, "downgrade", "0003")
+    assert _counts(engine) == kept
+    if engine.dialect.name == "sqlite":  # and the switch is back on for the connections after
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_nst_db_upgrade_on_a_database_from_a_newer_nst_is_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tests.utils.env import clear_caches
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    monkeypatch.setenv("NST_DATABASE_URL", url)
+    clear_caches()
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
+    with sa.create_engine(url).begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: the database (NST_DATABASE_URL) cannot be upgraded: ")
+    assert "'0099'" in result.output
