@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from nst import atomic
 from nst.client import Client
 from trainer.config import Recipe, RecipeError, TrainConfig
-from trainer.iterate import SET_PER_MODEL, IterateConfig, RecipeChanged, iterate
+from trainer.iterate import SET_PER_MODEL, IterateConfig, JobEnded, OutDirBusy, RecipeChanged, iterate
 from trainer.report import format_table
 
 _RENAMED = {"manifest_id": "manifest", "api_url": "api", "api_token": "token"}
@@ -142,7 +142,7 @@ def _one_line_errors() -> Iterator[None]:
         yield
     except RecipeError as error:
         raise click.ClickException(error.as_option()) from None
-    except (ResumeMismatch, RecipeChanged, ManifestMismatch, DatasetMismatch) as error:
+    except (ResumeMismatch, RecipeChanged, ManifestMismatch, DatasetMismatch, JobEnded, OutDirBusy) as error:
         raise click.ClickException(str(error)) from None
 
 

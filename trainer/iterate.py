@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +108,15 @@ class RecipeChanged(ValueError):
     """The out_dir holds generations trained with other settings than those asked for now."""
 
 
+class JobEnded(RuntimeError):
+    """A labeling job the loop waited for ended failed or cancelled; the same command, run again,
+    starts a new one."""
+
+
+class OutDirBusy(RuntimeError):
+    """Another ``nst iterate`` is running on the same out_dir."""
+
+
 def _config_dict(cfg: IterateConfig) -> dict:
     """The loop's settings and the template's recipe, as iterate.json records them."""
     config = dataclasses.asdict(cfg)
@@ -184,17 +196,23 @@ def _write_state(cfg: IterateConfig, state: dict) -> None:
     partial.replace(_state_path(cfg))
 
 
-def _record_labeling(cfg: IterateConfig, labeling: dict) -> None:
-    """The generation in progress's labeling job, so that a resumed run waits for it instead of
-    labeling the pool again (the manifest then comes out the same: it is content-addressed)."""
-    _write_state(cfg, {**_load_state(cfg), "labeling": labeling})
+# The jobs a generation starts, recorded in the state under these keys while it is in progress.
+JOB_KINDS = ("labeling", "probe")
+
+
+def _record_job(cfg: IterateConfig, kind: str, record: dict) -> None:
+    """The generation in progress's job of ``kind``, so that a resumed run waits for it instead of
+    labeling again (the manifest then comes out the same: it is content-addressed)."""
+    _write_state(cfg, {**_load_state(cfg), kind: record})
 
 
 def _save(cfg: IterateConfig, rows: list[dict]) -> None:
-    labeling = _load_state(cfg).get("labeling")
+    saved = _load_state(cfg)
     state = {"config": _config_dict(cfg), "rows": rows}
-    if labeling and labeling["generation"] > (rows[-1]["generation"] if rows else -1):
-        state["labeling"] = labeling  # still in progress
+    last = rows[-1]["generation"] if rows else -1
+    for kind in JOB_KINDS:
+        if (record := saved.get(kind)) and record["generation"] > last:
+            state[kind] = record  # still in progress
     _write_state(cfg, state)
     out = Path(cfg.out_dir)
     if not rows:
@@ -266,26 +284,65 @@ def _first_teacher(cfg: IterateConfig, client: Client) -> dict:
     }
 
 
-def _labeling_job(cfg: IterateConfig, client: Client, generation: int, teacher_id: str) -> dict:
-    """The generation's labeling job: the one an interrupted run started, if it can still finish,
-    else a new one, recorded before it is waited for."""
-    started = _load_state(cfg).get("labeling", {})
+def _job(
+    cfg: IterateConfig, client: Client, generation: int, teacher_id: str, *, kind: str, dataset_id: int
+) -> dict:
+    """The generation's job of ``kind`` ("labeling": the pool; "probe"): the one an interrupted
+    run started, if it can still finish, else a new one. The creation is recorded before the
+    request and the job's ID after it, so a run stopped in between (killed, or told by a 503
+    that the job is saved but not yet sent) adopts the job the service kept instead of labeling
+    the same images again."""
+    options = {
+        "batch_size": cfg.label_batch_size,
+        "shard_size": cfg.shard_size,
+        "noised_teacher": cfg.noised_teacher and kind == "labeling",
+    }
+    started = _load_state(cfg).get(kind, {})
     if started.get("generation") == generation and started.get("teacher") == teacher_id:
-        try:
-            job = client.job(started["job"])
-        except NotFound:
-            job = None
-        if job is not None and job["state"] not in (JobState.FAILED, JobState.CANCELLED):
-            _say(f"generation {generation}: continuing labeling job {job['id']}")
+        if started.get("job") is None:
+            job = _adoptable(client, teacher_id, dataset_id, options)
+        else:
+            job = _unfinished_or_done(client, started["job"])
+        if job is not None:
+            _say(f"generation {generation}: continuing {kind} job {job['id']}")
+            _record_job(cfg, kind, {**started, "job": job["id"]})
             return job
-    job = client.create_job(
-        teacher_id=teacher_id,
-        dataset_id=cfg.unlabeled_dataset_id,
-        batch_size=cfg.label_batch_size,
-        shard_size=cfg.shard_size,
-        noised_teacher=cfg.noised_teacher,
-    )
-    _record_labeling(cfg, {"generation": generation, "teacher": teacher_id, "job": job["id"]})
+    record = {"generation": generation, "teacher": teacher_id, "job": None}
+    _record_job(cfg, kind, record)
+    job = client.create_job(teacher_id=teacher_id, dataset_id=dataset_id, **options)
+    _record_job(cfg, kind, {**record, "job": job["id"]})
+    return job
+
+
+def _unfinished_or_done(client: Client, job_id: int) -> dict | None:
+    try:
+        job = client.job(job_id)
+    except NotFound:
+        return None
+    return None if job["state"] in (JobState.FAILED, JobState.CANCELLED) else job
+
+
+def _adoptable(client: Client, teacher_id: str, dataset_id: int, options: dict) -> dict | None:
+    """The newest job of this teacher on this dataset, with these options, that can still finish:
+    the one a stopped run's request created (the teacher is the run's own student)."""
+    matching = [
+        job
+        for job in client.jobs()
+        if job["teacher_id"] == teacher_id
+        and job["dataset_id"] == dataset_id
+        and all(job[name] == value for name, value in options.items())
+        and job["state"] not in (JobState.FAILED, JobState.CANCELLED)
+    ]
+    return max(matching, key=lambda job: job["id"], default=None)
+
+
+def _waited(client: Client, job: dict, what: str) -> dict:
+    job = wait_with_progress(client, job)
+    if job["state"] != JobState.SUCCEEDED:
+        raise JobEnded(
+            f"{what} job {job['id']} ended {job['state']}: {job['errors']}; "
+            "run the same command again to start a new one"
+        )
     return job
 
 
@@ -295,10 +352,8 @@ def _generation(
     started = time.perf_counter()
     teacher = client.teacher(teacher_id)
     _say(f"generation {generation}: labeling the pool with {teacher['name']}")
-    job = _labeling_job(cfg, client, generation, teacher_id)
-    job = wait_with_progress(client, job)
-    if job["state"] != JobState.SUCCEEDED:
-        raise RuntimeError(f"labeling job {job['id']} ended {job['state']}: {job['errors']}")
+    job = _job(cfg, client, generation, teacher_id, kind="labeling", dataset_id=cfg.unlabeled_dataset_id)
+    job = _waited(client, job, "labeling")
     stats = client.job_stats(job["id"], threshold=cfg.threshold)
     client.job_stats_chart(
         job["id"], Path(cfg.out_dir) / f"gen{generation}-balance.png", threshold=cfg.threshold
@@ -382,15 +437,8 @@ def _probe_quality(cfg: IterateConfig, client: Client, generation: int, teacher_
     """The teacher labels the probe (a labeled dataset held out from training): how many of its
     labels the run's threshold keeps, and how many of those are right."""
     _say(f"generation {generation}: labeling probe dataset {cfg.probe_dataset_id}")
-    job = client.create_job(
-        teacher_id=teacher_id,
-        dataset_id=cfg.probe_dataset_id,
-        batch_size=cfg.label_batch_size,
-        shard_size=cfg.shard_size,
-    )
-    job = wait_with_progress(client, job)
-    if job["state"] != JobState.SUCCEEDED:
-        raise RuntimeError(f"probe labeling job {job['id']} ended {job['state']}: {job['errors']}")
+    job = _job(cfg, client, generation, teacher_id, kind="probe", dataset_id=cfg.probe_dataset_id)
+    job = _waited(client, job, "probe labeling")
     (point,) = client.job_quality(job["id"], thresholds=[cfg.threshold])["overall"]
     return {
         "probe_job": job["id"],
@@ -475,6 +523,26 @@ def _teacher_metrics(cfg: IterateConfig, client: Client) -> dict:
 
 def iterate(cfg: IterateConfig, client: Client) -> list[dict]:
     cfg.check()
+    with _out_dir_lock(cfg):
+        return _iterate(cfg, client)
+
+
+@contextmanager
+def _out_dir_lock(cfg: IterateConfig) -> Iterator[None]:
+    """One run per out_dir: two would each label the pool and train into the same folders."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "iterate.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutDirBusy(
+                f"another nst iterate is running on {out}; wait for it, or choose another out_dir"
+            ) from None
+        yield  # the lock goes with the file's closing, and with the process
+
+
+def _iterate(cfg: IterateConfig, client: Client) -> list[dict]:
     rows = _load_rows(cfg)
     if rows:
         _say(f"continuing after generation {rows[-1]['generation']} ({_state_path(cfg)})")

@@ -117,12 +117,13 @@ class _Pool:
     """Just enough of the client for a generation's labeling: jobs that stop or finish."""
 
     def __init__(self, states: dict[int, str]):
-        self.states, self.created = states, []
+        self.states, self.created, self.bodies = states, [], {}
 
-    def create_job(self, **_body) -> dict:
+    def create_job(self, **body) -> dict:
         job_id = len(self.created) + 1
         self.states[job_id] = "running"
         self.created.append(job_id)
+        self.bodies[job_id] = body
         return self.job(job_id)
 
     def job(self, job_id: int) -> dict:
@@ -130,12 +131,19 @@ class _Pool:
             from nst.client import NotFound
 
             raise NotFound(404, f"job {job_id} not found", "GET", f"/jobs/{job_id}")
-        return {"id": job_id, "state": self.states[job_id]}
+        return {"id": job_id, "state": self.states[job_id], **self.bodies[job_id]}
+
+    def jobs(self) -> list[dict]:
+        return [self.job(job_id) for job_id in self.states]
+
+
+def _labeling_job(cfg, pool, generation: int, teacher: str) -> dict:
+    from trainer.iterate import _job
+
+    return _job(cfg, pool, generation, teacher, kind="labeling", dataset_id=cfg.unlabeled_dataset_id)
 
 
 def test_a_resumed_generation_waits_for_its_labeling_job_instead_of_labeling_again(tmp_path):
-    from trainer.iterate import _labeling_job
-
     cfg, pool = _config(tmp_path), _Pool({})
     _write_state(cfg)
     first = _labeling_job(cfg, pool, 2, "t1")  # then the run stops while the job labels
@@ -146,8 +154,6 @@ def test_a_resumed_generation_waits_for_its_labeling_job_instead_of_labeling_aga
 
 @pytest.mark.parametrize("ending", ["failed", "cancelled", "deleted"])
 def test_a_job_that_cannot_finish_or_another_teacher_labels_anew(tmp_path, ending):
-    from trainer.iterate import _labeling_job
-
     cfg, pool = _config(tmp_path), _Pool({})
     _write_state(cfg)
     first = _labeling_job(cfg, pool, 2, "t1")
@@ -158,6 +164,73 @@ def test_a_job_that_cannot_finish_or_another_teacher_labels_anew(tmp_path, endin
     assert _labeling_job(cfg, pool, 2, "t1")["id"] != first["id"]
     other_teacher = _labeling_job(cfg, pool, 2, "t9")
     assert other_teacher["id"] not in (first["id"], pool.created[1]) and len(pool.created) == 3
+
+
+class _SavedButUnsent(_Pool):
+    """The service saved the job, then could not enqueue it (503), or the run died before the
+    answer came: the job exists, and the run never learned its ID."""
+
+    down = True
+
+    def create_job(self, **body) -> dict:
+        from nst.client import NstError
+
+        job = super().create_job(**body)
+        if self.down:
+            raise NstError(
+                503, f"job {job['id']} is saved but not all its shards were enqueued", "POST", "/jobs"
+            )
+        return job
+
+
+def test_a_job_created_but_never_recorded_is_adopted_not_created_again(tmp_path):
+    from nst.client import NstError
+
+    cfg, pool = _config(tmp_path), _SavedButUnsent({})
+    _write_state(cfg)
+    with pytest.raises(NstError):
+        _labeling_job(cfg, pool, 2, "t1")
+    pool.down = False  # the service is back
+    again = _labeling_job(cfg, pool, 2, "t1")
+    assert again["id"] == 1 and pool.created == [1]
+    assert _labeling_job(cfg, pool, 2, "t1")["id"] == 1  # recorded now
+
+
+def test_a_probe_job_is_recorded_and_continued_like_the_pools(tmp_path):
+    from trainer.iterate import _job, _load_state, _save
+
+    cfg, pool = _config(tmp_path), _Pool({})
+    _write_state(cfg)
+    labeling = _labeling_job(cfg, pool, 2, "t1")
+    probe = _job(cfg, pool, 2, "t1", kind="probe", dataset_id=9)
+    _save(cfg, ROWS)  # the generation is not done: both jobs stay recorded
+    assert {_load_state(cfg)[kind]["job"] for kind in ("labeling", "probe")} == {labeling["id"], probe["id"]}
+    assert _job(cfg, pool, 2, "t1", kind="probe", dataset_id=9)["id"] == probe["id"]
+    assert pool.created == [labeling["id"], probe["id"]]
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path):
+    from trainer.iterate import OutDirBusy, _out_dir_lock
+
+    cfg = _config(tmp_path)
+    busy = pytest.raises(OutDirBusy, match="another nst iterate is running on")
+    with _out_dir_lock(cfg), busy, _out_dir_lock(cfg):
+        pass
+    with _out_dir_lock(cfg):  # free again once the first ends
+        pass
+
+
+def test_a_failed_labeling_job_is_one_error_line(tmp_path, monkeypatch):
+    import click
+
+    from trainer.cli import _one_line_errors
+    from trainer.iterate import _waited
+
+    monkeypatch.setattr("trainer.iterate.wait_with_progress", lambda client, job: job)
+    job = {"id": 4, "state": "failed", "errors": ["boom"]}
+    expected = r"labeling job 4 ended failed: \['boom'\]; run the same"
+    with pytest.raises(click.ClickException, match=expected), _one_line_errors():
+        _waited(None, job, "labeling")
 
 
 def test_a_file_from_before_the_increasing_ops_counts_as_the_authors_ops(tmp_path):
