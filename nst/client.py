@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import httpx
 
@@ -385,12 +385,20 @@ class Client:
     def export_manifest(self, manifest_id: str, out: str | Path, fmt: str = "parquet") -> Path:
         return self._download(f"/manifests/{manifest_id}/entries", {"format": fmt}, out)
 
-    def manifest_parquet(self, manifest_id: str, *, part: int = 0, parts: int = 1) -> tuple[dict, bytes]:
-        """One share of the manifest's entries as Parquet (sparse targets), with the response's
-        headers: ``part`` of ``parts`` disjoint shares that together cover it."""
+    def manifest_parquet(
+        self, manifest_id: str, into: IO[bytes], *, part: int = 0, parts: int = 1
+    ) -> dict:
+        """Stream one share of the manifest's entries as Parquet (sparse targets) into the file
+        ``into``, never holding the body in memory; return the response's headers. ``part`` of
+        ``parts`` disjoint shares together cover it."""
         params = {"format": "parquet", "part": part, "parts": parts}
-        response = self._request("GET", f"/manifests/{manifest_id}/entries", params=params)
-        return dict(response.headers), response.content
+        with self._http.stream("GET", f"/manifests/{manifest_id}/entries", params=params) as response:
+            if response.is_error:
+                response.read()
+                _raise_for_error(response, "GET")
+            for chunk in response.iter_bytes():
+                into.write(chunk)
+            return dict(response.headers)
 
     def manifest_entries(self, manifest_id: str, page_size: int = 5000) -> Iterator[dict]:
         return self._pages(f"/manifests/{manifest_id}/entries", {"limit": page_size})

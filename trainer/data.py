@@ -5,6 +5,7 @@ one is ``nst.transforms``)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ class Sparse:
 class Split:
     """Image URIs with targets: class indices (int64), or soft ones kept sparse."""
 
-    uris: list[str]
+    uris: Uris | list[str]
     targets: np.ndarray
     copies: np.ndarray
     sparse: Sparse | None = None
@@ -68,17 +69,47 @@ def fetch_manifest(
     client: Client, manifest_id: str, *, part: int = 0, parts: int = 1
 ) -> tuple[dict, Split, Split]:
     """The manifest's description and the labeled and pseudo-labeled entries of share ``part``
-    of ``parts`` (one per data-parallel rank), checked against what the service published."""
+    of ``parts`` (one per data-parallel rank), checked against what the service published.
+
+    The Parquet arrives into a temporary file and is read a few megabytes of targets at a time,
+    each record batch hashed and copied into arrays allocated once at their final size: memory
+    holds the entries' arrays and one batch, not the body, the whole table and the copies a
+    whole-table read made of them."""
     manifest = client.manifest(manifest_id)
-    headers, body = client.manifest_parquet(manifest_id, part=part, parts=parts)
-    parquet = pq.ParquetFile(pa.BufferReader(body))
-    table = parquet.read()
-    _verify(manifest_id, f"part {part} of {parts}", headers, parquet.metadata.metadata, table)
-    num_classes = len(manifest["classes"])
-    labeled = table.filter(pc.equal(table["source"], "labeled"))
-    pseudo = table.filter(pc.equal(table["source"], "pseudo"))
+    share = f"part {part} of {parts}"
     soft = bool(manifest["params"].get("soft", True))
-    return manifest, _split(labeled, num_classes, soft=False), _split(pseudo, num_classes, soft=soft)
+    with tempfile.TemporaryFile() as body:
+        headers = client.manifest_parquet(manifest_id, body, part=part, parts=parts)
+        body.seek(0)
+        parquet = pq.ParquetFile(body)
+        footer = _check_announced(manifest_id, share, headers, parquet)
+        source = parquet.read(columns=["source"])["source"]
+        is_labeled_count = pc.sum(pc.equal(source, "labeled")).as_py() or 0
+        width = parquet.schema_arrow.field("target_indices").type.list_size
+        labeled = _Gather(is_labeled_count, width, soft=False)
+        pseudo = _Gather(len(source) - is_labeled_count, width, soft=soft)
+        digest = targets.EntriesDigest()
+        for batch in parquet.iter_batches(batch_size=_batch_rows(width)):
+            table = pa.Table.from_batches([batch])
+            digest.update({name: _column(table, name) for name in targets.DIGEST_COLUMNS})
+            is_labeled = pc.equal(table["source"], "labeled")
+            labeled.add(table.filter(is_labeled))
+            pseudo.add(table.filter(pc.invert(is_labeled)))
+    if digest.hexdigest() != footer.get("nst.sha256"):
+        raise ManifestMismatch(
+            f"manifest {manifest_id} ({share}): the entries that arrived hash to {digest.hexdigest()}, "
+            f"the service published {footer.get('nst.sha256')}; fetch it again"
+        )
+    num_classes = len(manifest["classes"])
+    return manifest, labeled.split(num_classes), pseudo.split(num_classes)
+
+
+BATCH_ROWS = 65_536  # at most, per record batch read
+BATCH_TARGET_VALUES = 1 << 21  # and a few megabytes of soft targets (8 bytes a value)
+
+
+def _batch_rows(width: int) -> int:
+    return max(1, min(BATCH_ROWS, BATCH_TARGET_VALUES // max(1, width)))
 
 
 def check_entries(manifest: dict, received: int) -> None:
@@ -90,10 +121,10 @@ def check_entries(manifest: dict, received: int) -> None:
         )
 
 
-def _verify(
-    manifest_id: str, share: str, headers: dict, metadata: dict[bytes, bytes], table: pa.Table
-) -> None:
-    footer = {key.decode(): value.decode() for key, value in (metadata or {}).items()}
+def _check_announced(manifest_id: str, share: str, headers: dict, parquet: pq.ParquetFile) -> dict[str, str]:
+    """The Parquet footer's metadata, once the response and the footer agree on which manifest
+    this is and how many entries it holds, and the file holds that many rows."""
+    footer = {key.decode(): value.decode() for key, value in (parquet.metadata.metadata or {}).items()}
     headers = {key.lower(): value for key, value in headers.items()}
     sent_for = [headers.get("x-manifest-id"), footer.get("nst.manifest_id")]
     if sent_for != [manifest_id, manifest_id]:
@@ -101,19 +132,17 @@ def _verify(
             f"asked for manifest {manifest_id}, the service sent entries of {sent_for[0]} "
             f"(header) / {sent_for[1]} (Parquet metadata)"
         )
-    announced, streamed = headers.get("x-manifest-entries"), footer.get("nst.entries")
-    if announced != streamed or streamed != str(table.num_rows):
+    announced, streamed, rows = (
+        headers.get("x-manifest-entries"),
+        footer.get("nst.entries"),
+        parquet.metadata.num_rows,
+    )
+    if announced != streamed or streamed != str(rows):
         raise ManifestMismatch(
             f"manifest {manifest_id} ({share}): the service announced {announced} entries and streamed "
-            f"{streamed}, {table.num_rows} arrived; fetch it again"
+            f"{streamed}, {rows} arrived; fetch it again"
         )
-    digest = targets.EntriesDigest()
-    digest.update({name: _column(table, name) for name in targets.DIGEST_COLUMNS})
-    if digest.hexdigest() != footer.get("nst.sha256"):
-        raise ManifestMismatch(
-            f"manifest {manifest_id} ({share}): the entries that arrived hash to {digest.hexdigest()}, "
-            f"the service published {footer.get('nst.sha256')}; fetch it again"
-        )
+    return footer
 
 
 def _column(table: pa.Table, name: str):
@@ -125,19 +154,53 @@ def _column(table: pa.Table, name: str):
     return column.to_numpy()
 
 
-def _split(table: pa.Table, num_classes: int, *, soft: bool) -> Split:
-    uris = table["uri"].to_pylist()
-    copies = table["copies"].to_numpy().astype(np.int64)
-    classes = table["target_class"].to_numpy().astype(np.int64)
-    if not soft:
-        return Split(uris, classes, copies)
-    sparse = Sparse(
-        _column(table, "target_indices"),
-        _column(table, "target_values"),
-        _column(table, "target_rest"),
-        num_classes,
-    )
-    return Split(uris, classes, copies, sparse)
+class Uris:
+    """Image URIs as one Arrow string array (its bytes and offsets), indexed like a list: a
+    Python str per entry cost about ten times the memory at millions of entries."""
+
+    def __init__(self, array: pa.StringArray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> str:
+        return self.array[index].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.array.to_pylist())
+
+
+class _Gather:
+    """One split's columns, copied record batch by record batch into arrays of its final size."""
+
+    def __init__(self, rows: int, width: int, *, soft: bool) -> None:
+        self.soft, self.filled = soft, 0
+        self.uris: list[pa.StringArray] = []
+        self.copies = np.empty(rows, dtype=np.int64)
+        self.classes = np.empty(rows, dtype=np.int64)
+        if soft:
+            self.indices = np.empty((rows, width), dtype=np.int32)
+            self.values = np.empty((rows, width), dtype=np.float32)
+            self.rest = np.empty(rows, dtype=np.float32)
+
+    def add(self, table: pa.Table) -> None:
+        rows = slice(self.filled, self.filled + table.num_rows)
+        self.uris.append(table["uri"].combine_chunks())
+        self.copies[rows] = table["copies"].to_numpy()
+        self.classes[rows] = table["target_class"].to_numpy()
+        if self.soft:
+            self.indices[rows] = _column(table, "target_indices")
+            self.values[rows] = _column(table, "target_values")
+            self.rest[rows] = _column(table, "target_rest")
+        self.filled = rows.stop
+
+    def split(self, num_classes: int) -> Split:
+        uris = Uris(pa.concat_arrays(self.uris) if self.uris else pa.array([], pa.string()))
+        if not self.soft:
+            return Split(uris, self.classes, self.copies)
+        sparse = Sparse(self.indices, self.values, self.rest, num_classes)
+        return Split(uris, self.classes, self.copies, sparse)
 
 
 class DatasetMismatch(ValueError):

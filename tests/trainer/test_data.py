@@ -49,6 +49,34 @@ def test_ranks_take_disjoint_shares_that_cover_the_manifest(client, manifest):
         check_entries(manifest, len(shares[0][0]) + len(shares[0][1]))
 
 
+def test_a_manifest_read_in_record_batches_is_the_same_as_read_whole(client, manifest, monkeypatch):
+    """Batches of 2 rows: labeled and pseudo entries interleave across them, and one split may
+    have no row in a batch at all."""
+    with in_process_client(client) as nst:
+        _, labeled, pseudo = fetch_manifest(nst, manifest["id"])
+        monkeypatch.setattr("trainer.data.BATCH_ROWS", 2)
+        _, labeled_2, pseudo_2 = fetch_manifest(nst, manifest["id"])
+    for whole, batched in ((labeled, labeled_2), (pseudo, pseudo_2)):
+        assert list(whole.uris) == list(batched.uris) and len(batched) == len(whole)
+        assert whole.copies.tolist() == batched.copies.tolist()
+        assert [whole.target(i).tolist() for i in range(len(whole))] == [
+            batched.target(i).tolist() for i in range(len(batched))
+        ]
+    assert pseudo_2.uris[1] == list(pseudo.uris)[1]  # indexed one at a time, as a Dataset does
+
+
+def test_a_manifest_with_only_labeled_entries_has_an_empty_soft_pseudo_split(client):
+    labeled = synthetic.labeled_dataset(CLASSES, [0, 1, 2])
+    teacher = synthetic.teacher(CLASSES)
+    job = synthetic.finished_job(teacher, [(0, 0.2)])
+    body = {"labeled_dataset_ids": [labeled], "job_ids": [job.id], "threshold": 0.5, "balance": False}
+    only_labeled = client.post("/manifests", json=body).json()
+    with in_process_client(client) as nst:
+        _, labeled_split, pseudo = fetch_manifest(nst, only_labeled["id"])
+    assert len(labeled_split) == 3 and len(pseudo) == 0 and pseudo.soft
+    assert pseudo.sparse.indices.shape[0] == 0 and pseudo.sparse.indices.ndim == 2
+
+
 class _Tampering:
     """A client whose Parquet download is changed on the way."""
 
@@ -58,9 +86,12 @@ class _Tampering:
     def manifest(self, manifest_id):
         return self.client.manifest(manifest_id)
 
-    def manifest_parquet(self, manifest_id, **share):
-        headers, body = self.client.manifest_parquet(manifest_id, **share)
-        return self.change(headers, body)
+    def manifest_parquet(self, manifest_id, into, **share):
+        received = io.BytesIO()
+        headers = self.client.manifest_parquet(manifest_id, received, **share)
+        headers, body = self.change(headers, received.getvalue())
+        into.write(body)
+        return headers
 
 
 def _altered_value(headers, body):
