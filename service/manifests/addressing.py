@@ -19,6 +19,9 @@ def canonical_params(request: ManifestCreate) -> dict:
     """The request with its lists sorted and deduplicated, and null wherever a value cannot
     change the entries (so that it cannot change the ID either)."""
     params = request.model_dump()
+    for name, value in params.items():  # -0.0 is 0.0 to every comparison, and so to the ID
+        if isinstance(value, float) and value == 0:
+            params[name] = 0.0
     params["labeled_dataset_ids"] = sorted(set(request.labeled_dataset_ids))
     params["job_ids"] = sorted(set(request.job_ids))
     pseudo_only = [name for name in params if name not in ("labeled_dataset_ids", "job_ids")]

@@ -48,6 +48,13 @@ def _finished_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise ManifestRequestError("job_ids", f"unknown job {job_id}")
+    dataset = session.get(Dataset, job.dataset_id)
+    if dataset.kind == "labeled" and dataset.split != "train":
+        raise ManifestRequestError(
+            "job_ids",
+            f"job {job_id} labeled dataset {dataset.id}, a {dataset.split or 'no'} split held out from "
+            "training (a probe): its images would train the student they are to score",
+        )
     state = progress(session, job=job).state
     if state != JobState.SUCCEEDED:
         raise ManifestRequestError("job_ids", f"job {job_id} is {state}, not succeeded", conflict=True)

@@ -370,6 +370,32 @@ def test_only_labeled_train_splits_are_labeled_inputs(client, job):
     assert pool.status_code == 422 and "is unlabeled" in pool.json()["detail"]
 
 
+def test_a_job_over_a_held_out_split_is_no_pseudo_input(client, teacher, labeled):
+    """A probe job (the teacher labeling a val or test split) must not put those images into a
+    student's training set."""
+    for split in ("val", "test"):
+        held_out = synthetic.labeled_dataset(CLASSES, [CAT, DOG], split=split, name=split)
+        probe = synthetic.finished_job(teacher, [(CAT, 0.9), (DOG, 0.8)], dataset_id=held_out)
+        response = post(client, labeled_dataset_ids=[labeled], job_ids=[probe.id])
+        assert response.status_code == 422
+        assert response.json()["detail"] == (
+            f"job_ids: job {probe.id} labeled dataset {held_out}, a {split} split held out from training "
+            "(a probe): its images would train the student they are to score"
+        )
+    assert _manifest_count(client) == 0
+
+
+def test_a_negative_zero_is_the_same_manifest_as_zero(client, labeled, job):
+    zero = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id], threshold=0.0)
+    negative_zero = client.post(
+        "/manifests",
+        content=f'{{"labeled_dataset_ids": [{labeled}], "job_ids": [{job.id}], "threshold": -0.0}}',
+        headers={"content-type": "application/json"},
+    )
+    assert (zero.status_code, negative_zero.status_code) == (201, 200)
+    assert negative_zero.json()["id"] == zero.json()["id"]
+
+
 def test_a_failure_midway_leaves_no_manifest_behind(client, labeled, job, monkeypatch):
     from service.manifests import selection
 
