@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 from sqlalchemy import select
@@ -29,6 +29,16 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def streamed(session: Session, response: Response) -> Response:
+    """``response``, a stream that reads the database in sessions of its own, with the request's
+    session closed now: FastAPI would close it only after the last byte, and each slow download
+    held two of the pool's connections (the eighth at once waited, then broke off mid-body)."""
+    session.close()
+    return response
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 # Every integer the API takes fits the column it meets (INTEGER or BIGINT), so a larger one is

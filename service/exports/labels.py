@@ -54,14 +54,17 @@ def _records(rows, classes: list[str]) -> list[dict]:
 
 
 def _pages(job_id: int) -> Iterator[list[dict]]:
+    """Record pages, each read in a session of its own: a slow reader holds no database
+    connection while it reads."""
     with session_scope() as session:
         classes = _classes(session, job_id)
 
-        def fetch(cursor: int | None):
-            return labels_page(session, job_id=job_id, cursor=cursor, limit=PAGE_SIZE)
+    def fetch(cursor: int | None) -> tuple[list[dict], int | None]:
+        with session_scope() as session:
+            rows, next_cursor = labels_page(session, job_id=job_id, cursor=cursor, limit=PAGE_SIZE)
+            return _records(rows, classes), next_cursor
 
-        for rows in all_pages(fetch):
-            yield _records(rows, classes)
+    yield from all_pages(fetch)
 
 
 def _classes(session, job_id: int) -> list[str]:

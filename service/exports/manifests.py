@@ -123,14 +123,16 @@ def records(rows, manifest: Manifest) -> list[dict]:
 
 
 def _pages(manifest_key: int) -> Iterator[list[dict]]:
-    with session_scope() as session:
-        manifest = session.get(Manifest, manifest_key)
+    """Record pages, each read in a session of its own: a slow reader holds no database
+    connection while it reads (the cursor, an item ID, is all a page needs of the last)."""
 
-        def fetch(cursor: int | None):
-            return entries_page(session, manifest=manifest, cursor=cursor, limit=PAGE_SIZE)
+    def fetch(cursor: int | None) -> tuple[list[dict], int | None]:
+        with session_scope() as session:
+            manifest = session.get(Manifest, manifest_key)
+            rows, next_cursor = entries_page(session, manifest=manifest, cursor=cursor, limit=PAGE_SIZE)
+            return records(rows, manifest), next_cursor
 
-        for rows in all_pages(fetch):
-            yield records(rows, manifest)
+    yield from all_pages(fetch)
 
 
 def entries_jsonl(manifest_key: int) -> Iterator[bytes]:

@@ -15,6 +15,7 @@ from service.api.deps import (
     SessionDep,
     get_or_404,
     refuse_unread_parameters,
+    streamed,
 )
 from service.api.errors import BODY, responses
 from service.crud import jobs as crud
@@ -192,13 +193,14 @@ def get_labels(
     get_or_404(session, Job, job_id)
     refuse_unread_parameters(request, format, ("cursor", "limit"))
     if format == "jsonl":
-        return StreamingResponse(labels_jsonl(job_id), media_type="application/x-ndjson")
+        return streamed(session, StreamingResponse(labels_jsonl(job_id), media_type="application/x-ndjson"))
     if format == "parquet":
-        return StreamingResponse(
+        response = StreamingResponse(
             labels_parquet(job_id),
             media_type="application/vnd.apache.parquet",
             headers={"Content-Disposition": f'attachment; filename="job-{job_id}-labels.parquet"'},
         )
+        return streamed(session, response)
     rows, next_cursor = crud.labels_page(session, job_id=job_id, cursor=cursor, limit=limit)
     return LabelsPage(data=[label_public(label, uri) for label, uri in rows], next_cursor=next_cursor)
 

@@ -13,6 +13,7 @@ from service.api.deps import (
     SessionDep,
     get_or_404,
     refuse_unread_parameters,
+    streamed,
 )
 from service.api.errors import BODY, responses
 from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, records
@@ -172,7 +173,9 @@ def get_entries(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"part: {part} is not below parts ({parts})"
         )
     if format == "jsonl":
-        return StreamingResponse(entries_jsonl(manifest.key), media_type="application/x-ndjson")
+        return streamed(
+            session, StreamingResponse(entries_jsonl(manifest.key), media_type="application/x-ndjson")
+        )
     if format == "parquet":
         share = Part(part, parts)
         name = f"manifest-{manifest.id[:16]}" + (f"-part{part}of{parts}" if parts > 1 else "")
@@ -181,8 +184,9 @@ def get_entries(
             "X-Manifest-Id": manifest.id,
             "X-Manifest-Entries": str(count(session, manifest, share)),
         }
-        return StreamingResponse(
+        response = StreamingResponse(
             entries_parquet(manifest.key, share), media_type="application/vnd.apache.parquet", headers=headers
         )
+        return streamed(session, response)
     rows, next_cursor = reads.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
     return ManifestEntriesPage(data=records(rows, manifest), next_cursor=next_cursor)

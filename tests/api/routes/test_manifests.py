@@ -396,6 +396,35 @@ def test_a_negative_zero_is_the_same_manifest_as_zero(client, labeled, job):
     assert negative_zero.json()["id"] == zero.json()["id"]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_stream_holds_no_connection_of_the_request(client, labeled, job, monkeypatch, fmt):
+    """The request's session goes back to the pool when the stream starts, not after its last
+    byte; JSONL reads each page in a session of its own, so between pages it holds none."""
+    from service.api.routes import manifests as route
+    from service.core.db import get_engine
+    from service.exports import manifests as exports
+
+    manifest = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id]).json()
+    held = []
+
+    def counting(real):
+        def stream(*args):
+            held.append(get_engine().pool.checkedout())  # as the stream starts, before it reads
+            for chunk in real(*args):
+                held.append(get_engine().pool.checkedout())
+                yield chunk
+
+        return stream
+
+    name = {"jsonl": "entries_jsonl", "parquet": "entries_parquet"}[fmt]
+    monkeypatch.setattr(route, name, counting(getattr(exports, name)))
+    response = client.get(f"/manifests/{manifest['id']}/entries", params={"format": fmt})
+    assert response.status_code == 200
+    assert held[0] == 0
+    if fmt == "jsonl":
+        assert set(held) == {0}
+
+
 def test_a_failure_midway_leaves_no_manifest_behind(client, labeled, job, monkeypatch):
     from service.manifests import selection
 
