@@ -23,6 +23,16 @@ from service.models import Item, Job, Label, Manifest, ManifestEntry, ManifestIn
 from service.pagination import all_pages
 
 PAGE_SIZE = 5000
+# A JSON record of a soft target spells out every class, so record pages hold about this many
+# target values at most: a page of 5,000 at 1,000 classes was 115 MB of JSON.
+PAGE_TARGET_VALUES = 250_000
+
+
+def record_page_size(manifest: Manifest, limit: int = PAGE_SIZE) -> int:
+    """At most ``limit`` records a page, fewer for soft targets over many classes."""
+    if not manifest.params.get("soft"):
+        return limit
+    return max(1, min(limit, PAGE_TARGET_VALUES // len(manifest.classes)))
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,8 @@ def _pages(manifest_key: int) -> Iterator[list[dict]]:
     def fetch(cursor: int | None) -> tuple[list[dict], int | None]:
         with session_scope() as session:
             manifest = session.get(Manifest, manifest_key)
-            rows, next_cursor = entries_page(session, manifest=manifest, cursor=cursor, limit=PAGE_SIZE)
+            limit = record_page_size(manifest)
+            rows, next_cursor = entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
             return records(rows, manifest), next_cursor
 
     yield from all_pages(fetch)

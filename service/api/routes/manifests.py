@@ -16,7 +16,7 @@ from service.api.deps import (
     streamed,
 )
 from service.api.errors import BODY, responses
-from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, records
+from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, record_page_size, records
 from service.manifests import reads
 from service.manifests.build import build_manifest, prepare_manifest
 from service.manifests.validation import ManifestRequestError
@@ -141,7 +141,9 @@ def get_entries(
     parts: Annotated[int, Query(ge=1, le=4096, description="Parquet only: into how many shares")] = 1,
 ) -> ManifestEntriesPage | StreamingResponse:
     """A page of entries (JSON, ``{"data", "next_cursor"}``), or the whole manifest streamed as
-    JSONL (one entry per line) or Parquet, in item order.
+    JSONL (one entry per line) or Parquet, in item order. A JSON page holds at most ``limit``
+    entries, and with soft targets at most 250,000 target values (250 entries at 1,000 classes):
+    follow ``next_cursor`` until it is null.
 
     Each entry: ``item_id``, ``uri``, ``source`` (``labeled`` or ``pseudo``), ``target``,
     ``copies`` (>= 1: train on it that many times per epoch) and ``confidence`` (null for
@@ -188,5 +190,6 @@ def get_entries(
             entries_parquet(manifest.key, share), media_type="application/vnd.apache.parquet", headers=headers
         )
         return streamed(session, response)
+    limit = record_page_size(manifest, limit)
     rows, next_cursor = reads.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
     return ManifestEntriesPage(data=records(rows, manifest), next_cursor=next_cursor)

@@ -425,6 +425,21 @@ def test_a_stream_holds_no_connection_of_the_request(client, labeled, job, monke
         assert set(held) == {0}
 
 
+def test_pages_of_soft_targets_over_many_classes_are_cut_to_a_size(client):
+    names = [f"c{i}" for i in range(2000)]
+    job = synthetic.finished_job(synthetic.teacher(names), [(i % 2000, 0.9) for i in range(130)])
+    manifest = post(client, job_ids=[job.id], threshold=0.0, balance=False).json()
+    url = f"/manifests/{manifest['id']}/entries"
+    first = client.get(url, params={"limit": 1000}).json()
+    assert len(first["data"]) == 125 and first["next_cursor"] is not None  # 250,000 values a page
+    rest = client.get(url, params={"limit": 1000, "cursor": first["next_cursor"]}).json()
+    assert len(rest["data"]) == 5 and rest["next_cursor"] is None
+    lines = client.get(url, params={"format": "jsonl"}).text.splitlines()
+    assert [json.loads(line)["item_id"] for line in lines] == [
+        e["item_id"] for e in first["data"] + rest["data"]
+    ]
+
+
 def test_a_failure_midway_leaves_no_manifest_behind(client, labeled, job, monkeypatch):
     from service.manifests import selection
 
