@@ -73,7 +73,9 @@ def _real_ids(client) -> dict[str, list]:
     """Rows for the fuzz to find: path and query parameters take these values in some cases."""
     folder = _image_folder(Path(os.environ["NST_DATA_ROOTS"].split(",")[0]))
     dataset_ids = []
-    for name, split in (("pets", "train"), ("probe", "val")):  # a job's dataset may not be a manifest's
+    # The jobs label "extra": a manifest's labeled input may not be a job's dataset, nor a held-out
+    # split ("probe") a job's that the manifest trains on.
+    for name, split in (("pets", "train"), ("extra", "train"), ("probe", "val")):
         body = {"name": name, "kind": "labeled", "split": split, "path": str(folder)}
         response = client.post("/datasets", json=body)
         assert response.status_code == 201, response.text
