@@ -1,6 +1,7 @@
 """Alembic environment: the URL comes from the one settings object (or a caller's connection)."""
 
 from alembic import context
+from alembic.util import CommandError
 from sqlalchemy import pool
 
 from nst.config import get_settings
@@ -47,8 +48,9 @@ def _run(connection) -> None:
     try:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
+            before = context.get_context().get_current_revision()
             context.run_migrations()
-            if sqlite:
+            if sqlite and context.get_context().get_current_revision() != before:
                 _check_foreign_keys(connection)
     finally:
         if sqlite:
@@ -65,9 +67,9 @@ def _check_foreign_keys(connection) -> None:
     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         table, _, parent, _ = broken[0]
-        raise RuntimeError(
-            f"the migrations left {len(broken)} row(s) whose foreign key names no row, e.g. in "
-            f"{table} (referencing {parent}); nothing was committed"
+        raise CommandError(
+            f"the migrations would leave {len(broken)} row(s) whose foreign key names no row, e.g. in "
+            f"{table} (referencing {parent}); they were rolled back"
         )
 
 

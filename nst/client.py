@@ -302,8 +302,10 @@ class Client:
     def job(self, job_id: int) -> dict:
         return self._json("GET", f"/jobs/{job_id}")
 
-    def jobs(self) -> list[dict]:
-        return self._listing("/jobs", {})
+    def jobs(self, *, teacher_id: str | None = None, dataset_id: int | None = None) -> list[dict]:
+        """Every job, or only a teacher's, or only those over a dataset."""
+        filters = {"teacher_id": teacher_id, "dataset_id": dataset_id}
+        return self._listing("/jobs", {name: value for name, value in filters.items() if value is not None})
 
     def cancel_job(self, job_id: int) -> dict:
         return self._json("POST", f"/jobs/{job_id}/cancel")
@@ -385,9 +387,7 @@ class Client:
     def export_manifest(self, manifest_id: str, out: str | Path, fmt: str = "parquet") -> Path:
         return self._download(f"/manifests/{manifest_id}/entries", {"format": fmt}, out)
 
-    def manifest_parquet(
-        self, manifest_id: str, into: IO[bytes], *, part: int = 0, parts: int = 1
-    ) -> dict:
+    def manifest_parquet(self, manifest_id: str, into: IO[bytes], *, part: int = 0, parts: int = 1) -> dict:
         """Stream one share of the manifest's entries as Parquet (sparse targets) into the file
         ``into``, never holding the body in memory; return the response's headers. ``part`` of
         ``parts`` disjoint shares together cover it."""

@@ -135,13 +135,15 @@ def resume_job(session: Session, *, job_id: int) -> list[int]:
             .order_by(Shard.index)
         )
     )
-    # A person resumed it: its attempts count afresh, or the first claim would meet the cap.
     session.execute(
         update(Shard)
         .where(Shard.job_id == job_id, Shard.state == ShardState.FAILED)
-        .values(state=ShardState.QUEUED, error=None, finished_at=None, attempts=0, reaped_count=0)
+        .values(state=ShardState.QUEUED, error=None, finished_at=None)
     )
-    session.execute(update(Shard).where(Shard.id.in_(shard_ids)).values(enqueued_at=utcnow()))
+    # A person resumed them: their attempts count afresh, or the first claim would meet the cap.
+    session.execute(
+        update(Shard).where(Shard.id.in_(shard_ids)).values(enqueued_at=utcnow(), attempts=0, reaped_count=0)
+    )
     log_event("job.resumed", job=job_id, shards_sent=len(shard_ids))
     return shard_ids
 
@@ -169,7 +171,14 @@ def claim_shard(session: Session, *, shard_id: int) -> ShardResult | None:
     max_attempts = get_settings().shard_max_attempts
     if shard.attempts >= max_attempts:
         # A worker that dies on this shard has its message redelivered at once, so the lease
-        # never lapses and the reaper never counts: the claim is what ends the loop.
+        # never lapses and the reaper never counts: the claim is what ends the loop. While a
+        # lease is live, though, its holder may be labeling still: this copy leaves the shard to
+        # it, and to the reaper once the lease lapses, if its holder is dead.
+        if shard.state == ShardState.RUNNING and (shard.lease_expires_at or utcnow()) > utcnow():
+            log_event(
+                "shard.left", job=job.id, shard=shard.id, index=shard.index, reason="a copy holds its lease"
+            )
+            return _result(shard)
         reason = (
             f"claimed {shard.attempts} times without finishing (NST_SHARD_MAX_ATTEMPTS={max_attempts}): "
             "its worker died or gave up each time"

@@ -300,14 +300,16 @@ def _job(
     started = _load_state(cfg).get(kind, {})
     if started.get("generation") == generation and started.get("teacher") == teacher_id:
         if started.get("job") is None:
-            job = _adoptable(client, teacher_id, dataset_id, options)
+            job = _adoptable(client, teacher_id, dataset_id, options, after=started.get("after", 0))
         else:
             job = _unfinished_or_done(client, started["job"])
         if job is not None:
             _say(f"generation {generation}: continuing {kind} job {job['id']}")
             _record_job(cfg, kind, {**started, "job": job["id"]})
             return job
-    record = {"generation": generation, "teacher": teacher_id, "job": None}
+    # The newest such job before the request: only one after it can be the request's own.
+    before = max((job["id"] for job in client.jobs(teacher_id=teacher_id, dataset_id=dataset_id)), default=0)
+    record = {"generation": generation, "teacher": teacher_id, "job": None, "after": before}
     _record_job(cfg, kind, record)
     job = client.create_job(teacher_id=teacher_id, dataset_id=dataset_id, **options)
     _record_job(cfg, kind, {**record, "job": job["id"]})
@@ -322,14 +324,13 @@ def _unfinished_or_done(client: Client, job_id: int) -> dict | None:
     return None if job["state"] in (JobState.FAILED, JobState.CANCELLED) else job
 
 
-def _adoptable(client: Client, teacher_id: str, dataset_id: int, options: dict) -> dict | None:
-    """The newest job of this teacher on this dataset, with these options, that can still finish:
-    the one a stopped run's request created (the teacher is the run's own student)."""
+def _adoptable(client: Client, teacher_id: str, dataset_id: int, options: dict, *, after: int) -> dict | None:
+    """The job a stopped run's request created: this teacher's on this dataset, with these
+    options, newer than job ``after`` (the newest before the request), that can still finish."""
     matching = [
         job
-        for job in client.jobs()
-        if job["teacher_id"] == teacher_id
-        and job["dataset_id"] == dataset_id
+        for job in client.jobs(teacher_id=teacher_id, dataset_id=dataset_id)
+        if job["id"] > after
         and all(job[name] == value for name, value in options.items())
         and job["state"] not in (JobState.FAILED, JobState.CANCELLED)
     ]

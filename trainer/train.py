@@ -81,6 +81,13 @@ def _sum_over_ranks(value: int, proc: Process) -> int:
     return int(total.item())
 
 
+def _min_over_ranks(value: int, proc: Process) -> int:
+    least = torch.tensor([value], device=proc.device)
+    if proc.world > 1:
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return int(least.item())
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a distribution: mean over the batch of -sum(q * log p)."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
@@ -302,8 +309,11 @@ def _seed_noise(seed: int, rank: int) -> None:
 
 def _check_labeled_only(labeled: Split, cfg: TrainConfig, proc: Process) -> None:
     """A pseudo ratio of 0 trains on the labeled entries only: there must be some."""
-    if not _sum_over_ranks(len(labeled), proc):
-        problem = f"0 trains on the labeled entries only, and manifest {cfg.service.manifest_id} has none"
+    if not _min_over_ranks(len(labeled), proc):  # a rank without any would wait for the rest forever
+        problem = (
+            f"0 trains on the labeled entries only, and manifest {cfg.service.manifest_id} has none "
+            f"in some rank's share (of {proc.world})"
+        )
         raise RecipeError("pseudo_ratio", problem)
 
 

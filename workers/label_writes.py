@@ -76,6 +76,27 @@ def mark_suspect(job_id: int, item_id: int, *, again: bool) -> None:
             insert_ignoring_duplicates(session, ItemError, [row])
 
 
+def unmark_suspect(job_id: int, item_id: int, *, again: bool) -> None:
+    """Take back ``mark_suspect``'s mark of an item whose pass ended by an error, not a death:
+    a first mark goes, a second becomes the first again."""
+    with session_scope() as session:
+        if again:
+            session.execute(
+                update(ItemError)
+                .where(
+                    ItemError.job_id == job_id, ItemError.item_id == item_id, ItemError.message == DIED_TWICE
+                )
+                .values(kind=SUSPECT, message=DIED_ONCE)
+                .execution_options(synchronize_session=False)
+            )
+        else:
+            session.execute(
+                delete(ItemError)
+                .where(ItemError.job_id == job_id, ItemError.item_id == item_id, ItemError.kind == SUSPECT)
+                .execution_options(synchronize_session=False)
+            )
+
+
 def forget_transient_errors(session: Session, shard: Shard, job: Job) -> None:
     """Delete the shard's transient item errors (a read that failed in an earlier attempt), so
     this attempt reads those items again; the progress forgets them too."""
@@ -184,16 +205,16 @@ def commit_labels(
     with session_scope() as session:
         # FOR SHARE (PostgreSQL): a cancellation's UPDATE waits for this commit, and every later
         # commit sees it; without the lock one that committed in between was missed.
-        cancelled = select(Job.cancelled_at).where(Job.id == job.id).with_for_update(read=True)
-        if session.scalar(cancelled) is not None:
-            return stop_shard(session, shard_id=shard_id, state=ShardState.CANCELLED)
-        if cleared is not None:
+        if cleared is not None:  # its outcome, or the job's cancellation, replaces the mark
             marked = (ItemError.kind == SUSPECT) | (ItemError.message == DIED_TWICE)
             session.execute(
                 delete(ItemError)
                 .where(ItemError.job_id == job.id, ItemError.item_id == cleared, marked)
                 .execution_options(synchronize_session=False)
             )
+        cancelled = select(Job.cancelled_at).where(Job.id == job.id).with_for_update(read=True)
+        if session.scalar(cancelled) is not None:
+            return stop_shard(session, shard_id=shard_id, state=ShardState.CANCELLED)
         added = insert_ignoring_duplicates(session, Label, rows)
         failed = insert_ignoring_duplicates(session, ItemError, bad)
         if last:

@@ -32,6 +32,7 @@ from workers.label_writes import (
     mark_suspect,
     pending_items,
     suspects,
+    unmark_suspect,
 )
 from workers.soft_labels import soft_labels
 from workers.teacher_model import cached_teacher, resolve_device
@@ -79,12 +80,13 @@ CAREFUL_FROM_ATTEMPT = 3
 @dataclass
 class Work:
     """What an attempt has to do: the pending items, their job, which attempt this is and the
-    items a worker already died on once."""
+    items a worker already died on once; and, in a careful pass, the item marked right now."""
 
     items: list[tuple[int, str]]
     job: Job
     attempt: int
     suspects: set[int]
+    marked: tuple[int, bool] | None = None  # (item, marked again)
 
 
 def start_shard(shard_id: int) -> ShardResult | Work:
@@ -167,15 +169,23 @@ def _label(
         shard_id, job, commit_rows=settings.commit_rows, commit_seconds=settings.commit_seconds
     )
     unread = 0
-    for images, item_ids, errors in batches:
-        rows, bad = _outcomes(runner, job, images, item_ids, errors)
-        unread += sum(b["kind"] == TRANSIENT for b in bad)
-        if careful:  # this image's outcome replaces its mark, at once
-            stopped = label_writes.commit_labels(shard_id, job, rows, bad, cleared=item_ids[0])
-        else:
-            stopped = writer.add(rows, bad)
-        if stopped is not None:
-            return stopped
+    try:
+        for images, item_ids, errors in batches:
+            rows, bad = _outcomes(runner, job, images, item_ids, errors)
+            unread += sum(b["kind"] == TRANSIENT for b in bad)
+            if careful:  # this image's outcome replaces its mark, at once
+                stopped = label_writes.commit_labels(shard_id, job, rows, bad, cleared=item_ids[0])
+                work.marked = None
+            else:
+                stopped = writer.add(rows, bad)
+            if stopped is not None:
+                return stopped
+    except Exception:
+        # An error this process lived to see (a forward that failed, the database away) is no
+        # death on the image: its mark is taken back. Only a death leaves it.
+        if work.marked is not None:
+            _unmark(job.id, *work.marked)
+        raise
     if unread and not final:
         if (stopped := writer.flush()) is not None:
             return stopped
@@ -192,8 +202,17 @@ def _one_at_a_time(work: Work, image_format) -> Iterator[decode.Batch]:
     of failing the shard. Slower (a commit per image), and only for shards that need it."""
     files = decode.ImageFiles()
     for item_id, uri in work.items:
-        mark_suspect(work.job.id, item_id, again=item_id in work.suspects)
+        again = item_id in work.suspects
+        mark_suspect(work.job.id, item_id, again=again)
+        work.marked = (item_id, again)
         yield decode.collate([files[(item_id, uri, image_format)]])
+
+
+def _unmark(job_id: int, item_id: int, again: bool) -> None:
+    try:
+        unmark_suspect(job_id, item_id, again=again)
+    except Exception:  # the database is away: the mark stays, and costs the image one more try
+        logger.warning("job %s item %s: its mark could not be taken back", job_id, item_id, exc_info=True)
 
 
 def _outcomes(runner, job: Job, images: torch.Tensor, item_ids: list[int], errors: list[str]):

@@ -142,8 +142,15 @@ def _progress(job: Job, totals, errors: list[str], modes: list[str], now: dateti
     )
 
 
-def list_jobs(session: Session, *, offset: int, limit: int) -> tuple[list[Job], int]:
-    return offset_page(session, select(Job), order_by=[Job.id], offset=offset, limit=limit)
+def list_jobs(
+    session: Session, *, offset: int, limit: int, teacher_id: str | None = None, dataset_id: int | None = None
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if teacher_id is not None:
+        query = query.where(Job.teacher_id == teacher_id)
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    return offset_page(session, query, order_by=[Job.id], offset=offset, limit=limit)
 
 
 def shards(session: Session, *, job_id: int) -> list[Shard]:

@@ -133,8 +133,9 @@ class _Pool:
             raise NotFound(404, f"job {job_id} not found", "GET", f"/jobs/{job_id}")
         return {"id": job_id, "state": self.states[job_id], **self.bodies[job_id]}
 
-    def jobs(self) -> list[dict]:
-        return [self.job(job_id) for job_id in self.states]
+    def jobs(self, *, teacher_id: str, dataset_id: int) -> list[dict]:
+        jobs = [self.job(job_id) for job_id in self.states]
+        return [job for job in jobs if (job["teacher_id"], job["dataset_id"]) == (teacher_id, dataset_id)]
 
 
 def _labeling_job(cfg, pool, generation: int, teacher: str) -> dict:
@@ -194,6 +195,30 @@ def test_a_job_created_but_never_recorded_is_adopted_not_created_again(tmp_path)
     again = _labeling_job(cfg, pool, 2, "t1")
     assert again["id"] == 1 and pool.created == [1]
     assert _labeling_job(cfg, pool, 2, "t1")["id"] == 1  # recorded now
+
+
+def test_a_job_from_before_the_request_is_not_adopted(tmp_path):
+    """A person's earlier job of the same teacher on the pool was never this run's request."""
+    from nst.client import NstError
+
+    cfg, pool = _config(tmp_path), _Pool({})
+    _write_state(cfg)
+    earlier = pool.create_job(
+        teacher_id="t1",
+        dataset_id=cfg.unlabeled_dataset_id,
+        batch_size=cfg.label_batch_size,
+        shard_size=cfg.shard_size,
+        noised_teacher=False,
+    )
+
+    def refused(**body):
+        raise NstError(422, "teacher_id: not ready", "POST", "/jobs")  # saved nothing
+
+    pool.create_job, create = refused, pool.create_job
+    with pytest.raises(NstError):
+        _labeling_job(cfg, pool, 2, "t1")
+    pool.create_job = create
+    assert _labeling_job(cfg, pool, 2, "t1")["id"] != earlier["id"]
 
 
 def test_a_probe_job_is_recorded_and_continued_like_the_pools(tmp_path):

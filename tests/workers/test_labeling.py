@@ -5,6 +5,7 @@ import os
 import shutil
 import threading
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from nst.config import get_settings
 from nst.states import ShardState
 from service.core.db import session_scope
 from service.lifecycle import ShardResult
-from service.models import Item, ItemError, Job, Label, Shard
+from service.models import Item, ItemError, Job, Label, Shard, utcnow
 from tests.utils import factories
 from tests.utils.teacher import TEACHER_ARCH, direct_probs, metadata
 from workers import decode, label_writes, labeling
@@ -234,6 +235,77 @@ def test_a_careful_attempt_killed_once_on_an_image_labels_it_the_next_time(
     assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
     done = client.get(f"/jobs/{job['id']}").json()
     assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 0)
+
+
+def test_a_careful_pass_ended_by_an_error_takes_its_mark_back(
+    backend, client, enqueued, teacher_file, fmnist, monkeypatch
+):
+    """An error the worker lives to see (here the forward) says nothing against the image: only
+    a death leaves its mark, so a resumed job loses no image to it."""
+    dataset, _ = _small_pool(client, fmnist)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:
+        session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
+    real_forward, calls = labeling._forward, []
+
+    def failing(runner, images):
+        calls.append(1)
+        if len(calls) in (4, 5):  # the fourth image, and again in the pass's second run
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_forward(runner, images)
+
+    monkeypatch.setattr(labeling, "_forward", failing)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        labeling.label_shard(shard_id, _settings())
+    assert _label_count(job["id"]) == 3 and _errors(job["id"]) == []
+
+    monkeypatch.setattr(labeling, "_forward", real_forward)
+    with session_scope() as session:
+        session.get(Shard, shard_id).state = ShardState.RUNNING  # the task's retry
+    assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
+    assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
+
+
+def test_a_cancel_in_a_careful_pass_leaves_no_mark(
+    backend, client, enqueued, teacher_file, fmnist, monkeypatch
+):
+    dataset, _ = _small_pool(client, fmnist)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:
+        session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
+    real_commit, commits = label_writes.commit_labels, []
+
+    def cancel_after_two(*args, **kwargs):
+        if len(commits) == 2:
+            client.post(f"/jobs/{job['id']}/cancel")
+        commits.append(1)
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(label_writes, "commit_labels", cancel_after_two)
+    assert labeling.label_shard(shard_id, _settings()).state == "cancelled"
+    assert _label_count(job["id"]) == 2 and _errors(job["id"]) == []
+
+
+def test_a_copy_past_the_attempts_leaves_a_shard_whose_lease_is_live(
+    backend, client, enqueued, teacher_file, pool, monkeypatch
+):
+    """A duplicate delivery while the last attempt still labels must not fail it: the holder
+    finishes, or, if it died, the reaper fails the shard once its lease lapses."""
+    monkeypatch.setenv("NST_SHARD_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    _job(client, factories.ready_teacher(client, teacher_file), pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    with session_scope() as session:
+        shard = session.get(Shard, shard_id)
+        shard.state, shard.attempts = ShardState.RUNNING, 2
+        shard.lease_expires_at = utcnow() + timedelta(seconds=20)
+    assert labeling.label_shard(shard_id, _settings()).state == "running"
+    with session_scope() as session:
+        assert session.get(Shard, shard_id).state == ShardState.RUNNING
+        session.get(Shard, shard_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+    assert labeling.label_shard(shard_id, _settings()).state == "failed"
 
 
 def test_a_shard_claimed_past_its_attempts_fails_and_a_resume_starts_them_afresh(

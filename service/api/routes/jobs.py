@@ -1,12 +1,13 @@
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from nst.states import JobState, TeacherStatus
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from service import lifecycle
 from service.api.deps import (
+    INT32_MAX,
     Cursor,
     Offset,
     PageLimit,
@@ -133,8 +134,18 @@ def create_job(body: JobCreate, session: SessionDep) -> JobPublic:
 
 
 @router.get("")
-def list_jobs(session: SessionDep, offset: Offset = 0, limit: RegistryLimit = 100) -> JobsPublic:
-    rows, count = crud.list_jobs(session, offset=offset, limit=limit)
+def list_jobs(
+    session: SessionDep,
+    offset: Offset = 0,
+    limit: RegistryLimit = 100,
+    teacher_id: Annotated[str | None, Query(max_length=64, description="Only this teacher's jobs")] = None,
+    dataset_id: Annotated[
+        int | None, Query(ge=1, le=INT32_MAX, description="Only jobs over this dataset")
+    ] = None,
+) -> JobsPublic:
+    rows, count = crud.list_jobs(
+        session, offset=offset, limit=limit, teacher_id=teacher_id, dataset_id=dataset_id
+    )
     progress = crud.progress_of(session, rows)
     return JobsPublic(data=[job_public(session, j, progress[j.id]) for j in rows], count=count)
 

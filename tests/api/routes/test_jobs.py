@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from tests.utils import factories
@@ -165,3 +167,17 @@ def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few
         if job["state"] == "running":
             job, alone = ({k: v for k, v in j.items() if k not in clock} for j in (job, alone))
         assert job == alone
+
+
+def test_jobs_list_by_teacher_and_by_dataset(client, teacher, pool):
+    other_pool = factories.unlabeled_dataset(client, Path(pool["source_path"]), name="other")
+    first = factories.job(client, teacher, pool)
+    second = factories.job(client, teacher, other_pool)
+
+    def listed(**filters) -> list[int]:
+        return [job["id"] for job in client.get("/jobs", params=filters).json()["data"]]
+
+    assert listed(teacher_id=teacher["id"]) == [first["id"], second["id"]]
+    assert listed(teacher_id=teacher["id"], dataset_id=other_pool["id"]) == [second["id"]]
+    assert listed(teacher_id="f" * 64) == []
+    assert client.get("/jobs", params={"dataset_id": 0}).status_code == 422
