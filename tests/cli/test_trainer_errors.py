@@ -7,33 +7,15 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.utils.fake_service import PrefixService
 from trainer.data import DatasetMismatch, ManifestMismatch
-
-
-class _Service:
-    """The CLI's client for resolving ID prefixes; it counts the requests made."""
-
-    requests = 0
-
-    def __init__(self, *_args, **_kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_exc):
-        return False
-
-    def full_id(self, _kind: str, given: str) -> str:
-        _Service.requests += 1
-        return given
 
 
 @pytest.fixture(autouse=True)
 def service(monkeypatch):
-    _Service.requests = 0
-    monkeypatch.setattr("trainer.cli.Client", _Service)
-    return _Service
+    PrefixService.requests = 0
+    monkeypatch.setattr("trainer.cli.Client", PrefixService)
+    return PrefixService
 
 
 def _invoke(*args: str, code: int):

@@ -88,22 +88,10 @@ def test_a_training_state(folder, failing_flush):
 
 def test_the_result_of_nst_evaluate(folder, monkeypatch, failing_flush):
     from cli.main import cli
-
-    class Service:
-        def __init__(self, *_args, **_kwargs):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_exc):
-            return False
-
-        def full_id(self, _kind, given):
-            return given
+    from tests.utils.fake_service import PrefixService
 
     result = {"classes": ["a"], "count": 1, "top1": 1.0, "top5": 1.0, "per_class": {"a": 1.0}}
-    monkeypatch.setattr("trainer.cli.Client", Service)
+    monkeypatch.setattr("trainer.cli.Client", PrefixService)
     monkeypatch.setattr("trainer.evaluate.evaluate_teacher", lambda *_a, **_k: result | {"calibration": []})
     out = folder / "eval.json"
     out.write_bytes(b"old")

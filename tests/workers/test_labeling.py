@@ -155,6 +155,31 @@ def _small_pool(client, fmnist, count: int = 20) -> tuple[dict, list[Path]]:
     return factories.unlabeled_dataset(client, root, name="small"), sorted(root.glob("*.png"))
 
 
+def _small_job(client, enqueued, teacher_file, fmnist) -> tuple[dict, int, list[Path]]:
+    """A job of batches of 8 over a pool of 20 images in one shard, its shard and the files."""
+    dataset, files = _small_pool(client, fmnist)
+    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
+    return job, enqueued[-1][1], files
+
+
+def _assert_succeeded(client, job: dict, *, labeled: int, failed: int) -> None:
+    done = client.get(f"/jobs/{job['id']}").json()
+    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", labeled, failed)
+
+
+def _cancel_after_two_commits(client, job: dict, monkeypatch) -> None:
+    """The job is cancelled through the API just before the shard's third commit."""
+    real_commit, commits = label_writes.commit_labels, []
+
+    def cancel_after_two(*args, **kwargs):
+        if len(commits) == 2:
+            client.post(f"/jobs/{job['id']}/cancel")
+        commits.append(1)
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(label_writes, "commit_labels", cancel_after_two)
+
+
 def _failing_reads(monkeypatch, uri_end: str, error: BaseException, times: int | None) -> None:
     """Reading the file whose URI ends with ``uri_end`` raises ``error`` (``times`` times)."""
     real, calls = storage.openable, []
@@ -178,9 +203,7 @@ def _errors(job_id: int) -> list[tuple[str, str]]:
 def test_a_failed_read_is_retried_by_a_later_attempt_not_lost(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
-    dataset, files = _small_pool(client, fmnist)
-    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
-    shard_id = enqueued[-1][1]
+    job, shard_id, files = _small_job(client, enqueued, teacher_file, fmnist)
     _failing_reads(monkeypatch, files[3].name, OSError(errno.EIO, "Input/output error"), times=1)
     with pytest.raises(labeling.TransientItemErrors):
         labeling.label_shard(shard_id, _settings())
@@ -192,16 +215,13 @@ def test_a_failed_read_is_retried_by_a_later_attempt_not_lost(
 
     assert labeling.label_shard(shard_id, _settings()).state == "succeeded"  # the retry reads it
     assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
-    done = client.get(f"/jobs/{job['id']}").json()
-    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 0)
+    _assert_succeeded(client, job, labeled=20, failed=0)
 
 
 def test_an_image_the_worker_dies_on_twice_is_skipped_and_the_rest_labeled(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
-    dataset, files = _small_pool(client, fmnist)
-    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
-    shard_id = enqueued[-1][1]
+    job, shard_id, files = _small_job(client, enqueued, teacher_file, fmnist)
     _failing_reads(monkeypatch, files[5].name, Killed(), times=None)
     for attempt in (1, 2, 3, 4):  # each message redelivered at once: no lease lapses
         with pytest.raises(Killed):
@@ -213,17 +233,14 @@ def test_an_image_the_worker_dies_on_twice_is_skipped_and_the_rest_labeled(
 
     assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
     assert _label_count(job["id"]) == 19
-    done = client.get(f"/jobs/{job['id']}").json()
-    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 19, 1)
+    _assert_succeeded(client, job, labeled=19, failed=1)
 
 
 def test_a_careful_attempt_killed_once_on_an_image_labels_it_the_next_time(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
     """A kill from outside lands on some image too: one death does not condemn it."""
-    dataset, files = _small_pool(client, fmnist)
-    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
-    shard_id = enqueued[-1][1]
+    job, shard_id, files = _small_job(client, enqueued, teacher_file, fmnist)
     with session_scope() as session:  # two claims that did not finish: the next is careful
         session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
     _failing_reads(monkeypatch, files[5].name, Killed(), times=1)
@@ -233,8 +250,7 @@ def test_a_careful_attempt_killed_once_on_an_image_labels_it_the_next_time(
 
     assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
     assert _label_count(job["id"]) == 20 and _errors(job["id"]) == []
-    done = client.get(f"/jobs/{job['id']}").json()
-    assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 0)
+    _assert_succeeded(client, job, labeled=20, failed=0)
 
 
 def test_a_careful_pass_ended_by_an_error_takes_its_mark_back(
@@ -242,9 +258,7 @@ def test_a_careful_pass_ended_by_an_error_takes_its_mark_back(
 ):
     """An error the worker lives to see (here the forward) says nothing against the image: only
     a death leaves its mark, so a resumed job loses no image to it."""
-    dataset, _ = _small_pool(client, fmnist)
-    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
-    shard_id = enqueued[-1][1]
+    job, shard_id, _ = _small_job(client, enqueued, teacher_file, fmnist)
     with session_scope() as session:
         session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
     real_forward, calls = labeling._forward, []
@@ -270,20 +284,10 @@ def test_a_careful_pass_ended_by_an_error_takes_its_mark_back(
 def test_a_cancel_in_a_careful_pass_leaves_no_mark(
     backend, client, enqueued, teacher_file, fmnist, monkeypatch
 ):
-    dataset, _ = _small_pool(client, fmnist)
-    job = _job(client, factories.ready_teacher(client, teacher_file), dataset, batch_size=8)
-    shard_id = enqueued[-1][1]
+    job, shard_id, _ = _small_job(client, enqueued, teacher_file, fmnist)
     with session_scope() as session:
         session.get(Shard, shard_id).attempts = labeling.CAREFUL_FROM_ATTEMPT - 1
-    real_commit, commits = label_writes.commit_labels, []
-
-    def cancel_after_two(*args, **kwargs):
-        if len(commits) == 2:
-            client.post(f"/jobs/{job['id']}/cancel")
-        commits.append(1)
-        return real_commit(*args, **kwargs)
-
-    monkeypatch.setattr(label_writes, "commit_labels", cancel_after_two)
+    _cancel_after_two_commits(client, job, monkeypatch)
     assert labeling.label_shard(shard_id, _settings()).state == "cancelled"
     assert _label_count(job["id"]) == 2 and _errors(job["id"]) == []
 
@@ -476,15 +480,7 @@ def test_cancel_stops_a_running_shard_at_its_next_commit(
 ):
     teacher = factories.ready_teacher(client, teacher_file)
     job = _job(client, teacher, pool, shard_size=300, batch_size=50)
-    real_commit, commits = label_writes.commit_labels, []
-
-    def cancel_after_two(*args, **kwargs):
-        if len(commits) == 2:
-            client.post(f"/jobs/{job['id']}/cancel")
-        commits.append(1)
-        return real_commit(*args, **kwargs)
-
-    monkeypatch.setattr(label_writes, "commit_labels", cancel_after_two)
+    _cancel_after_two_commits(client, job, monkeypatch)
     # A transaction per batch.
     assert _run_enqueued(enqueued, _settings(commit_rows=1))[0].state == "cancelled"
     assert _label_count(job["id"]) == 100
