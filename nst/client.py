@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -153,29 +151,13 @@ class Client:
         as it was, with no partial file beside it. A pipe or device (``/dev/stdout``) is written
         directly, as it cannot be replaced. A missing folder is an error before any request."""
         out = Path(out)
-        folder = Path(os.path.realpath(out)).parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"cannot write {str(out)!r}: folder {str(folder)!r} does not exist")
+        atomic.check_folder(out)
         with self._http.stream("GET", path, params=params) as resp:
             if resp.is_error:
                 resp.read()
                 _raise_for_error(resp, "GET")
-            if out.exists() and not out.is_file():
-                with out.open("wb") as handle:
-                    _copy_checked(resp, handle, path, sha256)
-                return out
-            target = Path(os.path.realpath(out))
-            # Not mkstemp: its files are private (0600); this one gets the umask's mode, as ``out`` would.
-            part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-            try:
-                with part.open("xb") as handle:
-                    _copy_checked(resp, handle, path, sha256)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(part, target)
-            except BaseException:
-                part.unlink(missing_ok=True)
-                raise
+            with atomic.replacing(out) as part, part.open("wb") as handle:
+                _copy_checked(resp, handle, path, sha256)
         return out
 
     def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:

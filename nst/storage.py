@@ -17,12 +17,13 @@ import hashlib
 import io
 import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from stat import S_ISDIR
 from typing import IO
 from urllib.parse import urlsplit
+
+from nst import atomic
 
 Location = Path | str  # a resolved local path, or a normalised URL
 
@@ -373,19 +374,14 @@ def cached_copy(where: str, cache_dir: Path, sha256: str) -> Path:
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    # Not mkstemp: its files are private (0600); a cache shared by workers under other users
-    # needs the umask's mode, as any new file gets.
-    tmp = cache_dir / f".fetch-{uuid.uuid4().hex}.part"
-    try:
-        with tmp.open("xb") as out:
+    # The umask's mode, not mkstemp's private 0600: a cache shared by workers under other users.
+    with atomic.replacing(final) as part:
+        with part.open("xb") as out:
             for chunk in chunks(where):
                 digest.update(chunk)
                 out.write(chunk)
         if digest.hexdigest() != sha256:
             raise StorageError(f"{where!r} has sha256 {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final
 
 

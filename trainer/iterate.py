@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nst import atomic
 from nst.client import Client, NotFound
 from nst.progress import wait_with_progress
 from nst.states import JobState
@@ -189,11 +190,8 @@ def _load_state(cfg: IterateConfig) -> dict:
 
 
 def _write_state(cfg: IterateConfig, state: dict) -> None:
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = _state_path(cfg).with_suffix(".part")
-    partial.write_text(json.dumps(state, indent=2))
-    partial.replace(_state_path(cfg))
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(_state_path(cfg), json.dumps(state, indent=2).encode())
 
 
 # The jobs a generation starts, recorded in the state under these keys while it is in progress.
