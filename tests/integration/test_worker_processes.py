@@ -95,7 +95,8 @@ def test_two_workers_labeling_one_shard_at_once_write_each_label_once(stack, fmn
     assert job["state"] == "succeeded", stack.logs()
     assert (job["items_done"], job["shards_done"]) == (300, 1)
     _assert_exactly_once(client, job, fmnist)
-    assert [s["attempts"] for s in client.shards(job["id"])] == [2]
+    # No attempt count here: `resume` counts attempts afresh, so it reads 1 or 2 depending on
+    # whether the first claim came before the resume. The workers' logs say what ran.
     # Each worker took one copy, and both had it before either finished: they ran side by side.
     events = [re.findall(TASK_EVENT, p.read_text()) for p in stack.log_dir.glob("worker*.log")]
     tasks = [{task for _, task, what in worker if what == "received"} for worker in events]
