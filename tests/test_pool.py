@@ -37,14 +37,14 @@ def test_a_killed_holder_releases_the_lock():
     lock.release()
 
 
-def _kill_idle_process_then_run(pool) -> int:
+def _kill_idle_process_then_run(pool, answer_s: float = 10) -> int:
     first = pool.apply_async(_pid).get(timeout=30)
     time.sleep(0.3)  # idle again: waiting for the next task, inside the task pipe's read lock
     os.kill(first, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while first in [p.pid for p in pool._pool] and time.monotonic() < deadline:
         time.sleep(0.05)  # billiard's supervisor replaces the process
-    return pool.apply_async(_pid).get(timeout=10)
+    return pool.apply_async(_pid).get(timeout=answer_s)
 
 
 def test_a_replacement_runs_tasks_after_an_idle_process_is_killed():
@@ -62,7 +62,7 @@ def _billiard_pool_runs_a_task_after_a_kill(result) -> None:
     os.setpgrp()
     pool = BilliardPool(processes=1)
     try:
-        _kill_idle_process_then_run(pool)
+        _kill_idle_process_then_run(pool, answer_s=3)  # BlockingPool answers in well under 1 s
         result.send("ran")
     except multiprocessing.TimeoutError:
         result.send("wedged")
