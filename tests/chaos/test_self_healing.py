@@ -238,10 +238,10 @@ def test_sigkill_of_a_decode_process(stack):
     _healed(stack, job["id"], "decode-process-sigkill", since)
 
 
-@pytest.mark.parametrize("kills", [1, 3])
-def test_sigkill_of_pool_processes(stack, kills):
-    """One pool process killed mid-shard; or then its replacements too, each killed as soon as it
-    appears, between shards (whether it took its next message or not)."""
+def test_sigkill_of_pool_processes(stack, kills=3):
+    """One pool process killed mid-shard, then its replacements too, each killed as soon as it
+    appears, between shards (whether it took its next message or not). The first kill alone is
+    the same fault the later ones follow, so it has no run of its own."""
     worker = stack.worker()
     job = stack.new_job()
     _progress(stack, job["id"])
