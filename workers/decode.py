@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
+from torchvision.transforms.functional import pil_to_tensor
 
 from nst import storage
-from workers.teacher_model import ImageFormat, normalise, pixel_transform
+from workers.teacher_model import ImageFormat, keeps_pixels, normalise, pixel_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
 
@@ -56,12 +57,15 @@ class ImageFiles(TorchDataset):
 
     def __getitem__(self, key: tuple[int, str, ImageFormat]):
         item_id, uri, image_format = key
-        transform = pixel_transform(image_format)  # outside the try: a bad format is no item's fault
+        # Outside the try: a bad format is no item's fault.
+        transform, size = pixel_transform(image_format), image_format.image_size
+        as_is = keeps_pixels(image_format)  # then an image of the teacher's size skips the transform
         try:
             # A URL's bytes through this process's own file system (nst.storage): safe after
             # the fork; a store that did not answer raises a ConnectionError, transient.
             with Image.open(storage.openable(uri)) as image:
-                pixels = transform(image.convert(image_format.mode))
+                image = image.convert(image_format.mode)
+                pixels = pil_to_tensor(image) if as_is and image.size == (size, size) else transform(image)
             return pixels, item_id, "", image_format
         except Exception as exc:  # any decode failure is recorded on the item
             message = f"{type(exc).__name__}: {exc}"[:500]
