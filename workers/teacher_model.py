@@ -191,10 +191,10 @@ def keeps_pixels(image_format: ImageFormat) -> bool:
         return False
     size = image_format.image_size
     shape = (size, size) if image_format.channels == 1 else (size, size, 3)
-    noise = Image.fromarray(
+    probe = Image.fromarray(
         np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), image_format.mode
     )
-    return torch.equal(pixel_transform(image_format)(noise), pil_to_tensor(noise))
+    return torch.equal(pixel_transform(image_format)(probe), pil_to_tensor(probe))
 
 
 def normalise(pixels: torch.Tensor, image_format: ImageFormat) -> torch.Tensor:
