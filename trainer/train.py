@@ -74,18 +74,12 @@ def init_process() -> Process:
     return Process(rank, world, device)
 
 
-def _sum_over_ranks(value: int, proc: Process) -> int:
-    total = torch.tensor([value], device=proc.device)
+def _over_ranks(value: int, proc: Process, op=dist.ReduceOp.SUM) -> int:
+    """``value`` reduced over every rank (its sum by default); itself in a one-process run."""
+    reduced = torch.tensor([value], device=proc.device)
     if proc.world > 1:
-        dist.all_reduce(total)
-    return int(total.item())
-
-
-def _min_over_ranks(value: int, proc: Process) -> int:
-    least = torch.tensor([value], device=proc.device)
-    if proc.world > 1:
-        dist.all_reduce(least, op=dist.ReduceOp.MIN)
-    return int(least.item())
+        dist.all_reduce(reduced, op=op)
+    return int(reduced.item())
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -236,7 +230,7 @@ def _setup(cfg: TrainConfig, client: Client) -> _Run:
     manifest, labeled, pseudo = fetch_manifest(
         client, cfg.service.manifest_id, part=proc.rank, parts=proc.world
     )
-    check_entries(manifest, _sum_over_ranks(len(labeled) + len(pseudo), proc))
+    check_entries(manifest, _over_ranks(len(labeled) + len(pseudo), proc))
     recipe, source = normalisation.resolve(recipe, client, manifest)
     cfg = dataclasses.replace(cfg, recipe=recipe)
     if proc.main:
@@ -309,7 +303,8 @@ def _seed_noise(seed: int, rank: int) -> None:
 
 def _check_labeled_only(labeled: Split, cfg: TrainConfig, proc: Process) -> None:
     """A pseudo ratio of 0 trains on the labeled entries only: there must be some."""
-    if not _min_over_ranks(len(labeled), proc):  # a rank without any would wait for the rest forever
+    # The fewest of any rank: a rank without any would wait for the rest forever.
+    if not _over_ranks(len(labeled), proc, dist.ReduceOp.MIN):
         problem = (
             f"0 trains on the labeled entries only, and manifest {cfg.service.manifest_id} has none "
             f"in some rank's share (of {proc.world})"

@@ -154,7 +154,8 @@ def test_a_pseudo_ratio_of_0_trains_on_the_labeled_entries_only(manifest, nst, o
 
 
 def test_ranks_start_from_the_same_weights_but_draw_their_own_noise(manifest, nst, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_sum_over_ranks", lambda value, proc: manifest["totals"]["entries"])
+    entries = manifest["totals"]["entries"]  # what both ranks' shares would sum to
+    monkeypatch.setattr(train_module, "_over_ranks", lambda value, proc, op=None: entries)
     weights, noise, saved = [], [], []
     for rank in (0, 1):
         process = train_module.Process(rank, 2, torch.device("cpu"))
