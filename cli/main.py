@@ -12,6 +12,7 @@ import httpx
 
 from nst.client import Client, NstError, UnknownId
 from nst.config import SettingsError
+from nst.manifest_file import ManifestMismatch
 from nst.progress import wait_with_progress
 from nst.states import JobState
 from trainer.cli import FINITE_FLOAT
@@ -32,18 +33,34 @@ def _print(value) -> None:
 
 def _wrote(path: Path) -> None:
     # To stderr: the file may be /dev/stdout, whose readers want only its contents.
-    click.echo(f"wrote {path}", err=True)
+    if path != STDOUT:
+        click.echo(f"wrote {path}", err=True)
+
+
+STDOUT = Path("-")
+# ``-`` is standard output, written as it arrives (not checked first, as a file is).
+EXPORT_OUT = click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="The file to write, put in place only once the whole export has arrived; - for standard output.",
+)
+
+
+def _export_target(out: Path):
+    return click.open_file("-", "wb") if out == STDOUT else out
 
 
 class _Commands(click.Group):
     """The ``nst`` group: a command that fails for a reason the user can act on (the service's
-    answer, an unreachable service, a setting, a wait that ran out, a missing folder) prints one
+    answer, an unreachable service, a download that is not what was asked for, a setting, a wait
+    that ran out, a missing folder) prints one
     line naming it and exits 1; a traceback is left for bugs."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (NstError, UnknownId, SettingsError, TimeoutError, FileNotFoundError) as exc:
+        except (NstError, UnknownId, ManifestMismatch, SettingsError, TimeoutError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from None
         except httpx.TransportError as exc:
             raise click.ClickException(f"cannot reach the service at {_url_of(exc)}: {exc}") from None
@@ -426,11 +443,11 @@ def jobs_resume(ctx, job_id) -> None:
 @jobs.command("export")
 @click.argument("job_id", type=int)
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@EXPORT_OUT
 @click.pass_context
 def jobs_export(ctx, job_id, fmt, out) -> None:
     with _client(ctx) as client:
-        client.export_labels(job_id, out, fmt)
+        client.export_labels(job_id, _export_target(out), fmt)
     _wrote(out)
 
 
@@ -551,11 +568,13 @@ def manifests_list(ctx) -> None:
 @manifests.command("export")
 @click.argument("manifest_id")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@EXPORT_OUT
 @click.pass_context
 def manifests_export(ctx, manifest_id, fmt, out) -> None:
+    """Every entry of a manifest; a file is kept only if its rows match the count and, for
+    Parquet, the digest the service published."""
     with _client(ctx) as client:
-        client.export_manifest(client.full_id("manifest", manifest_id), out, fmt)
+        client.export_manifest(client.full_id("manifest", manifest_id), _export_target(out), fmt)
     _wrote(out)
 
 

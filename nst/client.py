@@ -13,12 +13,13 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import httpx
 
-from nst import atomic
+from nst import atomic, manifest_file
 from nst.states import TERMINAL_JOB_STATES, TeacherStatus
 
 
@@ -144,21 +145,43 @@ class Client:
             if not page["data"] or len(rows) >= page["count"]:
                 return rows
 
-    def _download(self, path: str, params: dict, out: str | Path, *, sha256: str | None = None) -> Path:
+    def _download(
+        self,
+        path: str,
+        params: dict,
+        out: str | Path | IO[bytes],
+        *,
+        sha256: str | None = None,
+        check: Callable[[Path, httpx.Headers], None] | None = None,
+    ) -> Path | IO[bytes]:
         """Stream the response into ``out`` through a temporary file beside it (beside the file a
         symlink names), flushed to disk and renamed into place only once the whole body has
-        arrived and, with ``sha256``, matches it: a failed or interrupted download leaves ``out``
-        as it was, with no partial file beside it. A pipe or device (``/dev/stdout``) is written
-        directly, as it cannot be replaced. A missing folder is an error before any request."""
+        arrived and, with ``sha256``, matches it and passes ``check(file, headers)``: a failed,
+        interrupted or refused download leaves ``out`` as it was, with no partial file beside it.
+        A pipe, a device (``/dev/stdout``) or an open binary file is written directly, as it cannot
+        be replaced, and is not read back for ``check``. A missing folder is an error before any
+        request."""
+        if not isinstance(out, str | Path):
+            with self._stream(path, params) as resp:
+                _copy_checked(resp, out, path, sha256)
+            return out
         out = Path(out)
         atomic.check_folder(out)
+        with self._stream(path, params) as resp, atomic.replacing(out) as part:
+            with part.open("wb") as handle:
+                _copy_checked(resp, handle, path, sha256)
+            if check is not None and part.is_file():
+                check(part, resp.headers)
+        return out
+
+    @contextmanager
+    def _stream(self, path: str, params: dict) -> Iterator[httpx.Response]:
+        """A streamed GET whose body is still to be read; an error answer raises its NstError."""
         with self._http.stream("GET", path, params=params) as resp:
             if resp.is_error:
                 resp.read()
                 _raise_for_error(resp, "GET")
-            with atomic.replacing(out) as part, part.open("wb") as handle:
-                _copy_checked(resp, handle, path, sha256)
-        return out
+            yield resp
 
     def _pages(self, path: str, params: dict | None = None) -> Iterator[dict]:
         params = dict(params or {})
@@ -317,7 +340,9 @@ class Client:
     def item_errors(self, job_id: int) -> Iterator[dict]:
         return self._pages(f"/jobs/{job_id}/errors")
 
-    def export_labels(self, job_id: int, out: str | Path, fmt: str = "parquet") -> Path:
+    def export_labels(
+        self, job_id: int, out: str | Path | IO[bytes], fmt: str = "parquet"
+    ) -> Path | IO[bytes]:
         return self._download(f"/jobs/{job_id}/labels", {"format": fmt}, out)
 
     @staticmethod
@@ -366,18 +391,27 @@ class Client:
     def manifests(self, **params) -> list[dict]:
         return self._listing("/manifests", params)
 
-    def export_manifest(self, manifest_id: str, out: str | Path, fmt: str = "parquet") -> Path:
-        return self._download(f"/manifests/{manifest_id}/entries", {"format": fmt}, out)
+    def export_manifest(
+        self, manifest_id: str, out: str | Path | IO[bytes], fmt: str = "parquet"
+    ) -> Path | IO[bytes]:
+        """Every entry into ``out``: a file is put in place only once its rows match the count
+        the service announced and, for Parquet, the digest in its footer
+        (``nst.manifest_file``); a stream is written as it arrives."""
+
+        def check(file: Path, headers: httpx.Headers) -> None:
+            if fmt == "parquet":
+                manifest_file.check_parquet(file, manifest_id, dict(headers))
+            else:
+                manifest_file.check_jsonl(file, manifest_id, dict(headers))
+
+        return self._download(f"/manifests/{manifest_id}/entries", {"format": fmt}, out, check=check)
 
     def manifest_parquet(self, manifest_id: str, into: IO[bytes], *, part: int = 0, parts: int = 1) -> dict:
         """Stream one share of the manifest's entries as Parquet (sparse targets) into the file
         ``into``, never holding the body in memory; return the response's headers. ``part`` of
         ``parts`` disjoint shares together cover it."""
         params = {"format": "parquet", "part": part, "parts": parts}
-        with self._http.stream("GET", f"/manifests/{manifest_id}/entries", params=params) as response:
-            if response.is_error:
-                response.read()
-                _raise_for_error(response, "GET")
+        with self._stream(f"/manifests/{manifest_id}/entries", params) as response:
             for chunk in response.iter_bytes():
                 into.write(chunk)
             return dict(response.headers)

@@ -18,8 +18,9 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset, Sampler
 
-from nst import storage, targets
+from nst import manifest_file, storage, targets
 from nst.client import Client
+from nst.manifest_file import ManifestMismatch
 from trainer.config import Recipe
 
 
@@ -61,10 +62,6 @@ class Split:
         return torch.as_tensor(self.targets[index])
 
 
-class ManifestMismatch(ValueError):
-    """What was downloaded is not the manifest (or the share of it) that was asked for."""
-
-
 def fetch_manifest(
     client: Client, manifest_id: str, *, part: int = 0, parts: int = 1
 ) -> tuple[dict, Split, Split]:
@@ -82,34 +79,22 @@ def fetch_manifest(
         headers = client.manifest_parquet(manifest_id, body, part=part, parts=parts)
         body.seek(0)
         parquet = pq.ParquetFile(body)
-        footer = _check_announced(manifest_id, share, headers, parquet)
+        footer = manifest_file.announced(manifest_id, share, headers, parquet)
         source = parquet.read(columns=["source"])["source"]
         is_labeled_count = pc.sum(pc.equal(source, "labeled")).as_py() or 0
         width = parquet.schema_arrow.field("target_indices").type.list_size
         labeled = _Gather(is_labeled_count, width, soft=False)
         pseudo = _Gather(len(source) - is_labeled_count, width, soft=soft)
         digest = targets.EntriesDigest()
-        for batch in parquet.iter_batches(batch_size=_batch_rows(width)):
+        for batch in parquet.iter_batches(batch_size=manifest_file.batch_rows(parquet)):
             table = pa.Table.from_batches([batch])
-            digest.update({name: _column(table, name) for name in targets.DIGEST_COLUMNS})
+            digest.update(manifest_file.digest_columns(table))
             is_labeled = pc.equal(table["source"], "labeled")
             labeled.add(table.filter(is_labeled))
             pseudo.add(table.filter(pc.invert(is_labeled)))
-    if digest.hexdigest() != footer.get("nst.sha256"):
-        raise ManifestMismatch(
-            f"manifest {manifest_id} ({share}): the entries that arrived hash to {digest.hexdigest()}, "
-            f"the service published {footer.get('nst.sha256')}; fetch it again"
-        )
+    manifest_file.check_digest(manifest_id, share, digest, footer)
     num_classes = len(manifest["classes"])
     return manifest, labeled.split(num_classes), pseudo.split(num_classes)
-
-
-BATCH_ROWS = 65_536  # at most, per record batch read
-BATCH_TARGET_VALUES = 1 << 21  # and a few megabytes of soft targets (8 bytes a value)
-
-
-def _batch_rows(width: int) -> int:
-    return max(1, min(BATCH_ROWS, BATCH_TARGET_VALUES // max(1, width)))
 
 
 def check_entries(manifest: dict, received: int) -> None:
@@ -119,39 +104,6 @@ def check_entries(manifest: dict, received: int) -> None:
         raise ManifestMismatch(
             f"manifest {manifest['id']} has {expected} entries, the ranks received {received} in all"
         )
-
-
-def _check_announced(manifest_id: str, share: str, headers: dict, parquet: pq.ParquetFile) -> dict[str, str]:
-    """The Parquet footer's metadata, once the response and the footer agree on which manifest
-    this is and how many entries it holds, and the file holds that many rows."""
-    footer = {key.decode(): value.decode() for key, value in (parquet.metadata.metadata or {}).items()}
-    headers = {key.lower(): value for key, value in headers.items()}
-    sent_for = [headers.get("x-manifest-id"), footer.get("nst.manifest_id")]
-    if sent_for != [manifest_id, manifest_id]:
-        raise ManifestMismatch(
-            f"asked for manifest {manifest_id}, the service sent entries of {sent_for[0]} "
-            f"(header) / {sent_for[1]} (Parquet metadata)"
-        )
-    announced, streamed, rows = (
-        headers.get("x-manifest-entries"),
-        footer.get("nst.entries"),
-        parquet.metadata.num_rows,
-    )
-    if announced != streamed or streamed != str(rows):
-        raise ManifestMismatch(
-            f"manifest {manifest_id} ({share}): the service announced {announced} entries and streamed "
-            f"{streamed}, {rows} arrived; fetch it again"
-        )
-    return footer
-
-
-def _column(table: pa.Table, name: str):
-    column = table[name].combine_chunks()
-    if pa.types.is_string(column.type):
-        return column.to_pylist()
-    if pa.types.is_fixed_size_list(column.type):
-        return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
-    return column.to_numpy()
 
 
 class Uris:
@@ -190,9 +142,9 @@ class _Gather:
         self.copies[rows] = table["copies"].to_numpy()
         self.classes[rows] = table["target_class"].to_numpy()
         if self.soft:
-            self.indices[rows] = _column(table, "target_indices")
-            self.values[rows] = _column(table, "target_values")
-            self.rest[rows] = _column(table, "target_rest")
+            self.indices[rows] = manifest_file.column(table, "target_indices")
+            self.values[rows] = manifest_file.column(table, "target_values")
+            self.rest[rows] = manifest_file.column(table, "target_rest")
         self.filled = rows.stop
 
     def split(self, num_classes: int) -> Split:

@@ -204,6 +204,14 @@ def test_an_export_writes_only_the_file_to_stdout_and_refuses_a_missing_folder(r
     assert not missing.parent.exists()
 
 
+def test_an_export_to_a_dash_goes_to_stdout_with_nothing_else(run, job):
+    labels = run("jobs", "export", str(job.id), "--format", "jsonl", "--out", "-")
+    assert sorted(json.loads(line)["item_id"] for line in labels.splitlines()) == sorted(job.item_ids)
+    manifest_id = run("manifests", "create", "--job", str(job.id), "--no-balance", "-q").strip()
+    entries = run("manifests", "export", manifest_id, "--format", "jsonl", "--out", "-")
+    assert len(entries.splitlines()) == json.loads(run("manifests", "show", manifest_id))["totals"]["entries"]
+
+
 def test_waiting_for_a_job_that_failed_exits_1_after_printing_it(fails, client):
     failed = synthetic.finished_job(synthetic.teacher(CLASSES, name="failing"), [(CAT, 0.9)], state="failed")
     result = fails("jobs", "wait", str(failed.id))

@@ -42,9 +42,9 @@ def _left_in(folder) -> list[str]:
 def test_a_download_writes_the_whole_body(folder):
     calls: list[str] = []
     with _client(lambda r: httpx.Response(200, content=BODY), calls) as client:
-        out = client.export_manifest("m" * 64, folder / "m.parquet")
+        out = client.export_labels(7, folder / "labels.parquet")
     assert out.read_bytes() == BODY
-    assert _left_in(folder) == ["m.parquet"]
+    assert _left_in(folder) == ["labels.parquet"]
 
 
 def test_an_error_is_raised_from_the_one_request_and_writes_nothing(folder):

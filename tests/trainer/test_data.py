@@ -1,10 +1,10 @@
 import io
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from tests.utils import synthetic
+from tests.utils.tampering import one_copies_value_changed, other_manifest
 from tests.utils.transport import in_process_client
 from trainer.data import ManifestMismatch, check_entries, fetch_manifest
 
@@ -54,7 +54,7 @@ def test_a_manifest_read_in_record_batches_is_the_same_as_read_whole(client, man
     have no row in a batch at all."""
     with in_process_client(client) as nst:
         _, labeled, pseudo = fetch_manifest(nst, manifest["id"])
-        monkeypatch.setattr("trainer.data.BATCH_ROWS", 2)
+        monkeypatch.setattr("nst.manifest_file.BATCH_ROWS", 2)
         _, labeled_2, pseudo_2 = fetch_manifest(nst, manifest["id"])
     for whole, batched in ((labeled, labeled_2), (pseudo, pseudo_2)):
         assert list(whole.uris) == list(batched.uris) and len(batched) == len(whole)
@@ -94,25 +94,12 @@ class _Tampering:
         return headers
 
 
-def _altered_value(headers, body):
-    parquet = pq.ParquetFile(io.BytesIO(body))
-    table = parquet.read()
-    copies = table["copies"].to_numpy().copy()
-    copies[0] += 1
-    table = table.set_column(table.column_names.index("copies"), "copies", [copies])
-    out = io.BytesIO()
-    with pq.ParquetWriter(out, table.schema) as writer:  # the footer as the service wrote it
-        writer.write_table(table)
-        writer.add_key_value_metadata({k.decode(): v.decode() for k, v in parquet.metadata.metadata.items()})
-    return headers, out.getvalue()
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (_altered_value, "the entries that arrived hash to"),
+        (one_copies_value_changed, "the entries that arrived hash to"),
         (lambda h, b: ({**h, "x-manifest-entries": "8"}, b), "announced 8 entries and streamed 9, 9 arrived"),
-        (lambda h, b: ({**h, "x-manifest-id": "f" * 64}, b), "the service sent entries of " + "f" * 64),
+        (other_manifest, "the service sent entries of " + "f" * 64),
     ],
 )
 def test_a_download_that_does_not_match_the_manifest_is_refused(client, manifest, change, message):

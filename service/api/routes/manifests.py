@@ -165,7 +165,7 @@ def get_entries(
     ``nst.targets.EntriesDigest`` of what was streamed). ``part`` of ``parts`` streams only the
     entries whose ``item_id`` modulo ``parts`` is ``part``: the shares are disjoint and cover the
     manifest. The headers ``X-Manifest-Id`` and ``X-Manifest-Entries`` (the entries in this
-    share, counted before streaming) let a reader check what it got. A parameter the format
+    share, counted before streaming; JSONL and Parquet) let a reader check what it got. A parameter the format
     does not read (``part`` with JSON, ``limit`` with Parquet) is a 422.
     """
     manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
@@ -174,22 +174,19 @@ def get_entries(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"part: {part} is not below parts ({parts})"
         )
-    if format == "jsonl":
-        return streamed(
-            session, StreamingResponse(entries_jsonl(manifest.key), media_type="application/x-ndjson")
-        )
-    if format == "parquet":
+    if format in ("jsonl", "parquet"):
         share = Part(part, parts)
         name = f"manifest-{manifest.id[:16]}" + (f"-part{part}of{parts}" if parts > 1 else "")
         headers = {
-            "Content-Disposition": f'attachment; filename="{name}.parquet"',
+            "Content-Disposition": f'attachment; filename="{name}.{format}"',
             "X-Manifest-Id": manifest.id,
             "X-Manifest-Entries": str(count(session, manifest, share)),
         }
-        response = StreamingResponse(
-            entries_parquet(manifest.key, share), media_type="application/vnd.apache.parquet", headers=headers
-        )
-        return streamed(session, response)
+        if format == "jsonl":
+            body, media_type = entries_jsonl(manifest.key), "application/x-ndjson"
+        else:
+            body, media_type = entries_parquet(manifest.key, share), "application/vnd.apache.parquet"
+        return streamed(session, StreamingResponse(body, media_type=media_type, headers=headers))
     limit = record_page_size(manifest, limit)
     rows, next_cursor = reads.entries_page(session, manifest=manifest, cursor=cursor, limit=limit)
     return ManifestEntriesPage(data=records(rows, manifest), next_cursor=next_cursor)
