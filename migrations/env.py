@@ -48,6 +48,8 @@ def _run(connection) -> None:
     try:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
+            if sqlite:
+                _begin_before_any_ddl(connection)
             before = context.get_context().get_current_revision()
             context.run_migrations()
             if sqlite and context.get_context().get_current_revision() != before:
@@ -61,6 +63,15 @@ def _foreign_keys(connection, switch: str) -> None:
     # On the driver's connection: through SQLAlchemy the PRAGMA would begin a transaction, which
     # Alembic would then take for its caller's and never commit.
     connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={switch}")
+
+
+def _begin_before_any_ddl(connection) -> None:
+    # Python's sqlite3 (before 3.12's autocommit=False) opens a transaction only before an
+    # INSERT, UPDATE or DELETE: a CREATE TABLE ahead of one (a batch migration's copy of a table)
+    # was committed on its own, and a migration that failed after it left the copy behind, which
+    # the next upgrade then tripped over. An explicit BEGIN makes every statement of the upgrade,
+    # DDL included, one transaction that commits or rolls back whole, as on PostgreSQL.
+    connection.connection.driver_connection.execute("BEGIN")
 
 
 def _check_foreign_keys(connection) -> None:

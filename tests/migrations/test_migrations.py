@@ -83,10 +83,8 @@ def _counts(engine) -> dict[str, int]:
         return {t: connection.scalar(sa.text(f"SELECT count(*) FROM {t}")) for t in tables}
 
 
-def test_upgrades_and_downgrades_keep_the_rows_of_a_database_in_use(engine):
-    """SQLite's batch mode copies a table and drops the old one; with foreign keys on, that drop
-    deleted every shard and label of the jobs table it copied (0009)."""
-    _migrate(engine, "upgrade", "0008")
+def _fill(engine) -> None:
+    """A row in each table a job touches, as of revision 0008 (and every one after it)."""
     now = "CURRENT_TIMESTAMP"
     statements = [
         "INSERT INTO datasets (id, name, kind, modality, source_path, source_format, item_count, "
@@ -108,6 +106,13 @@ def test_upgrades_and_downgrades_keep_the_rows_of_a_database_in_use(engine):
     with engine.begin() as connection:
         for statement in statements:
             connection.execute(sa.text(statement), {"probs": b"\0\0\0\0"} if ":probs" in statement else {})
+
+
+def test_upgrades_and_downgrades_keep_the_rows_of_a_database_in_use(engine):
+    """SQLite's batch mode copies a table and drops the old one; with foreign keys on, that drop
+    deleted every shard and label of the jobs table it copied (0009)."""
+    _migrate(engine, "upgrade", "0008")
+    _fill(engine)
     kept = {"datasets": 1, "items": 2, "teachers": 1, "jobs": 1, "shards": 1, "labels": 1, "item_errors": 1}
     assert _counts(engine) == kept
 
@@ -138,3 +143,47 @@ def test_nst_db_upgrade_on_a_database_from_a_newer_nst_is_one_line(tmp_path, mon
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith("Error: the database (NST_DATABASE_URL) cannot be upgraded: ")
     assert "'0099'" in result.output
+
+
+def test_an_upgrade_that_fails_midway_leaves_the_database_as_it_was(engine, tmp_path):
+    """Every statement of an upgrade, DDL included, is one transaction: a migration that fails
+    after SQLite's batch mode copied a table leaves no copy behind (`_alembic_tmp_jobs`), the
+    schema and rows as they were, and the next upgrade works."""
+    import shutil
+
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from service.core.migrate import MIGRATIONS_DIR, alembic_config
+
+    upgrade_head(engine)
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    _fill(engine)
+    kept, tables = _counts(engine), set(sa.inspect(engine).get_table_names())
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("jobs")}
+
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9999_fails.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n\n"
+        f"revision, down_revision, branch_labels, depends_on = '9999', {head!r}, None, None\n\n\n"
+        "def upgrade():\n"
+        "    with op.batch_alter_table('jobs') as batch:\n"
+        "        batch.add_column(sa.Column('extra', sa.Integer(), nullable=True))\n"
+        "    op.create_table('more', sa.Column('id', sa.Integer(), primary_key=True))\n"
+        "    raise RuntimeError('disk full')\n"
+    )
+    config = alembic_config()
+    config.set_main_option("script_location", str(scripts))
+    with engine.connect() as connection, pytest.raises(RuntimeError, match="disk full"):
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    assert set(sa.inspect(engine).get_table_names()) == tables
+    assert {c["name"] for c in sa.inspect(engine).get_columns("jobs")} == columns
+    assert _counts(engine) == kept
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head
+    upgrade_head(engine)
+    assert _counts(engine) == kept
