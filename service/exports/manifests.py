@@ -20,9 +20,10 @@ from service.core.db import session_scope
 from service.exports import streaming
 from service.manifests.reads import entries_page
 from service.models import Item, Job, Label, Manifest, ManifestEntry, ManifestInput
-from service.pagination import all_pages
+from service.pagination import all_pages, cut, from_cursor
 
 PAGE_SIZE = 5000
+PARQUET_PAGE_ROWS = 65_536
 # A JSON record of a soft target spells out every class, so record pages hold about this many
 # target values at most: a page of 5,000 at 1,000 classes was 115 MB of JSON.
 PAGE_TARGET_VALUES = 250_000
@@ -181,20 +182,49 @@ def count(session: Session, manifest: Manifest, part: Part) -> int:
     return session.scalar(select(func.count()).select_from(_part_query(manifest, part).subquery())) or 0
 
 
-def _column_pages(session: Session, manifest: Manifest, part: Part) -> Iterator[list]:
-    """Pages of plain rows from one streamed query: a single join over the whole share costs the
-    database a fraction of one query per page, and plain columns cost Python a fraction of ORM
-    objects."""
-    entry = _part_query(manifest, part).subquery()
-    query = select(
-        entry.c.item_id, Item.uri, entry.c.source, entry.c.target_class, entry.c.copies, entry.c.confidence
-    ).join(Item, Item.id == entry.c.item_id)
-    if manifest.params.get("soft"):
-        query = query.add_columns(Label.probs, Label.top_indices, Label.rest_mass).outerjoin(
-            Label, (Label.job_id == entry.c.job_id) & (Label.item_id == entry.c.item_id)
-        )
-    result = session.execute(query.order_by(entry.c.item_id), execution_options={"yield_per": PAGE_SIZE})
-    yield from result.partitions()
+def parquet_page_size(manifest: Manifest, width: int) -> int:
+    """Rows a Parquet page (and row group) holds: up to ``PARQUET_PAGE_ROWS``, fewer where each
+    row carries many target values, so that a page stays a few megabytes."""
+    per_row = width if manifest.params.get("soft") else 1
+    return max(1, min(PARQUET_PAGE_ROWS, PAGE_TARGET_VALUES * 4 // per_row))
+
+
+def _column_pages(manifest_key: int, part: Part, page_size: int) -> Iterator[list]:
+    """Pages of plain rows (plain columns cost Python a fraction of ORM objects), each read
+    whole in a session of its own: a download holds a database connection only while a page is
+    read, never while the client takes it, so any number of slow readers (the ranks of a large
+    trainer) share the pool with the rest of the API. Each page is cut from the share's entries
+    by their key before the join, as ``entries_page`` does."""
+    cursor: int | None = None
+    while True:
+        with session_scope() as session:
+            manifest = session.get(Manifest, manifest_key)
+            share = from_cursor(
+                _part_query(manifest, part), key=ManifestEntry.item_id, cursor=cursor, limit=page_size
+            ).subquery()
+            query = select(
+                share.c.item_id,
+                Item.uri,
+                share.c.source,
+                share.c.target_class,
+                share.c.copies,
+                share.c.confidence,
+            ).join(Item, Item.id == share.c.item_id)
+            if manifest.params.get("soft"):
+                query = query.add_columns(Label.probs, Label.top_indices, Label.rest_mass).outerjoin(
+                    Label, (Label.job_id == share.c.job_id) & (Label.item_id == share.c.item_id)
+                )
+            rows, cursor = cut(
+                session.execute(query.order_by(share.c.item_id)).all(), limit=page_size, key=_item_id
+            )
+        if rows:
+            yield rows
+        if cursor is None:
+            return
+
+
+def _item_id(row) -> int:
+    return row[0]
 
 
 def _columns(rows, manifest: Manifest, width: int) -> dict:
@@ -235,23 +265,25 @@ def _table(columns: dict, schema: pa.Schema, width: int, classes: pa.Array) -> p
 
 
 def entries_parquet(manifest_key: int, part: Part = Part()) -> Iterator[bytes]:
-    """Row groups of ``PAGE_SIZE`` entries in item order; the footer's metadata adds the count
-    and ``nst.targets.EntriesDigest`` of what was streamed, for the reader to check."""
+    """Row groups of up to ``parquet_page_size`` entries in item order; the footer's metadata
+    adds the count and ``nst.targets.EntriesDigest`` of what was streamed, for the reader to
+    check. The manifest is read once here and its entries a page per session: an entry never
+    changes once written, so pages read in separate transactions make one consistent whole."""
     with session_scope() as session:
         manifest = session.get(Manifest, manifest_key)
         k = width(session, manifest)
-        schema = entry_schema(k, manifest_id=manifest.id, classes=manifest.classes)
-        digest = targets.EntriesDigest()
+        session.expunge(manifest)
+    schema = entry_schema(k, manifest_id=manifest.id, classes=manifest.classes)
+    digest = targets.EntriesDigest()
+    classes = pa.array(manifest.classes, type=pa.string())
 
-        classes = pa.array(manifest.classes, type=pa.string())
+    def tables() -> Iterator[pa.Table]:
+        for rows in _column_pages(manifest_key, part, parquet_page_size(manifest, k)):
+            columns = _columns(rows, manifest, k)
+            digest.update(columns)
+            yield _table(columns, schema, k, classes)
 
-        def tables() -> Iterator[pa.Table]:
-            for rows in _column_pages(session, manifest, part):
-                columns = _columns(rows, manifest, k)
-                digest.update(columns)
-                yield _table(columns, schema, k, classes)
+    def footer() -> dict[str, str]:
+        return {"nst.entries": str(digest.count), "nst.sha256": digest.hexdigest()}
 
-        def footer() -> dict[str, str]:
-            return {"nst.entries": str(digest.count), "nst.sha256": digest.hexdigest()}
-
-        yield from streaming.parquet(tables(), schema, footer=footer)
+    yield from streaming.parquet(tables(), schema, footer=footer)

@@ -1,5 +1,6 @@
 import io
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -147,7 +148,7 @@ def test_top_k_labels_spread_the_rest_mass_over_the_other_classes(client):
     )
 
 
-def test_entries_page_with_a_cursor_and_stream_as_jsonl_and_parquet(client, labeled, job):
+def test_entries_page_with_a_cursor_and_stream_as_jsonl_and_parquet(client, labeled, job, monkeypatch):
     manifest = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id], target_per_class=2).json()
     url = f"/manifests/{manifest['id']}/entries"
     pages, cursor = [], None
@@ -167,6 +168,14 @@ def test_entries_page_with_a_cursor_and_stream_as_jsonl_and_parquet(client, labe
         assert line["class_name"] == CLASSES[top]
 
     table = pq.read_table(io.BytesIO(client.get(url, params={"format": "parquet"}).content))
+    # pages of 2, whole and for the share of odd item IDs: the same rows as one page
+    monkeypatch.setattr("service.exports.manifests.PARQUET_PAGE_ROWS", 2)
+    for part, parts in ((0, 1), (1, 2)):
+        params = {"format": "parquet", "part": part, "parts": parts}
+        paged_parquet = pq.ParquetFile(io.BytesIO(client.get(url, params=params).content))
+        expected = [row for row in table.to_pylist() if row["item_id"] % parts == part]
+        assert len(expected) >= 3 and paged_parquet.num_row_groups == math.ceil(len(expected) / 2)
+        assert paged_parquet.read().to_pylist() == expected
     assert table.column_names == [
         "item_id",
         "uri",
@@ -399,7 +408,7 @@ def test_a_negative_zero_is_the_same_manifest_as_zero(client, labeled, job):
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_a_stream_holds_no_connection_of_the_request(client, labeled, job, monkeypatch, fmt):
     """The request's session goes back to the pool when the stream starts, not after its last
-    byte; JSONL reads each page in a session of its own, so between pages it holds none."""
+    byte, and each page is read in a session of its own, so between pages it holds none."""
     from service.api.routes import manifests as route
     from service.core.db import get_engine
     from service.exports import manifests as exports
@@ -418,11 +427,12 @@ def test_a_stream_holds_no_connection_of_the_request(client, labeled, job, monke
 
     name = {"jsonl": "entries_jsonl", "parquet": "entries_parquet"}[fmt]
     monkeypatch.setattr(route, name, counting(getattr(exports, name)))
+    monkeypatch.setattr(exports, "PARQUET_PAGE_ROWS", 2)
     response = client.get(f"/manifests/{manifest['id']}/entries", params={"format": fmt})
     assert response.status_code == 200
-    assert held[0] == 0
-    if fmt == "jsonl":
-        assert set(held) == {0}
+    assert set(held) == {0}
+    if fmt == "parquet":
+        assert len(held) > 4  # four pages of two, then the footer
 
 
 def test_pages_of_soft_targets_over_many_classes_are_cut_to_a_size(client):
