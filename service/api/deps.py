@@ -32,8 +32,8 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def streamed(session: Session, response: Response) -> Response:
-    """``response``, a stream that reads the database in a session of its own (a page at a time
-    for JSONL, one streamed query for Parquet), with the request's session closed now: FastAPI
+    """``response``, a stream that reads the database a page at a time, each in a session of its
+    own, with the request's session closed now: FastAPI
     would close it only after the last byte, and each slow download held two of the pool's
     connections (the eighth at once waited, then broke off mid-body)."""
     session.close()
