@@ -33,9 +33,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def streamed(session: Session, response: Response) -> Response:
     """``response``, a stream that reads the database a page at a time, each in a session of its
-    own, with the request's session closed now: FastAPI
-    would close it only after the last byte, and each slow download held two of the pool's
-    connections (the eighth at once waited, then broke off mid-body)."""
+    own, with the request's session closed now: FastAPI would close it only after the last byte,
+    and each slow download held two of the pool's connections (the eighth at once waited, then
+    broke off mid-body)."""
     session.close()
     return response
 
