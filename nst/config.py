@@ -22,6 +22,9 @@ class SettingsError(RuntimeError):
     """A setting has a bad value; the message names the environment variable."""
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NST_", env_file=".env", extra="ignore")
 
@@ -33,6 +36,11 @@ class Settings(BaseSettings):
     data_roots: Annotated[list[Path | str], NoDecode] = Field(default_factory=list)
     artifact_dir: Path | str | None = None
     api_token: SecretStr | None = None
+    # Host names the API answers to (the Host header, its port aside), comma-separated;
+    # "*.example.org" for a domain's hosts, "*" for any. Unset: any with NST_API_TOKEN (the
+    # token guards every call), else this machine's loopback names only: without a token a web
+    # page could point its own domain at 127.0.0.1 (DNS rebinding) and call the API as its origin.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Celery: a shard must finish well inside the visibility timeout, or Redis redelivers it.
     visibility_timeout_s: int = Field(3600, ge=1)
@@ -80,6 +88,22 @@ class Settings(BaseSettings):
             resolved.append(root)
         return resolved
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            name = host.removeprefix("*.") if host != "*" else "x"
+            if not name or not all(c.isalnum() or c in "-.:_" for c in name):
+                raise ValueError(f"{host!r} is not a host name, '*.domain' or '*' (no scheme, port or path)")
+        return hosts
+
     @field_validator("artifact_dir")
     @classmethod
     def _artifact_location(cls, value: Path | str | None) -> Path | str | None:
@@ -107,6 +131,8 @@ class Settings(BaseSettings):
             self.artifact_dir = self.data_dir / "artifacts"
         if not self.data_roots:
             self.data_roots = [self.data_dir / "datasets"]
+        if not self.allowed_hosts:
+            self.allowed_hosts = ["*"] if self.api_token is not None else list(LOOPBACK_HOSTS)
         return self
 
     @property

@@ -23,6 +23,7 @@ def _fresh_settings(tmp_path, monkeypatch, shared_root):
     roots.mkdir()
     monkeypatch.setenv("NST_DATA_DIR", str(data_dir))
     monkeypatch.setenv("NST_DATA_ROOTS", f"{roots},{shared_root}")
+    monkeypatch.setenv("NST_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")  # TestClient's and the stacks'
     clear_caches()
     yield
     clear_caches()

@@ -12,6 +12,12 @@ from tests.utils.env import clear_caches
         ("NST_WORKER_DEVICE", "tpu", "NST_WORKER_DEVICE"),
         ("NST_VISIBILITY_TIMEOUT_S", "0", "NST_VISIBILITY_TIMEOUT_S"),
         ("NST_WORKER_PREFETCH", "0", "NST_WORKER_PREFETCH"),
+        (
+            "NST_ALLOWED_HOSTS",
+            "http://nst.example.org",
+            "NST_ALLOWED_HOSTS: .*'http://nst.example.org' is not a host",
+        ),
+        ("NST_ALLOWED_HOSTS", "localhost,*.", "NST_ALLOWED_HOSTS: .*'\\*\\.' is not a host"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_variable(monkeypatch, key, value, message):

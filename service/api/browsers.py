@@ -1,10 +1,13 @@
-"""What a browser needs to be told: no other site may make it change anything here, and no page
-of ours runs script from anywhere but this origin.
+"""What a browser needs to be told: no other site may make it change anything here, no page of
+ours runs script from anywhere but this origin, and no host name but ours reaches the API.
 
 Without ``NST_API_TOKEN`` (the default on one machine) any web page the operator opens could
 otherwise POST to ``http://127.0.0.1:8000`` (cancel jobs, upload teachers): a "simple" request
 needs no CORS preflight. Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``);
-clients that are not browsers (``nst``, httpx, curl) send neither and are not affected.
+clients that are not browsers (``nst``, httpx, curl) send neither and are not affected. A page
+could also rebind its own domain to 127.0.0.1 and call the API as that same origin; its requests
+then name that domain in ``Host``, which ``NST_ALLOWED_HOSTS`` (loopback names by default
+without a token) does not list.
 """
 
 from __future__ import annotations
@@ -44,28 +47,44 @@ def cross_site_reason(method: str, headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-class BrowserGuards:
-    """ASGI middleware: a 403 for another site's request that would change state, and the
-    security headers on every response."""
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` is ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+
+def host_allowed(name: str, allowed: list[str]) -> bool:
+    return any(
+        pattern == "*" or name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+        for pattern in allowed
+    )
+
+
+class BrowserGuards:
+    """ASGI middleware: a 400 for a Host the service does not answer to, a 403 for another
+    site's request that would change state, and the security headers on every response."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app, self.allowed_hosts = app, allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        reason = cross_site_reason(scope["method"], dict(scope["headers"]))
-        if reason is not None:
-            body = json.dumps({"detail": f"cross-site request refused: {reason}"}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 403,
-                    "headers": [(b"content-type", b"application/json"), *SECURITY_HEADERS],
-                }
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not host_allowed(host_name(host), self.allowed_hosts):
+            detail = (
+                f"Host {host!r} is not a name this service answers to; add it to NST_ALLOWED_HOSTS "
+                f"(now {','.join(self.allowed_hosts)})"
             )
-            await send({"type": "http.response.body", "body": body})
+            await _refuse(send, 400, detail)
+            return
+        reason = cross_site_reason(scope["method"], headers)
+        if reason is not None:
+            await _refuse(send, 403, f"cross-site request refused: {reason}")
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -74,3 +93,14 @@ class BrowserGuards:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *SECURITY_HEADERS],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})

@@ -83,3 +83,41 @@ def test_the_docs_page_loads_every_script_and_style_from_this_origin(client):
 def test_a_manifest_page_takes_only_a_manifest_id(client):
     assert client.get("/ui/manifests/..%5Cjobs%5C1%3F").status_code == 422
     assert client.get(f"/ui/manifests/{'ab' * 32}").status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_host_the_service_does_not_answer_to_is_400_and_changes_nothing(client, running, method):
+    """A page that rebinds its own domain to this machine calls the API as its own origin, so
+    neither Origin nor Sec-Fetch-Site gives it away: its Host does."""
+    path = f"/jobs/{running.id}" + ("/cancel" if method == "POST" else "")
+    response = client.request(
+        method, path, headers={"Host": "evil.example:8000", "Sec-Fetch-Site": "same-origin"}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "Host 'evil.example:8000' is not a name this service answers to; add it to NST_ALLOWED_HOSTS "
+        "(now testserver,localhost,127.0.0.1)"
+    )
+    assert _state(client, running) == "running"
+
+
+def test_without_a_token_only_loopback_names_reach_the_api_and_with_one_any(monkeypatch, enqueued):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from tests.utils.env import clear_caches
+
+    def status(host: str) -> int:
+        clear_caches()
+        with TestClient(create_app(), base_url=f"http://{host}") as test_client:
+            return test_client.get("/health").status_code
+
+    monkeypatch.delenv("NST_ALLOWED_HOSTS")
+    loopback = ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"]
+    assert [status(host) for host in [*loopback, "nst.example.org", "localhost.evil.example"]] == [
+        200
+    ] * 4 + [400] * 2
+    monkeypatch.setenv("NST_API_TOKEN", "t" * 32)
+    assert status("nst.example.org") == 200  # the token guards every call; /health needs none
+    monkeypatch.setenv("NST_ALLOWED_HOSTS", "*.example.org")
+    assert [status(h) for h in ("nst.example.org:443", "example.org", "evilexample.org")] == [200, 400, 400]
