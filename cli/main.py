@@ -54,8 +54,8 @@ def _export_target(out: Path):
 class _Commands(click.Group):
     """The ``nst`` group: a command that fails for a reason the user can act on (the service's
     answer, an unreachable service, a download that is not what was asked for, a setting, a wait
-    that ran out, a missing folder) prints one
-    line naming it and exits 1; a traceback is left for bugs."""
+    that ran out, a missing folder) prints one line naming it and exits 1; a traceback is left
+    for bugs."""
 
     def invoke(self, ctx: click.Context):
         try:

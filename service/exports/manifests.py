@@ -189,7 +189,7 @@ def parquet_page_size(manifest: Manifest, width: int) -> int:
     return max(1, min(PARQUET_PAGE_ROWS, PAGE_TARGET_VALUES * 4 // per_row))
 
 
-def _column_pages(manifest_key: int, part: Part, page_size: int) -> Iterator[list]:
+def _column_pages(manifest: Manifest, part: Part, page_size: int) -> Iterator[list]:
     """Pages of plain rows (plain columns cost Python a fraction of ORM objects), each read
     whole in a session of its own: a download holds a database connection only while a page is
     read, never while the client takes it, so any number of slow readers (the ranks of a large
@@ -198,7 +198,6 @@ def _column_pages(manifest_key: int, part: Part, page_size: int) -> Iterator[lis
     cursor: int | None = None
     while True:
         with session_scope() as session:
-            manifest = session.get(Manifest, manifest_key)
             share = from_cursor(
                 _part_query(manifest, part), key=ManifestEntry.item_id, cursor=cursor, limit=page_size
             ).subquery()
@@ -278,7 +277,7 @@ def entries_parquet(manifest_key: int, part: Part = Part()) -> Iterator[bytes]:
     classes = pa.array(manifest.classes, type=pa.string())
 
     def tables() -> Iterator[pa.Table]:
-        for rows in _column_pages(manifest_key, part, parquet_page_size(manifest, k)):
+        for rows in _column_pages(manifest, part, parquet_page_size(manifest, k)):
             columns = _columns(rows, manifest, k)
             digest.update(columns)
             yield _table(columns, schema, k, classes)
