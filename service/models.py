@@ -137,7 +137,9 @@ class Shard(Base):
     items_failed: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    inference: Mapped[str | None] = mapped_column(String(16))  # the mode that labeled it
+    # The modes that labeled its items, comma-separated in name order (``record_inference``):
+    # more than one when its attempts ran in different modes.
+    inference: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Self-healing (see service.lifecycle): when its message was last sent, until when its
@@ -146,6 +148,15 @@ class Shard(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     reaped_count: Mapped[int] = mapped_column(Integer, default=0)
     lease_expiries: Mapped[int] = mapped_column(Integer, default=0)  # leases that lapsed on it
+
+    def record_inference(self, mode: str) -> None:
+        """Add ``mode`` to the modes that labeled this shard's items."""
+        self.inference = ",".join(sorted({*inference_modes(self.inference), mode}))
+
+
+def inference_modes(recorded: str | None) -> list[str]:
+    """The modes a shard's ``inference`` names, in name order."""
+    return recorded.split(",") if recorded else []
 
 
 class Label(Base):

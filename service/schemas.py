@@ -11,6 +11,7 @@ from nst.states import JobState, ShardState, TeacherStatus
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from nst.teacher_metadata import TeacherMetadata
 from nst.text import Text
+from service.models import inference_modes
 
 # Integers a request may carry, as the INTEGER columns they meet hold them.
 RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
@@ -251,9 +252,18 @@ class ShardPublic(_Public):
     items_failed: int
     attempts: int
     error: str | None
-    inference: str | None = Field(description="The mode that labeled it; null until a worker starts it")
+    inference: list[str] = Field(
+        description="The modes that labeled its items, in name order: more than one when its attempts "
+        "ran in different modes (another worker's device, a fallback to eager); empty until a worker "
+        "starts it"
+    )
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+
+    @field_validator("inference", mode="before")
+    @classmethod
+    def _modes(cls, recorded: object) -> object:
+        return inference_modes(recorded) if recorded is None or isinstance(recorded, str) else recorded
 
 
 class LabelPublic(BaseModel):

@@ -156,9 +156,9 @@ def _label(
     job, device = work.job, settings.device
     mode = inference.resolve(job.inference, device)
     runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size, job.noised_teacher)
-    if work.items:  # provenance: the mode that labels, after any fallback (an attempt with
-        with session_scope() as session:  # nothing left to label leaves the last one's)
-            session.get(Shard, shard_id).inference = runner.mode
+    if work.items:  # provenance: the mode that labels, after any fallback, beside any earlier
+        with session_scope() as session:  # attempt's (one with nothing left to label adds none)
+            session.get(Shard, shard_id).record_inference(runner.mode)
     if careful:
         batches = _one_at_a_time(work, spec.image_format)
     else:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from nst.states import JobState, ShardState
 from service import lifecycle
-from service.models import Item, ItemError, Job, Label, Shard, utcnow
+from service.models import Item, ItemError, Job, Label, Shard, inference_modes, utcnow
 from service.pagination import cursor_page, offset_page
 
 
@@ -92,17 +92,17 @@ def progress_of(
         select(first.c.job_id, first.c.error).where(first.c.n <= 5).order_by(first.c.job_id, first.c.n)
     ):
         errors[job_id].append(error)
-    modes: dict[int, list[str]] = {job_id: [] for job_id in ids}
-    for job_id, mode in session.execute(
+    modes: dict[int, set[str]] = {job_id: set() for job_id in ids}
+    for job_id, recorded in session.execute(
         select(Shard.job_id, Shard.inference)
         .where(Shard.job_id.in_(ids), Shard.inference.is_not(None))
         .distinct()
-        .order_by(Shard.job_id, Shard.inference)
     ):
-        modes[job_id].append(mode)
+        modes[job_id].update(inference_modes(recorded))
     empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
     return {
-        job.id: _progress(job, totals.get(job.id, empty), errors[job.id], modes[job.id], now) for job in jobs
+        job.id: _progress(job, totals.get(job.id, empty), errors[job.id], sorted(modes[job.id]), now)
+        for job in jobs
     }
 
 

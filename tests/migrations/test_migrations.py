@@ -118,8 +118,12 @@ def test_upgrades_and_downgrades_keep_the_rows_of_a_database_in_use(engine):
 
     _migrate(engine, "upgrade", "head")
     assert _counts(engine) == kept
-    with engine.connect() as connection:
+    with engine.begin() as connection:
         assert connection.scalar(sa.text("SELECT noised_teacher FROM jobs")) in (False, 0)
+        connection.execute(sa.text("UPDATE shards SET inference = 'eager,openvino'"))
+    _migrate(engine, "downgrade", "0010")  # one mode a shard: its first
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT inference FROM shards")) == "eager"
     _migrate(engine, "downgrade", "0003")
     assert _counts(engine) == kept
     if engine.dialect.name == "sqlite":  # and the switch is back on for the connections after

@@ -49,7 +49,7 @@ def test_each_mode_labels_within_the_gate_of_eager_float32(
     job = _label(client, enqueued, teacher_file, pool, inference=mode)
     assert (job["state"], job["inference"], job["inference_used"]) == ("succeeded", mode, [mode])
     shards = client.get(f"/jobs/{job['id']}/shards").json()
-    assert {s["inference"] for s in shards} == {mode}
+    assert [s["inference"] for s in shards] == [[mode], [mode]]
 
     truth = direct_probs(teacher_file, fmnist / "unlabeled")
     labels = client.get(f"/jobs/{job['id']}/labels", params={"limit": 1000}).json()["data"]
@@ -59,6 +59,27 @@ def test_each_mode_labels_within_the_gate_of_eager_float32(
     assert agree >= agreement * len(labels)
     worst = max(abs(label["confidence"] - float(truth[label["uri"]].max())) for label in labels)
     assert worst <= confidence
+
+
+def test_a_shard_an_earlier_attempt_labeled_in_another_mode_names_both(client, enqueued, teacher_file, pool):
+    """Provenance: an attempt in another mode (another worker's device, a fallback) adds its mode
+    to the shard's instead of replacing the earlier attempt's."""
+    from sqlalchemy import select
+
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = factories.job(client, teacher, pool, shard_size=150, batch_size=64, inference="eager")
+    with session_scope() as session:
+        first = session.scalars(select(Shard).where(Shard.job_id == job["id"], Shard.index == 0)).one()
+        first.inference = "openvino"  # as an attempt on another worker left it
+    settings = labeling.LabelingSettings("cpu", decode_workers=0, commit_rows=1024, commit_seconds=1.0)
+    assert [labeling.label_shard(arg, settings).state for name, arg in enqueued if name == LABEL] == [
+        "succeeded"
+    ] * 2
+    assert [s["inference"] for s in client.get(f"/jobs/{job['id']}/shards").json()] == [
+        ["eager", "openvino"],
+        ["eager"],
+    ]
+    assert client.get(f"/jobs/{job['id']}").json()["inference_used"] == ["eager", "openvino"]
 
 
 def test_auto_runs_the_devices_default(client, enqueued, teacher_file, pool):
