@@ -256,6 +256,11 @@ def test_sigkill_of_pool_processes(stack, kills=3):
     _healed(stack, job["id"], f"pool-process-sigkill-x{kills}", since)
 
 
+# Several workers share a broker and a database server in production; the embedded stack's
+# worker deaths are the single-worker tests above, run on both.
+@pytest.mark.parametrize("stack", ["postgres-redis"], indirect=True)
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_two_workers_two_jobs_one_worker_killed(stack):
     first = stack.worker()
     stack.start_worker()

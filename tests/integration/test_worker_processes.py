@@ -65,6 +65,11 @@ def test_a_real_worker_labels_like_a_direct_forward_pass(stack, fmnist, teacher_
         assert label["confidence"] == pytest.approx(float(expected.max()), abs=1e-4)
 
 
+# Redis, whose visibility timeout redelivers, is where a shard arrives twice in one worker; the
+# embedded broker's duplicates are the concurrent ones of the next test, run on both.
+@pytest.mark.parametrize("stack", ["postgres-redis"], indirect=True)
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_duplicate_deliveries_write_each_label_once(stack, fmnist, teacher_file):
     stack.start_worker()
     client, job = _setup(stack, fmnist, teacher_file, shard_size=50, batch_size=16)
