@@ -38,24 +38,31 @@ def finetune_resolution(
     optimizer = create_optimizer_v2(
         [p for p in tuned.parameters() if p.requires_grad], opt=recipe.optimizer, lr=recipe.finetune_lr
     )
-    sampler = EndlessSampler(labeled.copies, seed=recipe.seed + 7)
+    seed = recipe.seed + 7
+    sampler = EndlessSampler(labeled.copies, seed=seed)
     loader = DataLoader(
         ImageTargets(labeled, eval_transform(**tuned_recipe.image_format), recipe.mode),
         batch_size=recipe.batch_size,
         sampler=sampler,
         num_workers=workers,
-        generator=torch.Generator(),
+        generator=torch.Generator().manual_seed(seed),
     )
     batches = iter(loader)
     tuned.train()  # batch-norm statistics adapt to the new resolution, as the fix intends
-    for _ in range(recipe.finetune_steps):
-        images, targets = next(batches)
-        loss = F.cross_entropy(
-            tuned(images.to(device)), targets.to(device), label_smoothing=recipe.label_smoothing
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    # Dropout and stochastic depth draw from the global generator: seeded here (and given back
+    # afterwards), a run resumed after the student was tuned tunes the same weights again, so
+    # it registers the same teacher (IDs are content hashes) instead of a second one.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _ in range(recipe.finetune_steps):
+            images, targets = next(batches)
+            loss = F.cross_entropy(
+                tuned(images.to(device)), targets.to(device), label_smoothing=recipe.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     for parameter in tuned.parameters():
         parameter.requires_grad_(True)
     return tuned.eval(), tuned_recipe

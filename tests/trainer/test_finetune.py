@@ -43,3 +43,29 @@ def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
     assert any(not torch.equal(before[n], after[n]) for n in deep)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
     assert tuned(torch.zeros(2, 1, 36, 36)).shape == (2, 10)
+
+
+def test_finetune_tunes_the_same_weights_whatever_the_global_generator_holds(fmnist):
+    """A run resumed after its student was tuned tunes it again: the same weights register the
+    same teacher (IDs are content hashes), not a second one."""
+    paths = sorted((fmnist / "labeled").rglob("*.png"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
+    cfg = Recipe(
+        architecture="resnet10t",
+        mean=[0.286],
+        std=[0.353],
+        dropout=0.5,
+        drop_path=0.2,
+        finetune_steps=3,
+        batch_size=16,
+    )
+    model = build_model(cfg, 10).eval()
+    tuned = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        tuned.append(finetune_resolution(model, split, cfg, torch.device("cpu"))[0].state_dict())
+        drawn_after = torch.rand(3)
+        torch.manual_seed(global_seed)
+        assert torch.equal(drawn_after, torch.rand(3)), "the caller's generator is given back as it was"
+    assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
