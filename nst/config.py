@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(4 << 30, ge=1024)
     # Self-healing (service/lifecycle.py, workers/reaper.py): a running shard holds a lease its
     # worker renews every quarter of it; the reaper in every worker, every `reaper_interval_s`,
-    # queues again a shard whose lease lapsed, or one queued `unclaimed_s` ago while no shard runs
-    # (its message was lost), and fails it after `shard_max_attempts` with the reason.
+    # queues again a shard whose lease lapsed, or one queued `unclaimed_s` ago whose message was
+    # lost (service.lifecycle._lost_messages), and fails it after `shard_max_attempts` with the reason.
     lease_s: float = Field(20.0, gt=0)
     reaper_interval_s: float = Field(5.0, gt=0)
     unclaimed_s: float = Field(30.0, gt=0)

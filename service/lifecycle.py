@@ -9,13 +9,14 @@ A shard::
 
 Claiming a running or failed shard (a redelivered message) is one attempt more. A running shard
 holds a lease that its worker renews while it labels; the reaper (``reap``) queues again a shard
-whose lease lapsed (its worker died) or one queued long ago while no shard runs (its message was
-lost), and fails it once it has had ``shard_max_attempts``; so does a claim past them (a worker
-that dies on the shard has its message redelivered at once). A worker releases its shard back to
-queued when a later attempt must retry some of its items (transient read errors). A claim
-cancels the shard instead if its job was cancelled, and fails it if its teacher is not ready; a
-running shard sees its job's cancellation at its next commit. Succeeded and cancelled are final:
-a late copy of the shard (redelivery, retry) leaves them as they are.
+whose lease lapsed (its worker died) or one queued long ago whose message was lost (no shard
+runs, or the first-in first-out queue has passed it by), and fails it once it has had
+``shard_max_attempts``; so does a claim past them (a worker that dies on the shard has its
+message redelivered at once). A worker releases its shard back to queued when a later attempt
+must retry some of its items (transient read errors). A claim cancels the shard instead if its
+job was cancelled, and fails it if its teacher is not ready; a running shard sees its job's
+cancellation at its next commit. Succeeded and cancelled are final: a late copy of the shard
+(redelivery, retry) leaves them as they are.
 
 A job's state is never stored: ``job_state`` derives it from its shards and its cancellation,
 the first that holds of succeeded (every shard), cancelled, failed (a shard), running (a shard
@@ -34,9 +35,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from nst.config import get_settings
@@ -221,9 +222,8 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
     """Take back the shards nobody is working on; return those to send again.
 
     A running shard whose lease lapsed lost its worker. A queued shard sent ``unclaimed_s`` ago
-    (None: not checked), while no shard holds a live lease and none finished for as long, lost
-    its message (a broker restarted empty, a task that gave up while the database was down, a
-    pool process killed holding it).
+    (None: not checked) lost its message (a broker restarted empty, a task that gave up while
+    the database was down, a pool process killed holding it) when ``_lost_messages`` says so.
     Either is queued again with one reap more, or failed, with the reason, once it has had
     ``max_attempts`` claims or sends. Cancelled jobs' shards are settled instead. Locked rows are
     skipped: another reaper, or the shard's own worker, holds them right now.
@@ -239,22 +239,8 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
         )
     )
     stale: list[Shard] = []
-    since = now - timedelta(seconds=unclaimed_s or 0)
-    busy = or_(
-        exists().where(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now),
-        exists().where(Shard.finished_at >= since),
-    )
-    if unclaimed_s is not None and not session.scalar(select(busy)):
-        stale = list(
-            session.scalars(
-                _lockable(
-                    select(Shard).where(
-                        Shard.state == ShardState.QUEUED,
-                        or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < since),
-                    )
-                )
-            )
-        )
+    if unclaimed_s is not None:
+        stale = _lost_messages(session, now=now, unclaimed_s=unclaimed_s)
     resend = []
     for shard, why in [(s, "lease expired") for s in session.scalars(expired)] + [
         (s, "never claimed") for s in stale
@@ -284,6 +270,43 @@ def reap(session: Session, *, unclaimed_s: float | None, max_attempts: int) -> l
                 reaped=shard.reaped_count,
             )
     return resend
+
+
+def _lost_messages(session: Session, *, now: datetime, unclaimed_s: float) -> list[Shard]:
+    """The queued shards sent ``unclaimed_s`` ago whose message is gone.
+
+    - When no shard holds a live lease and none finished for ``unclaimed_s``, every one of them:
+      nothing is moving, so nothing is on its way to them.
+    - While work goes on, a shard never claimed, once a shard sent ``unclaimed_s`` after it has
+      been claimed: the queue is first in, first out, so its message was handed out before that
+      one. Unless a shard sent no later than it still runs: a worker may hold its message,
+      prefetched, behind that one. A shard claimed before (released for a retry that is due
+      later, or sent again by a reap) waits for the idle rule.
+
+    A message that was only late costs a duplicate delivery, which labels nothing twice.
+    """
+    since = now - timedelta(seconds=unclaimed_s)
+    old_enough = and_(
+        Shard.state == ShardState.QUEUED, or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < since)
+    )
+    live = and_(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now)
+    busy = or_(exists().where(live), exists().where(Shard.finished_at >= since))
+    if not session.scalar(select(busy)):
+        return list(session.scalars(_lockable(select(Shard).where(old_enough))))
+    newest_claimed_send = session.scalar(
+        select(func.max(Shard.enqueued_at)).where(Shard.state.in_((ShardState.RUNNING, ShardState.SUCCEEDED)))
+    )
+    if newest_claimed_send is None:
+        return []
+    passed = and_(
+        old_enough,
+        Shard.attempts == 0,
+        Shard.enqueued_at <= newest_claimed_send - timedelta(seconds=unclaimed_s),
+    )
+    first_live_send = session.scalar(select(func.min(Shard.enqueued_at)).where(live))
+    if first_live_send is not None:
+        passed = and_(passed, Shard.enqueued_at < first_live_send)
+    return list(session.scalars(_lockable(select(Shard).where(passed))))
 
 
 def _lockable(query):

@@ -110,6 +110,64 @@ def test_an_unclaimed_shard_is_sent_again_only_once_the_stack_is_idle(job_id):
     assert _reap() == []  # just sent: they count as new
 
 
+def _later_job(sent_ago_s: float) -> list[Shard]:
+    """Another job of two shards, sent ``sent_ago_s`` ago (behind the fixture's in the queue)."""
+    teacher = synthetic.teacher(["a", "b"])
+    dataset = synthetic.labeled_dataset(["a", "b"], [0] * 4)
+    with session_scope() as session:
+        job, _ = create_job(
+            session,
+            teacher_id=teacher,
+            dataset_id=dataset,
+            items_total=4,
+            num_classes=2,
+            options=synthetic.JOB_OPTIONS | {"shard_size": 2},
+        )
+        session.execute(
+            Shard.__table__.update()
+            .where(Shard.job_id == job.id)
+            .values(enqueued_at=utcnow() - timedelta(seconds=sent_ago_s))
+        )
+        job_id = job.id
+    return _shards(job_id)
+
+
+def _sent_together(job_id: int, ago_s: float) -> None:
+    with session_scope() as session:
+        session.execute(
+            Shard.__table__.update()
+            .where(Shard.job_id == job_id)
+            .values(enqueued_at=utcnow() - timedelta(seconds=ago_s))
+        )
+
+
+def test_a_message_the_queue_passed_by_is_sent_again_while_work_goes_on(job_id):
+    first, second, third = _shards(job_id)
+    _claim(first.id)
+    with session_scope() as session:  # a transient error: its retry is due later
+        release_shard(session, shard_id=first.id, reason="2 items could not be read")
+        session.get(Shard, first.id).enqueued_at = utcnow() - timedelta(minutes=1)
+    later, _ = _later_job(sent_ago_s=20)  # sent 40 s after the fixture's shards
+    _claim(later.id)  # a worker is busy on it: the stack is not idle
+    assert _reap() == [second.id, third.id]  # never claimed, and the queue passed them by
+    assert [s.reaped_count for s in _shards(job_id)] == [0, 1, 1]  # the released one waits its retry
+
+
+def test_a_shard_that_may_wait_in_a_prefetch_is_not_sent_again(job_id):
+    _sent_together(job_id, ago_s=60)
+    first, second, third = _shards(job_id)
+    _claim(first.id)  # sent with them, still running: its worker may hold the others' messages
+    later, _ = _later_job(sent_ago_s=20)
+    _claim(later.id)
+    assert _reap() == []
+
+
+def test_a_shard_sent_just_before_a_claimed_one_is_not_passed_by(job_id):
+    _later_job_shards = _later_job(sent_ago_s=50)  # only 10 s after the fixture's: too close to tell
+    _claim(_later_job_shards[0].id)
+    assert _reap() == []
+
+
 def test_a_shard_past_its_attempts_fails_the_job_with_the_reason(job_id):
     first = _shards(job_id)[0]
     for _ in range(MAX):
