@@ -1,6 +1,7 @@
 """The resolution fix: shallow layers frozen, deep layers and classifier tuned at the new size."""
 
 import numpy as np
+import pytest
 import torch
 
 from cli.fashion_mnist import CLASSES
@@ -8,6 +9,13 @@ from trainer.config import Recipe
 from trainer.data import Split
 from trainer.finetune import finetune_resolution, freeze_shallow
 from trainer.train import build_model
+
+
+@pytest.fixture
+def split(fmnist) -> Split:
+    paths = sorted((fmnist / "labeled").rglob("*.png"))
+    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
+    return Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
 
 
 def test_freeze_shallow_takes_the_stem_first():
@@ -19,10 +27,7 @@ def test_freeze_shallow_takes_the_stem_first():
     assert model.fc.weight.requires_grad
 
 
-def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
-    paths = sorted((fmnist / "labeled").rglob("*.png"))
-    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
-    split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
+def test_finetune_changes_only_deep_layers_and_records_the_new_size(split):
     cfg = Recipe(
         architecture="resnet10t",
         mean=[0.286],
@@ -45,12 +50,9 @@ def test_finetune_changes_only_deep_layers_and_records_the_new_size(fmnist):
     assert tuned(torch.zeros(2, 1, 36, 36)).shape == (2, 10)
 
 
-def test_finetune_tunes_the_same_weights_whatever_the_global_generator_holds(fmnist):
+def test_finetune_tunes_the_same_weights_whatever_the_global_generator_holds(split):
     """A run resumed after its student was tuned tunes it again: the same weights register the
     same teacher (IDs are content hashes), not a second one."""
-    paths = sorted((fmnist / "labeled").rglob("*.png"))
-    labels = np.array([CLASSES.index(p.parent.name) for p in paths])
-    split = Split([str(p) for p in paths], labels, np.ones(len(paths), dtype=np.int64))
     cfg = Recipe(
         architecture="resnet10t",
         mean=[0.286],

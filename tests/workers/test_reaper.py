@@ -31,24 +31,32 @@ from workers import decode, labeling
 MAX = 3
 
 
+def _new_job(shards: int, sent_ago_s: float) -> int:
+    """A job of ``shards`` queued shards of two items each, all sent ``sent_ago_s`` ago."""
+    teacher = synthetic.teacher(["a", "b"])
+    dataset = synthetic.labeled_dataset(["a", "b"], [0] * (2 * shards))
+    with session_scope() as session:
+        job, _ = create_job(
+            session,
+            teacher_id=teacher,
+            dataset_id=dataset,
+            items_total=2 * shards,
+            num_classes=2,
+            options=synthetic.JOB_OPTIONS | {"shard_size": 2},
+        )
+        session.execute(
+            Shard.__table__.update()
+            .where(Shard.job_id == job.id)
+            .values(enqueued_at=utcnow() - timedelta(seconds=sent_ago_s))
+        )
+        return job.id
+
+
 @pytest.fixture
 def job_id(backend) -> int:
     """A job of three queued shards of two items each, sent a minute ago."""
     synthetic.migrate()
-    teacher = synthetic.teacher(["a", "b"])
-    dataset = synthetic.labeled_dataset(["a", "b"], [0] * 6)
-    with session_scope() as session:
-        job, shards = create_job(
-            session,
-            teacher_id=teacher,
-            dataset_id=dataset,
-            items_total=6,
-            num_classes=2,
-            options=synthetic.JOB_OPTIONS | {"shard_size": 2},
-        )
-        for shard in shards:
-            shard.enqueued_at = utcnow() - timedelta(minutes=1)
-        return job.id
+    return _new_job(3, sent_ago_s=60)
 
 
 def _shards(job_id: int) -> list[Shard]:
@@ -112,33 +120,7 @@ def test_an_unclaimed_shard_is_sent_again_only_once_the_stack_is_idle(job_id):
 
 def _later_job(sent_ago_s: float) -> list[Shard]:
     """Another job of two shards, sent ``sent_ago_s`` ago (behind the fixture's in the queue)."""
-    teacher = synthetic.teacher(["a", "b"])
-    dataset = synthetic.labeled_dataset(["a", "b"], [0] * 4)
-    with session_scope() as session:
-        job, _ = create_job(
-            session,
-            teacher_id=teacher,
-            dataset_id=dataset,
-            items_total=4,
-            num_classes=2,
-            options=synthetic.JOB_OPTIONS | {"shard_size": 2},
-        )
-        session.execute(
-            Shard.__table__.update()
-            .where(Shard.job_id == job.id)
-            .values(enqueued_at=utcnow() - timedelta(seconds=sent_ago_s))
-        )
-        job_id = job.id
-    return _shards(job_id)
-
-
-def _sent_together(job_id: int, ago_s: float) -> None:
-    with session_scope() as session:
-        session.execute(
-            Shard.__table__.update()
-            .where(Shard.job_id == job_id)
-            .values(enqueued_at=utcnow() - timedelta(seconds=ago_s))
-        )
+    return _shards(_new_job(2, sent_ago_s))
 
 
 def test_a_message_the_queue_passed_by_is_sent_again_while_work_goes_on(job_id):
@@ -154,7 +136,6 @@ def test_a_message_the_queue_passed_by_is_sent_again_while_work_goes_on(job_id):
 
 
 def test_a_shard_that_may_wait_in_a_prefetch_is_not_sent_again(job_id):
-    _sent_together(job_id, ago_s=60)
     first, second, third = _shards(job_id)
     _claim(first.id)  # sent with them, still running: its worker may hold the others' messages
     later, _ = _later_job(sent_ago_s=20)
@@ -163,8 +144,8 @@ def test_a_shard_that_may_wait_in_a_prefetch_is_not_sent_again(job_id):
 
 
 def test_a_shard_sent_just_before_a_claimed_one_is_not_passed_by(job_id):
-    _later_job_shards = _later_job(sent_ago_s=50)  # only 10 s after the fixture's: too close to tell
-    _claim(_later_job_shards[0].id)
+    later, _ = _later_job(sent_ago_s=50)  # only 10 s after the fixture's: too close to tell
+    _claim(later.id)
     assert _reap() == []
 
 
