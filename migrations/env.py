@@ -46,10 +46,19 @@ def _run(connection) -> None:
     if sqlite:
         _foreign_keys(connection, "OFF")
     try:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # transactional_ddl: Alembic takes SQLite's DDL for non-transactional and commits after
+        # each migration; SQLite's DDL is transactional, so the whole upgrade is one transaction.
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            transactional_ddl=True,
+        )
         with context.begin_transaction():
             if sqlite:
                 _begin_before_any_ddl(connection)
+            else:
+                _one_upgrade_at_a_time(connection)
             before = context.get_context().get_current_revision()
             context.run_migrations()
             if sqlite and context.get_context().get_current_revision() != before:
@@ -71,7 +80,30 @@ def _begin_before_any_ddl(connection) -> None:
     # was committed on its own, and a migration that failed after it left the copy behind, which
     # the next upgrade then tripped over. An explicit BEGIN makes every statement of the upgrade,
     # DDL included, one transaction that commits or rolls back whole, as on PostgreSQL.
-    connection.connection.driver_connection.execute("BEGIN")
+    # IMMEDIATE takes the write lock before the current revision is read: processes that start
+    # together (API replicas) upgrade one after the other, and the later ones find nothing to do.
+    # They wait as long as an upgrade may take (copying a large table), not the usual 30 s.
+    driver = connection.connection.driver_connection
+    usual_ms = driver.execute("PRAGMA busy_timeout").fetchone()[0]
+    driver.execute(f"PRAGMA busy_timeout={_UPGRADE_WAIT_MS}")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={usual_ms}")
+
+
+_UPGRADE_WAIT_MS = 3_600_000
+
+
+# Any constant: the key of the transaction-scoped advisory lock that upgrades take.
+_UPGRADE_LOCK = 0x6E73745F6D6967  # "nst_mig"
+
+
+def _one_upgrade_at_a_time(connection) -> None:
+    # Processes that start together (API replicas) would each read the revision before any
+    # committed and run the same migrations: all but one failed on the tables the first created.
+    # The lock holds until this upgrade commits or rolls back; the next then reads its result.
+    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK})")
 
 
 def _check_foreign_keys(connection) -> None:

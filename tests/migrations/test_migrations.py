@@ -152,7 +152,8 @@ def test_nst_db_upgrade_on_a_database_from_a_newer_nst_is_one_line(tmp_path, mon
 def test_an_upgrade_that_fails_midway_leaves_the_database_as_it_was(engine, tmp_path):
     """Every statement of an upgrade, DDL included, is one transaction: a migration that fails
     after SQLite's batch mode copied a table leaves no copy behind (`_alembic_tmp_jobs`), the
-    schema and rows as they were, and the next upgrade works."""
+    migration before it in the same upgrade is undone too, the schema and rows are as they were,
+    and the next upgrade works."""
     import shutil
 
     from alembic import command
@@ -168,10 +169,17 @@ def test_an_upgrade_that_fails_midway_leaves_the_database_as_it_was(engine, tmp_
 
     scripts = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9998_works.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n\n"
+        f"revision, down_revision, branch_labels, depends_on = '9998', {head!r}, None, None\n\n\n"
+        "def upgrade():\n"
+        "    op.create_table('first_step', sa.Column('id', sa.Integer(), primary_key=True))\n"
+    )
     (scripts / "versions" / "9999_fails.py").write_text(
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        f"revision, down_revision, branch_labels, depends_on = '9999', {head!r}, None, None\n\n\n"
+        "revision, down_revision, branch_labels, depends_on = '9999', '9998', None, None\n\n\n"
         "def upgrade():\n"
         "    with op.batch_alter_table('jobs') as batch:\n"
         "        batch.add_column(sa.Column('extra', sa.Integer(), nullable=True))\n"
@@ -191,3 +199,29 @@ def test_an_upgrade_that_fails_midway_leaves_the_database_as_it_was(engine, tmp_
         assert MigrationContext.configure(connection).get_current_revision() == head
     upgrade_head(engine)
     assert _counts(engine) == kept
+
+
+def _upgrade_in_a_process(url: str) -> None:
+    from nst.config import get_settings
+
+    get_settings.cache_clear()
+    engine = make_engine(url)
+    try:
+        upgrade_head(engine)
+    finally:
+        engine.dispose()
+
+
+def test_processes_that_start_together_migrate_once(engine):
+    """API replicas (or `nst api --workers N`) each apply the migrations as they start: on a new
+    database they must not all create the tables, and none may fail for it."""
+    import multiprocessing
+
+    url = engine.url.render_as_string(hide_password=False)
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(4) as pool:
+        pool.map(_upgrade_in_a_process, [url] * 4)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert connection.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
