@@ -70,16 +70,18 @@ class LocalStack:
                 start_new_session=True,
             )
 
-    def start_api(self, timeout: float = 120) -> Client:
+    def start_api(self, timeout: float = 120, workers: int = 1) -> Client:
         args = [
             sys.executable,
             "-m",
-            "uvicorn",
-            "service.main:app",
+            "cli.main",
+            "api",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--workers",
+            str(workers),
         ]
         self.api_process = self._spawn("api", args, self.env)
         self.client.wait_until_up(timeout=timeout)

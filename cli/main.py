@@ -117,11 +117,31 @@ def db_upgrade() -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-def api(host: str, port: int) -> None:
-    """Serve the REST API (applies migrations first)."""
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="API processes on the one port: a manifest's Parquet build or a large export holds one "
+    "process's interpreter while it runs, so more processes keep the others answering.",
+)
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the REST API (applies migrations first; processes that start together apply them once)."""
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run("service.main:app", host=host, port=port, log_level="info")
+    def serve() -> None:
+        uvicorn.run("service.main:app", host=host, port=port, log_level="info", workers=workers)
+
+    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        serve()
+        return
+    # A scrape of /metrics reaches one of the processes: prometheus_client's multiprocess mode
+    # has each count its requests in a file of this folder, and a scrape sums them all.
+    with tempfile.TemporaryDirectory(prefix="nst-api-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        serve()
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

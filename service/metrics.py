@@ -3,7 +3,10 @@
 Two kinds of figures, so that several API processes never disagree:
 
 * Requests (counts and latencies per route template) are counted in this process: each API
-  process reports its own, and Prometheus sums them over its targets.
+  server reports its own, and Prometheus sums them over its targets. The processes of one
+  server (``nst api --workers N``) share one port, so they count in prometheus_client's
+  multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) and any of them answers a scrape with the
+  sum over all of them.
 * Jobs, shards, labels, attempts, re-enqueues, lapsed leases and item errors are read from the
   database at scrape time: every API process reports the same values, and the workers' figures
   arrive this way too (they write them into the shard rows). All but the item errors are one
@@ -17,12 +20,14 @@ embedded SQLAlchemy broker's message table.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,17 +47,20 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
+        # In multiprocess mode the values live in files that the registry's MultiProcessCollector
+        # sums; registered here as well, this process's share would be counted twice.
+        own = None if _multiprocess() else registry
         self.requests = Counter(
             "nst_http_requests",
-            "HTTP requests answered by this API process",
+            "HTTP requests answered by this API server",
             ["method", "route", "status"],
-            registry=registry,
+            registry=own,
         )
         self.latency = Histogram(
             "nst_http_request_duration_seconds",
-            "Time from a request's arrival to the end of its response body, in this API process",
+            "Time from a request's arrival to the end of its response body, in this API server",
             ["method", "route"],
-            registry=registry,
+            registry=own,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,4 +222,10 @@ def metrics_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(DatabaseCollector())
     registry.register(QueueCollector())
+    if _multiprocess():
+        MultiProcessCollector(registry)
     return registry
+
+
+def _multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
