@@ -84,7 +84,7 @@ def main() -> None:
     folder = write_images(data, args.images)
     files = sorted(str(p) for p in folder.glob("*.png"))
     path, metadata = make_teacher(data, args.model, args.size, 0)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # a host NST_ALLOWED_HOSTS allows
         dataset = client.post("/datasets", json={"name": "profile", "kind": "unlabeled", "path": str(folder)})
         with path.open("rb") as handle:
             teacher = client.post("/teachers/upload", files={"file": (path.name, handle)}).json()

@@ -230,7 +230,7 @@ def _run(url: str, args) -> None:
         f"(written in {time.perf_counter() - start:.1f} s)\n"
     )
 
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(), base_url="http://localhost") as client:  # a host NST_ALLOWED_HOSTS allows
         base, _ = median_time(lambda: baseline_stats(engine, job_id, args.classes))
         took, stats = median_time(
             lambda: client.get(f"/jobs/{job_id}/stats", params={"threshold": 0.3}).json()

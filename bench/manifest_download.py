@@ -4,7 +4,7 @@ query that fetches the same rows: 1,000,000 top-10 soft labels over 1,000 classe
 balancing), served by a real uvicorn API on a fresh PostgreSQL database.
 
     .venv/bin/python -m bench.manifest_download [--labels 1000000] [--classes 1000] [--ranks 16]
-        [--repeat 3] [--rank-mib-s RATE] [--whole]
+        [--repeat 3] [--rank-mib-s RATE] [--whole] [--api-workers N]
 
 Printed: the bare query (one streamed SELECT of the entries joined with their items and labels,
 rows fetched and dropped) and the whole download (bytes read and dropped), alternating, medians
@@ -12,7 +12,7 @@ of ``--repeat``, and their ratio; then ``--ranks`` downloads of disjoint shares 
 as the ranks of one trainer would, or with ``--whole`` as many readers of the whole manifest,
 each reading at ``--rank-mib-s`` at most (readers on a slow disk or link): how many arrived
 whole (count and digest checked), and the slowest answer to ``GET /health`` (one ``SELECT 1``)
-that a poller sent every 0.2 s meanwhile.
+that a poller sent every 0.2 s meanwhile. ``--api-workers N`` serves with ``nst api --workers N``.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument(
         "--whole", action="store_true", help="each of --ranks readers pulls the whole manifest, not a share"
     )
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (nst api --workers)")
     args = parser.parse_args()
 
     root = bench_root(None, "nst-bench-download-")
@@ -164,7 +165,7 @@ def main() -> None:
         job_id, labeled_id = populate(engine, labels=args.labels, num_classes=args.classes)
         env = {"NST_DATABASE_URL": url, "NST_DATA_DIR": str(root / "nst"), "NST_DATA_ROOTS": str(root)}
         with local_stack(root, env, remove=True) as stack:
-            client = stack.start_api()
+            client = stack.start_api(workers=args.api_workers)
             manifest = client.create_manifest(
                 job_ids=[job_id], labeled_dataset_ids=[labeled_id], threshold=0.0, balance=False
             )
