@@ -1,5 +1,6 @@
-"""The in-process benchmarks run as an operator runs them: without the test suite's settings
-(the Host allowlist refused the test client's `testserver` until they asked as localhost)."""
+"""The in-process benchmarks run as an operator runs them, at a small size: without the test
+suite's settings (the Host allowlist refused the test client's `testserver` until they asked as
+localhost)."""
 
 import os
 import subprocess
@@ -9,17 +10,24 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+SMALL = {
+    "label_profile": ["--images", "64", "--shard-size", "64", "--top", "0", "--workers", "0"]
+    + ["--threads", "1", "--model", "resnet10t"],
+    "metrics_scrape": ["--labels", "2000", "--history-shards", "100", "--item-errors", "100"],
+    "label_store": ["--labels", "5000", "--classes", "20", "--database", "sqlite"],
+}
+PRINTS = {"label_profile": "ratio worker loop / bare:", "metrics_scrape": "target:", "label_store": "ratio"}
 
-def test_label_profile_runs_on_a_default_environment(tmp_path):
+
+@pytest.mark.parametrize("bench", sorted(SMALL))
+def test_an_in_process_benchmark_runs_on_a_default_environment(tmp_path, bench):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NST_")}
-    args = ["--images", "64", "--shard-size", "64", "--top", "0", "--workers", "0", "--threads", "1"]
-    args += ["--model", "resnet10t", "--dir", str(tmp_path)]
     done = subprocess.run(
-        [sys.executable, "-m", "bench.label_profile", *args],
-        env={**env, "HF_HUB_OFFLINE": "1"},
+        [sys.executable, "-m", f"bench.{bench}", *SMALL[bench]],
+        env={**env, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "ratio worker loop / bare:" in done.stdout
+    assert PRINTS[bench] in done.stdout
