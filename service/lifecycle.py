@@ -289,6 +289,8 @@ def _lost_messages(session: Session, *, now: datetime, unclaimed_s: float) -> li
     old_enough = and_(
         Shard.state == ShardState.QUEUED, or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < since)
     )
+    if not session.scalar(select(exists().where(old_enough))):
+        return []  # the usual case: every sweep of every worker stops here
     live = and_(Shard.state == ShardState.RUNNING, Shard.lease_expires_at >= now)
     busy = or_(exists().where(live), exists().where(Shard.finished_at >= since))
     if not session.scalar(select(busy)):
