@@ -74,6 +74,9 @@ def _foreign_keys(connection, switch: str) -> None:
     connection.connection.driver_connection.execute(f"PRAGMA foreign_keys={switch}")
 
 
+_UPGRADE_WAIT_MS = 3_600_000  # how long a process waits for another's upgrade (SQLite)
+
+
 def _begin_before_any_ddl(connection) -> None:
     # Python's sqlite3 (before 3.12's autocommit=False) opens a transaction only before an
     # INSERT, UPDATE or DELETE: a CREATE TABLE ahead of one (a batch migration's copy of a table)
@@ -90,9 +93,6 @@ def _begin_before_any_ddl(connection) -> None:
         driver.execute("BEGIN IMMEDIATE")
     finally:
         driver.execute(f"PRAGMA busy_timeout={usual_ms}")
-
-
-_UPGRADE_WAIT_MS = 3_600_000
 
 
 # Any constant: the key of the transaction-scoped advisory lock that upgrades take.
