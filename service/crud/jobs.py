@@ -37,6 +37,13 @@ class JobProgress:
     inference_used: list[str]  # the modes its shards were labeled in, so far
 
 
+# A running job's ETA follows its recent pace: the items of its last PACE_SHARDS finished shards
+# over the time since the shard before them finished. The whole job's average would carry an
+# outage (no worker for an hour) in every later ETA; a window of shards, not of minutes, holds
+# enough items at any speed.
+PACE_SHARDS = 8
+
+
 def create_job(
     session: Session, *, teacher_id: str, dataset_id: int, items_total: int, num_classes: int, options: dict
 ) -> tuple[Job, list[Shard]]:
@@ -56,7 +63,7 @@ def create_job(
 def progress_of(
     session: Session, jobs: Sequence[Job], *, now: datetime | None = None
 ) -> dict[int, JobProgress]:
-    """Each job's progress, by job ID, in three queries however many jobs: a list page costs
+    """Each job's progress, by job ID, in four queries however many jobs: a list page costs
     what one job does."""
     ids = [job.id for job in jobs]
     if not ids:
@@ -100,17 +107,62 @@ def progress_of(
     ):
         modes[job_id].update(inference_modes(recorded))
     empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
+    paces = _recent_finishes(session, ids)
     return {
-        job.id: _progress(job, totals.get(job.id, empty), errors[job.id], sorted(modes[job.id]), now)
+        job.id: _progress(
+            job, totals.get(job.id, empty), errors[job.id], sorted(modes[job.id]), paces.get(job.id, []), now
+        )
         for job in jobs
     }
+
+
+def _recent_finishes(session: Session, ids: list[int]) -> dict[int, list[tuple[datetime, int]]]:
+    """Per job, its last ``PACE_SHARDS + 1`` finished shards as (finished_at, items), latest first."""
+    latest = (
+        select(
+            Shard.job_id,
+            Shard.finished_at,
+            (Shard.items_done + Shard.items_failed).label("finished_items"),
+            func.row_number()
+            .over(partition_by=Shard.job_id, order_by=(Shard.finished_at.desc(), Shard.id.desc()))
+            .label("n"),
+        )
+        .where(
+            Shard.job_id.in_(ids),
+            Shard.state.in_([ShardState.SUCCEEDED, ShardState.FAILED]),
+            Shard.finished_at.is_not(None),
+        )
+        .subquery()
+    )
+    finishes: dict[int, list[tuple[datetime, int]]] = {}
+    for job_id, finished_at, items in session.execute(
+        select(latest.c.job_id, latest.c.finished_at, latest.c.finished_items)
+        .where(latest.c.n <= PACE_SHARDS + 1)
+        .order_by(latest.c.job_id, latest.c.n)
+    ):
+        finishes.setdefault(job_id, []).append((finished_at, items))
+    return finishes
+
+
+def _pace(done: int, started_at: datetime, finishes: list[tuple[datetime, int]], until: datetime) -> float:
+    """Items a second lately: over the last ``PACE_SHARDS`` finished shards once more than that
+    many have finished, before that over the whole job so far."""
+    if len(finishes) > PACE_SHARDS:
+        since = finishes[PACE_SHARDS][0]
+        items = sum(items for _, items in finishes[:PACE_SHARDS])
+    else:
+        since, items = started_at, done
+    elapsed = (until - since).total_seconds()
+    return items / elapsed if elapsed > 0 else 0.0
 
 
 def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobProgress:
     return progress_of(session, [job], now=now)[job.id]
 
 
-def _progress(job: Job, totals, errors: list[str], modes: list[str], now: datetime | None) -> JobProgress:
+def _progress(
+    job: Job, totals, errors: list[str], modes: list[str], finishes: list, now: datetime | None
+) -> JobProgress:
     done, failed, shards_done, shards_failed, started, started_at, last_finished = totals
     state = lifecycle.job_state(
         job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
@@ -122,11 +174,13 @@ def _progress(job: Job, totals, errors: list[str], modes: list[str], now: dateti
         finished_at = job.cancelled_at or last_finished
     throughput = eta = None
     if started_at is not None:
-        elapsed = ((finished_at or now or utcnow()) - started_at).total_seconds()
+        until = finished_at or now or utcnow()
+        elapsed = (until - started_at).total_seconds()
         if elapsed > 0 and done + failed > 0:
             throughput = (done + failed) / elapsed
-            if state in (JobState.QUEUED, JobState.RUNNING):
-                eta = (job.items_total - done - failed) / throughput
+            pace = _pace(done + failed, started_at, finishes, until)
+            if state in (JobState.QUEUED, JobState.RUNNING) and pace > 0:
+                eta = (job.items_total - done - failed) / pace
     return JobProgress(
         state,
         int(done),
