@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
 from nst.states import JobState, ShardState
@@ -64,7 +64,7 @@ def progress_of(
     session: Session, jobs: Sequence[Job], *, now: datetime | None = None
 ) -> dict[int, JobProgress]:
     """Each job's progress, by job ID, in four queries however many jobs: a list page costs
-    what one job does."""
+    what one job does (the fourth, its recent pace, is asked for unfinished jobs only)."""
     ids = [job.id for job in jobs]
     if not ids:
         return {}
@@ -107,7 +107,10 @@ def progress_of(
     ):
         modes[job_id].update(inference_modes(recorded))
     empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
-    paces = _recent_finishes(session, ids)
+    unfinished = [
+        job.id for job in jobs if job.cancelled_at is None and totals.get(job.id, empty)[2] < job.shards_total
+    ]
+    paces = _recent_finishes(session, unfinished)
     return {
         job.id: _progress(
             job, totals.get(job.id, empty), errors[job.id], sorted(modes[job.id]), paces.get(job.id, []), now
@@ -117,30 +120,30 @@ def progress_of(
 
 
 def _recent_finishes(session: Session, ids: list[int]) -> dict[int, list[tuple[datetime, int]]]:
-    """Per job, its last ``PACE_SHARDS + 1`` finished shards as (finished_at, items), latest first."""
-    latest = (
-        select(
-            Shard.job_id,
-            Shard.finished_at,
-            (Shard.items_done + Shard.items_failed).label("finished_items"),
-            func.row_number()
-            .over(partition_by=Shard.job_id, order_by=(Shard.finished_at.desc(), Shard.id.desc()))
-            .label("n"),
-        )
+    """Per job, its last ``PACE_SHARDS + 1`` finished shards as (finished_at, items), latest
+    first: one statement of one top-N scan per job (a window over every finished shard would
+    sort them all, on every read of a long job)."""
+    if not ids:
+        return {}
+    latest = [
+        select(Shard.job_id, Shard.finished_at, Shard.items_done + Shard.items_failed)
         .where(
-            Shard.job_id.in_(ids),
+            Shard.job_id == job_id,
             Shard.state.in_([ShardState.SUCCEEDED, ShardState.FAILED]),
             Shard.finished_at.is_not(None),
         )
+        .order_by(Shard.finished_at.desc(), Shard.id.desc())
+        .limit(PACE_SHARDS + 1)
         .subquery()
-    )
+        for job_id in ids
+    ]
+    # Each a subquery of its own: SQLite allows no ORDER BY or LIMIT in a UNION's parts.
+    statement = union_all(*(select(*part.c) for part in latest))
     finishes: dict[int, list[tuple[datetime, int]]] = {}
-    for job_id, finished_at, items in session.execute(
-        select(latest.c.job_id, latest.c.finished_at, latest.c.finished_items)
-        .where(latest.c.n <= PACE_SHARDS + 1)
-        .order_by(latest.c.job_id, latest.c.n)
-    ):
+    for job_id, finished_at, items in session.execute(statement):
         finishes.setdefault(job_id, []).append((finished_at, items))
+    for rows in finishes.values():
+        rows.sort(key=lambda row: row[0], reverse=True)
     return finishes
 
 
