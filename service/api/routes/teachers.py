@@ -107,8 +107,16 @@ def _discard_unreferenced(session, sha: str, path: storage.Location) -> None:
     try:
         if crud.is_registered(session, sha):
             return
+    except SQLAlchemyError as exc:  # a lost database
+        logger.warning("teacher file %s not removed: %s", path, exc)
+        return
+    _remove_file(path)
+
+
+def _remove_file(path: storage.Location) -> None:
+    try:
         storage.remove(path)
-    except (OSError, SQLAlchemyError) as exc:  # a store that refuses deletes; a lost database
+    except OSError as exc:  # a store that refuses deletes: the file is only an orphan
         logger.warning("teacher file %s not removed: %s", path, exc)
 
 
@@ -271,6 +279,11 @@ def delete_teacher(teacher_id: HashId, session: SessionDep) -> Response:
         )
     path = storage.location(teacher.file_path)
     session.delete(teacher)
+    # The deleted row stays locked until the commit (PostgreSQL: its key; SQLite: the database),
+    # so the file goes while no other request can register these bytes: a re-upload meanwhile
+    # either finds the row and answers 200 (it came first), or inserts after this commit and
+    # writes its file after this removal. Never a teacher whose file was removed.
+    session.flush()
+    _remove_file(path)
     session.commit()
-    _discard_unreferenced(session, teacher_id, path)  # unless re-uploaded meanwhile
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -212,21 +212,37 @@ def test_two_concurrent_uploads_of_one_file_are_one_teacher_whose_file_stays(
     assert download.status_code == 200 and download.content == teacher_file.read_bytes()
 
 
-def test_a_delete_keeps_the_file_of_a_re_upload_that_registered_it_meanwhile(
+def test_a_re_upload_during_a_delete_never_leaves_a_teacher_without_its_file(
     client, teacher_file, monkeypatch
 ):
+    """The same bytes uploaded again while a delete removes the file: the upload runs to its end
+    just before the removal. Whichever comes first, a registered teacher has its file."""
+    from nst import storage
+    from service.core.db import session_scope
     from service.crud import teachers as crud
 
     teacher = _upload(client, teacher_file).json()
-    is_registered = crud.is_registered
+    remove = storage.remove
+    re_upload: dict = {}
 
-    def re_uploaded_first(session, sha):  # the re-upload lands between the delete and its cleanup
-        assert _upload(client, teacher_file).status_code == 201
-        return is_registered(session, sha)
+    def re_uploaded_first(where):
+        thread = threading.Thread(target=lambda: re_upload.update(response=_upload(client, teacher_file)))
+        thread.start()
+        thread.join(timeout=5)  # on a database whose writer the delete holds, it waits for the commit
+        re_upload["thread"] = thread
+        remove(where)
 
-    monkeypatch.setattr(crud, "is_registered", re_uploaded_first)
+    monkeypatch.setattr(storage, "remove", re_uploaded_first)
     assert client.delete(f"/teachers/{teacher['id']}").status_code == 204
-    assert client.get(f"/teachers/{teacher['id']}/checkpoint").status_code == 200
+    re_upload["thread"].join(timeout=30)
+    assert re_upload["response"].status_code in (200, 201), re_upload["response"].text
+    with session_scope() as session:
+        registered = crud.is_registered(session, teacher["id"])
+    download = client.get(f"/teachers/{teacher['id']}/checkpoint")
+    if registered:
+        assert download.status_code == 200 and download.content == teacher_file.read_bytes()
+    else:
+        assert download.status_code == 404
 
 
 def test_a_refusal_on_a_store_that_refuses_deletes_is_its_own_422_and_stores_nothing(
