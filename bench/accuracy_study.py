@@ -18,6 +18,8 @@ with one ingredient changed, so it compares with generation 1 of the full method
     hard              hard pseudo labels instead of soft
     no-balance        no per-class balancing
     no-filter         confidence threshold 0 (every pseudo label kept)
+    repeat            nothing changed: generation 1 trained again from the same teacher, a
+                      control of how far a second run lands from the first (run only when asked)
 
 With ``--robustness N``, the teacher, every generation and the no-noise student are also measured
 under corruptions and FGSM (``nst iterate --robustness``, trainer/robustness.py) on the first N
@@ -66,7 +68,10 @@ ABLATIONS: dict[str, dict] = {
     "hard": {"loop": {"soft": False}},
     "no-balance": {"loop": {"balance": False}},
     "no-filter": {"loop": {"threshold": 0.0}},
+    "repeat": {},
 }
+# Controls, not ingredients: never listed as an ablation a seed still lacks.
+CONTROLS = ("repeat",)
 
 
 # The ablations whose student's robustness is measured with --robustness: the paper's comparison.
@@ -320,7 +325,7 @@ def report(results: dict, classes: list[str], out: Path) -> str:
     generations = min(len(rows) for rows in mains)
     lines = [f"Seeds: {', '.join(map(str, seeds))} (mean ± standard deviation over seeds).", ""]
     for s in seeds:
-        missing = [n for n in ABLATIONS if n not in results[s]["ablations"]]
+        missing = [n for n in ABLATIONS if n not in results[s]["ablations"] and n not in CONTROLS]
         if missing:
             lines += [f"Seed {s}: ablations not run yet: {', '.join(missing)}.", ""]
     lines += [
@@ -614,7 +619,11 @@ def main() -> None:
     parser.add_argument(
         "--results", type=Path, default=None, help="where each finished seed's JSON goes (default: --dir)"
     )
-    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma-separated; empty: none")
+    parser.add_argument(
+        "--ablations",
+        default=",".join(n for n in ABLATIONS if n not in CONTROLS),
+        help="comma-separated; empty: none",
+    )
     parser.add_argument(
         "--oracle", action="store_true", help="also train each student architecture on all 60,000 labels"
     )

@@ -66,6 +66,28 @@ def test_ablations_are_paired_with_their_own_seed_over_the_seeds_that_ran_them(t
     assert (tmp_path / "results.png").stat().st_size > 0
 
 
+def test_the_repeat_control_is_reported_when_run_and_never_missing(tmp_path):
+    """``repeat`` trains generation 1 again unchanged: its row says how far a second run lands
+    from the first; a seed that has every ablation but it lacks nothing."""
+    ingredients = [n for n in accuracy_study.ABLATIONS if n not in accuracy_study.CONTROLS]
+    results = {
+        0: {
+            "main": [_row(0, 0.80), _row(1, 0.84)],
+            "ablations": {name: _ablation(0.83) for name in ingredients},
+            "per_class": {},
+        },
+        1: {
+            "main": [_row(0, 0.81), _row(1, 0.85)],
+            "ablations": {name: _ablation(0.84) for name in [*ingredients, "repeat"]}
+            | {"repeat": _ablation(0.85)},
+            "per_class": {},
+        },
+    }
+    text = accuracy_study.report(results, [str(c) for c in range(10)], tmp_path)
+    assert "not run yet" not in text
+    assert _line(text, "| repeat ")[1:4] == ["1", "85.00", "0.00"]
+
+
 def test_each_generation_reports_its_share_of_the_gap_to_the_oracle(tmp_path):
     results = {
         0: {
