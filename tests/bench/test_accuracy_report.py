@@ -78,8 +78,7 @@ def test_the_repeat_control_is_reported_when_run_and_never_missing(tmp_path):
         },
         1: {
             "main": [_row(0, 0.81), _row(1, 0.85)],
-            "ablations": {name: _ablation(0.84) for name in [*ingredients, "repeat"]}
-            | {"repeat": _ablation(0.85)},
+            "ablations": {name: _ablation(0.84) for name in ingredients} | {"repeat": _ablation(0.85)},
             "per_class": {},
         },
     }
