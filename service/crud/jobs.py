@@ -107,16 +107,30 @@ def progress_of(
     ):
         modes[job_id].update(inference_modes(recorded))
     empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
-    unfinished = [
-        job.id for job in jobs if job.cancelled_at is None and totals.get(job.id, empty)[2] < job.shards_total
-    ]
-    paces = _recent_finishes(session, unfinished)
+    states = {job.id: _state(job, totals.get(job.id, empty)) for job in jobs}
+    paces = _recent_finishes(session, [i for i, state in states.items() if state in _IN_PROGRESS])
     return {
         job.id: _progress(
-            job, totals.get(job.id, empty), errors[job.id], sorted(modes[job.id]), paces.get(job.id, []), now
+            job,
+            states[job.id],
+            totals.get(job.id, empty),
+            errors[job.id],
+            sorted(modes[job.id]),
+            paces.get(job.id, []),
+            now,
         )
         for job in jobs
     }
+
+
+_IN_PROGRESS = (JobState.QUEUED, JobState.RUNNING)  # the states with an ETA
+
+
+def _state(job: Job, totals) -> JobState:
+    _, _, shards_done, shards_failed, started, _, _ = totals
+    return lifecycle.job_state(
+        job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
+    )
 
 
 def _recent_finishes(session: Session, ids: list[int]) -> dict[int, list[tuple[datetime, int]]]:
@@ -164,12 +178,15 @@ def progress(session: Session, *, job: Job, now: datetime | None = None) -> JobP
 
 
 def _progress(
-    job: Job, totals, errors: list[str], modes: list[str], finishes: list, now: datetime | None
+    job: Job,
+    state: JobState,
+    totals,
+    errors: list[str],
+    modes: list[str],
+    finishes: list,
+    now: datetime | None,
 ) -> JobProgress:
-    done, failed, shards_done, shards_failed, started, started_at, last_finished = totals
-    state = lifecycle.job_state(
-        job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
-    )
+    done, failed, shards_done, shards_failed, _, started_at, last_finished = totals
     finished_at = None
     if state == JobState.SUCCEEDED:
         finished_at = last_finished
@@ -182,7 +199,7 @@ def _progress(
         if elapsed > 0 and done + failed > 0:
             throughput = (done + failed) / elapsed
             pace = _pace(done + failed, started_at, finishes, until)
-            if state in (JobState.QUEUED, JobState.RUNNING) and pace > 0:
+            if state in _IN_PROGRESS and pace > 0:
                 eta = (job.items_total - done - failed) / pace
     return JobProgress(
         state,
