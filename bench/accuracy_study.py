@@ -20,6 +20,9 @@ with one ingredient changed, so it compares with generation 1 of the full method
     no-filter         confidence threshold 0 (every pseudo label kept)
     repeat            nothing changed: generation 1 trained again from the same teacher, a
                       control of how far a second run lands from the first (run only when asked)
+    eager-labels      the pool labeled in eager float32, the reference, instead of the worker's
+                      default mode (OpenVINO on a CPU): what the faster labels move (run only when
+                      asked)
 
 With ``--robustness N``, the teacher, every generation and the no-noise student are also measured
 under corruptions and FGSM (``nst iterate --robustness``, trainer/robustness.py) on the first N
@@ -69,9 +72,12 @@ ABLATIONS: dict[str, dict] = {
     "no-balance": {"loop": {"balance": False}},
     "no-filter": {"loop": {"threshold": 0.0}},
     "repeat": {},
+    "eager-labels": {"loop": {"inference": "eager"}},
 }
-# Controls, not ingredients: never listed as an ablation a seed still lacks.
-CONTROLS = ("repeat",)
+# Controls, not ingredients: never listed as an ablation a seed still lacks. repeat trains
+# generation 1 again unchanged; eager-labels again with the pool labeled in eager float32 (the
+# reference) instead of the worker's default mode.
+CONTROLS = ("repeat", "eager-labels")
 
 
 # The ablations whose student's robustness is measured with --robustness: the paper's comparison.

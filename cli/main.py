@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import httpx
 
+from nst import inference
 from nst.client import Client, NstError, UnknownId
 from nst.config import SettingsError
 from nst.manifest_file import ManifestMismatch
@@ -394,6 +395,14 @@ _TIMEOUT = click.option(
 @click.option("--top-k", default=10, show_default=True)
 @click.option("--shard-size", default=1000, show_default=True)
 @click.option(
+    "--inference",
+    type=click.Choice(inference.SETTINGS),
+    default="auto",
+    show_default=True,
+    help="How the teacher runs: eager (float32, the reference), bf16, compile, openvino; auto: "
+    "the worker's default for its device.",
+)
+@click.option(
     "--noised-teacher",
     is_flag=True,
     help="The paper's ablation only: label with the teacher's noise on (RandAugment, dropout, "
@@ -405,7 +414,17 @@ _TIMEOUT = click.option(
 @_TIMEOUT
 @click.pass_context
 def jobs_create(
-    ctx, teacher_id, dataset_id, batch_size, temperature, top_k, shard_size, noised_teacher, wait, timeout
+    ctx,
+    teacher_id,
+    dataset_id,
+    batch_size,
+    temperature,
+    top_k,
+    shard_size,
+    inference,
+    noised_teacher,
+    wait,
+    timeout,
 ):
     if temperature != "calibrated":
         temperature = _number("--temperature", temperature)
@@ -417,6 +436,7 @@ def jobs_create(
             temperature=temperature,
             top_k=top_k,
             shard_size=shard_size,
+            inference=inference,
             noised_teacher=noised_teacher,
         )
         if wait:

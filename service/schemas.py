@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
+from nst import inference
 from nst.states import JobState, ShardState, TeacherStatus
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from nst.teacher_metadata import TeacherMetadata
@@ -171,7 +172,7 @@ class TeacherTemperature(BaseModel):
 # --- jobs -----------------------------------------------------------------------------------
 
 
-InferenceMode = Literal["auto", "eager", "bf16", "compile", "openvino"]
+InferenceMode = Literal[inference.SETTINGS]
 
 
 class JobCreate(BaseModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from nst import atomic
+from nst import atomic, inference
 from nst.client import Client
 from trainer.config import Recipe, RecipeError, TrainConfig
 from trainer.iterate import SET_PER_MODEL, IterateConfig, JobEnded, OutDirBusy, RecipeChanged, iterate
@@ -372,6 +372,14 @@ def main() -> None:
 @click.option("--balance/--no-balance", default=True, show_default=True)
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--target-per-class", type=int)
+@click.option(
+    "--inference",
+    type=click.Choice(inference.SETTINGS),
+    default="auto",
+    show_default=True,
+    help="How each teacher runs when it labels: eager (float32, the reference every other mode "
+    "is gated against), bf16, compile, openvino; auto: the worker's default for its device.",
+)
 @click.option(
     "--noised-teacher/--clean-teacher",
     default=False,

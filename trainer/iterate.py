@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nst import atomic
+from nst import atomic, inference
 from nst.client import Client, NotFound
 from nst.progress import wait_with_progress
 from nst.states import JobState
@@ -58,6 +58,7 @@ class IterateConfig:
     temperature: float = 1.0
     target_per_class: int | None = None
     # labeling
+    inference: str = "auto"  # how the teacher runs (nst.inference.SETTINGS)
     noised_teacher: bool = False  # the paper's ablation: the teacher labels with its noise on
     label_batch_size: int = _operational(256)
     shard_size: int = _operational(2000)
@@ -78,6 +79,9 @@ class IterateConfig:
             unknown = [model for model in models if not timm.is_model(model)]
             if unknown:
                 raise RecipeError(name, f"{', '.join(map(repr, unknown))}: not a timm model name")
+        if self.inference not in inference.SETTINGS:
+            modes = ", ".join(inference.SETTINGS)
+            raise RecipeError("inference", f"{self.inference!r} is not one of {modes}")
         if self.generations < 0:
             raise RecipeError("generations", f"must be 0 or more, not {self.generations}")
         if self.teacher_steps is not None and self.teacher_steps < 1:
@@ -293,6 +297,7 @@ def _job(
     options = {
         "batch_size": cfg.label_batch_size,
         "shard_size": cfg.shard_size,
+        "inference": cfg.inference,
         "noised_teacher": cfg.noised_teacher and kind == "labeling",
     }
     started = _load_state(cfg).get(kind, {})

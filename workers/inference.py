@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nst.inference import MODES
+
 logger = logging.getLogger(__name__)
 
-# The API's JobCreate.inference offers these and "auto" (tests/workers/test_inference.py checks).
-MODES = ("eager", "bf16", "compile", "openvino")
 
 # What ``auto`` runs, per device: the fastest mode that passed the fidelity gate (argmaxes
 # within 0.5% of eager float32, confidences within 0.01) on real teachers, by
