@@ -115,6 +115,18 @@ def test_teacher_commands_take_a_unique_id_prefix(run, client):
     assert client.get(f"/teachers/{teacher}").status_code == 404
 
 
+def test_jobs_create_asks_for_the_inference_mode_named_and_refuses_another(run, client, teacher_file, fmnist):
+    from tests.utils import factories
+
+    teacher = factories.ready_teacher(client, teacher_file)
+    pool = factories.unlabeled_dataset(client, fmnist / "unlabeled")
+    args = ["jobs", "create", "--teacher", teacher["id"][:12], "--dataset", str(pool["id"]), "--no-wait"]
+    assert json.loads(run(*args))["inference"] == "auto"
+    assert json.loads(run(*args, "--inference", "eager"))["inference"] == "eager"
+    refused = CliRunner().invoke(cli, [*args, "--inference", "fp8"])
+    assert refused.exit_code == 2 and "'fp8' is not one of 'auto', 'eager'" in refused.output
+
+
 def test_iterate_refuses_robustness_with_no_dataset_to_measure_it_on():
     args = ["iterate", "--labeled", "1", "--unlabeled", "2", "--robustness"]
     refused = CliRunner().invoke(cli, args)

@@ -60,6 +60,7 @@ def test_same_recipe_with_other_operational_settings_continues(tmp_path):
     [
         ({"threshold": 0.5}, "threshold: 0.3 -> 0.5"),
         ({"soft": False}, "soft: True -> False"),
+        ({"inference": "eager"}, "inference: 'auto' -> 'eager'"),
         ({"students": ["resnet34"]}, "students: ['resnet18'] -> ['resnet34']"),
         (
             {"train": TrainConfig(ServiceLink(manifest_id=""), Recipe(steps=200), Runtime(workers=2))},
@@ -219,6 +220,20 @@ def test_a_job_from_before_the_request_is_not_adopted(tmp_path):
         _labeling_job(cfg, pool, 2, "t1")
     pool.create_job = create
     assert _labeling_job(cfg, pool, 2, "t1")["id"] != earlier["id"]
+
+
+def test_a_job_the_service_saved_in_another_inference_mode_is_not_adopted(tmp_path):
+    """A stopped run's request is found by its options, the teacher's mode among them."""
+    cfg, pool = _config(tmp_path, inference="eager"), _SavedButUnsent({})
+    _write_state(cfg)
+    other_mode = dataclasses.replace(cfg, inference="openvino")
+    from nst.client import NstError
+
+    with pytest.raises(NstError):
+        _labeling_job(other_mode, pool, 2, "t1")  # saved, never heard back about
+    pool.down = False
+    job = _labeling_job(cfg, pool, 2, "t1")
+    assert job["id"] == 2 and pool.bodies[2]["inference"] == "eager"
 
 
 def test_a_probe_job_is_recorded_and_continued_like_the_pools(tmp_path):

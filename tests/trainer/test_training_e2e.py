@@ -240,6 +240,8 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         "--robustness",
         "--robustness-on",
         str(service.labeled["id"]),
+        "--inference",
+        "eager",
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -257,6 +259,8 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         assert student["generation"] == row["generation"]
         assert student["manifest_id"] == row["manifest"]
         assert 0.0 <= row["pseudo_acc_all"] <= 1.0 and row["pseudo_unique"] > 0
+        (job,) = client.jobs(teacher_id=row["teacher"], dataset_id=service.pool["id"])
+        assert (job["inference"], job["inference_used"]) == ("eager", ["eager"])  # not the CPU's openvino
     assert (out / "generations.md").read_text().count("\n") == 2 + 3
     assert (out / "generations.png").stat().st_size > 0
     again = CliRunner().invoke(cli, args)  # finished: continues from the last generation
