@@ -397,6 +397,7 @@ def _generation(
         "student_arch": architecture,
         "manifest": manifest["id"],
         "job": job["id"],
+        "labeled_in": job["inference_used"],  # how the teacher ran: provenance of the pseudo labels
         "labeled": manifest["totals"]["labeled"],
         "pseudo_unique": manifest["totals"]["pseudo_unique"],
         "pseudo_with_copies": manifest["totals"]["pseudo_with_copies"],

@@ -8,6 +8,7 @@ COLUMNS = [
     ("generation", "gen"),
     ("student_arch", "student"),
     ("labeled", "labeled"),
+    ("labeled_in", "labeled in"),
     ("pseudo_unique", "pseudo (unique)"),
     ("pseudo_with_copies", "pseudo (with copies)"),
     ("pseudo_acc_all", "pseudo-label acc (all)"),
@@ -26,6 +27,8 @@ COLUMNS = [
 def _cell(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
     if isinstance(value, float) and value <= 1.0:
         return f"{value:.4f}"
     return str(value)

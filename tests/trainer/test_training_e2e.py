@@ -261,7 +261,9 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         assert 0.0 <= row["pseudo_acc_all"] <= 1.0 and row["pseudo_unique"] > 0
         (job,) = client.jobs(teacher_id=row["teacher"], dataset_id=service.pool["id"])
         assert (job["inference"], job["inference_used"]) == ("eager", ["eager"])  # not the CPU's openvino
-    assert (out / "generations.md").read_text().count("\n") == 2 + 3
+        assert row["labeled_in"] == ["eager"]
+    table = (out / "generations.md").read_text()
+    assert table.count("\n") == 2 + 3 and "| labeled in |" in table and "| eager |" in table
     assert (out / "generations.png").stat().st_size > 0
     again = CliRunner().invoke(cli, args)  # finished: continues from the last generation
     assert again.exit_code == 0 and "continuing after generation 2" in again.output
