@@ -192,6 +192,7 @@ def datasets_register(ctx, path, name, kind, split, classes) -> None:
 @datasets.command("list")
 @click.pass_context
 def datasets_list(ctx) -> None:
+    """Every dataset: ID, kind, split, item count and name."""
     with _client(ctx) as client:
         for d in client.datasets():
             click.echo(
@@ -203,6 +204,7 @@ def datasets_list(ctx) -> None:
 @click.argument("dataset_id", type=int)
 @click.pass_context
 def datasets_show(ctx, dataset_id) -> None:
+    """A dataset as JSON: its source, classes and item count."""
     with _client(ctx) as client:
         _print(client.dataset(dataset_id))
 
@@ -225,6 +227,7 @@ def datasets_items(ctx, dataset_id, limit) -> None:
 @click.argument("dataset_id", type=int)
 @click.pass_context
 def datasets_delete(ctx, dataset_id) -> None:
+    """Delete a dataset and its items; refused while a job or manifest uses it."""
     with _client(ctx) as client:
         client.delete_dataset(dataset_id)
 
@@ -251,6 +254,7 @@ def teachers() -> None:
 @click.option("--wait/--no-wait", default=True, help="Wait for a worker to validate it.")
 @click.pass_context
 def teachers_register(ctx, path, metadata_file, upload, wait) -> None:
+    """Register a safetensors checkpoint as a teacher; its ID is the sha256 of the file."""
     try:
         metadata = json.load(metadata_file) if metadata_file else None
     except json.JSONDecodeError as exc:
@@ -326,6 +330,7 @@ def _unique_class_names(names: list[str], *, dedupe: bool) -> list[str]:
 @teachers.command("list")
 @click.pass_context
 def teachers_list(ctx) -> None:
+    """Every teacher: ID prefix, status, generation, architecture and name."""
     with _client(ctx) as client:
         for t in client.teachers():
             click.echo(
@@ -337,6 +342,7 @@ def teachers_list(ctx) -> None:
 @click.argument("teacher_id")
 @click.pass_context
 def teachers_show(ctx, teacher_id) -> None:
+    """A teacher as JSON, by its ID or a unique prefix of it."""
     with _client(ctx) as client:
         _print(client.teacher(_full_teacher_id(client, teacher_id)))
 
@@ -426,6 +432,7 @@ def jobs_create(
     wait,
     timeout,
 ):
+    """Label a dataset with a teacher (an ID or a unique prefix), one Celery task per shard."""
     if temperature != "calibrated":
         temperature = _number("--temperature", temperature)
     with _client(ctx) as client:
@@ -449,6 +456,7 @@ def jobs_create(
 @click.argument("job_id", type=int)
 @click.pass_context
 def jobs_show(ctx, job_id) -> None:
+    """A job as JSON: state, progress, ETA, errors and the inference modes that labeled it."""
     with _client(ctx) as client:
         _print(client.job(job_id))
 
@@ -467,6 +475,7 @@ def jobs_wait(ctx, job_id, timeout) -> None:
 @click.argument("job_id", type=int)
 @click.pass_context
 def jobs_cancel(ctx, job_id) -> None:
+    """Cancel a job: its queued shards are settled, labels already written stay."""
     with _client(ctx) as client:
         _print(client.cancel_job(job_id))
 
@@ -486,6 +495,7 @@ def jobs_resume(ctx, job_id) -> None:
 @EXPORT_OUT
 @click.pass_context
 def jobs_export(ctx, job_id, fmt, out) -> None:
+    """Every label of a job, as Parquet or JSON lines."""
     with _client(ctx) as client:
         client.export_labels(job_id, _export_target(out), fmt)
     _wrote(out)
@@ -494,6 +504,7 @@ def jobs_export(ctx, job_id, fmt, out) -> None:
 @jobs.command("list")
 @click.pass_context
 def jobs_list(ctx) -> None:
+    """Every job: ID, state, items done and failed, dataset and teacher."""
     with _client(ctx) as client:
         for j in client.jobs():
             click.echo(
@@ -596,6 +607,7 @@ def manifests_show(ctx, manifest_id) -> None:
 @manifests.command("list")
 @click.pass_context
 def manifests_list(ctx) -> None:
+    """Every manifest: ID prefix, entries, samples, the jobs it was built from and when."""
     with _client(ctx) as client:
         for m in client.manifests():
             totals = m["totals"]

@@ -127,6 +127,18 @@ def test_jobs_create_asks_for_the_inference_mode_named_and_refuses_another(run, 
     assert refused.exit_code == 2 and "'fp8' is not one of 'auto', 'eager'" in refused.output
 
 
+def test_every_command_says_what_it_does():
+    import click
+
+    def commands(group: click.Group, prefix: str):
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+
+    assert [name for name, command in commands(cli, "") if not command.help] == []
+
+
 def test_iterate_refuses_robustness_with_no_dataset_to_measure_it_on():
     args = ["iterate", "--labeled", "1", "--unlabeled", "2", "--robustness"]
     refused = CliRunner().invoke(cli, args)
