@@ -2,7 +2,7 @@
 real images, with each mode's forward speed and the decode time per batch beside it.
 
     .venv/bin/python -m bench.label_fidelity [--images 2000] [--steps 400] [--photos /tmp/fb/x/foolbox/data]
-        [--modes eager,bf16,compile,openvino] [--batch-size 64] [--threads 2]
+        [--modes eager,bf16,compile,openvino] [--batch-size 64] [--threads 2] [--device cuda]
 
 Teachers: a resnet10t trained here on 1,000 Fashion-MNIST images (``--steps`` AdamW steps),
 labeling ``--images`` Fashion-MNIST test images at 28 px; and the ImageNet EfficientNet-Lite0
@@ -14,12 +14,15 @@ own decode (``workers.decode.ImageFiles``), logits through ``workers.inference.p
 For each mode: argmax agreement with eager float32 and the largest confidence difference. The
 gate: a mode that disagrees on more than 0.5% of argmaxes or moves a confidence by more than
 0.01 is not a default. Also: forward img/s (median of 3 passes after the warm-up) and the ratio
-to eager, and the decode + transform time of one batch in one process.
+to eager on the same device, and the decode + transform time of one batch in one process.
+``--device cuda`` runs every mode on the GPU (eager there convolves in TF32 by PyTorch's
+default); the reference stays eager float32 on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -128,9 +131,11 @@ def decode(files: list[str], fmt: ImageFormat) -> tuple[torch.Tensor, float]:
     return torch.cat(batches), (time.perf_counter() - start) / len(files) * 64
 
 
-def run_mode(model, fmt: ImageFormat, mode: str, images: torch.Tensor, batch_size: int):
+def run_mode(model, fmt: ImageFormat, mode: str, images: torch.Tensor, batch_size: int, device: str):
+    """``model`` (on ``device``) prepared in ``mode``: the mode that ran, the logits of every
+    image, the seconds the preparation took and the forward's img/s (median of 3 passes)."""
     start = time.perf_counter()
-    runner = prepare(model, fmt.shape, "cpu", mode, batch_size)
+    runner = prepare(model, fmt.shape, device, mode, batch_size)
     prep = time.perf_counter() - start
     passes = []
     for _ in range(3):
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the modes run (cpu, cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     modes = args.modes.split(",")
@@ -165,11 +171,18 @@ def main() -> None:
             eval_transform(fmt)
             images, decode_s = decode(files, fmt)
             reference = None
-            for mode in ["eager"] + [m for m in modes if m != "eager"]:
-                ran, logits, prep, rate = run_mode(model, fmt, mode, images, args.batch_size)
+            # The reference, eager float32 on the CPU, first; then each mode on the device.
+            runs = dict.fromkeys([("eager", "cpu"), *((m, args.device) for m in ["eager", *modes])])
+            on_device = model if args.device == "cpu" else copy.deepcopy(model).to(args.device)
+            for mode, device in runs:
+                ran, logits, prep, rate = run_mode(
+                    model if device == "cpu" else on_device, fmt, mode, images, args.batch_size, device
+                )
                 probs = logits.softmax(dim=1)
                 if reference is None:
-                    reference, eager_rate = probs, rate
+                    reference = probs
+                if mode == "eager":
+                    eager_rate = rate  # each device's modes against its own eager
                 agree = (probs.argmax(1) == reference.argmax(1)).float().mean().item()
                 worst = (probs.max(1).values - reference.max(1).values).abs().max().item()
                 passes = agree >= GATE_AGREEMENT and worst <= GATE_CONFIDENCE
@@ -178,7 +191,8 @@ def main() -> None:
                         name,
                         fmt.image_size,
                         len(files),
-                        mode if ran == mode else f"{mode} (fell back to {ran})",
+                        (mode if ran == mode else f"{mode} (fell back to {ran})")
+                        + ("" if args.device == "cpu" else f" on {device}"),
                         f"{agree:.2%}",
                         f"{worst:.5f}",
                         "pass" if passes else "FAIL",

@@ -21,6 +21,14 @@ loop does (``--reuse-teacher``: one teacher for every run, the worker warm from 
 Targets: service / bare >= 0.95 in eager; >= 1.5 in the best mode that passes the fidelity gate
 (bench/label_fidelity.py). Default broker: kombu's SQLAlchemy transport on SQLite, database
 SQLite, both under a temporary folder.
+
+``--device cuda``: the worker labels on the GPU (``NST_WORKER_DEVICE=cuda``, default modes
+eager, bf16, compile) and each mode's baseline is the model alone: the same teacher prepared
+as the worker prepares it (``workers.inference.prepare``, same mode, so the same precision)
+forwarding the same images, decoded beforehand and already on the GPU, in batches of the same
+size, each batch's logits brought back to the host as the worker's are. GPU utilisation is
+sampled by ``nvidia-smi`` every 100 ms while each service run labels. Target: service /
+model-only >= 0.9.
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench.common import bench_root, local_stack, print_table
 from cli import fashion_mnist
 from nst.checkpoint import default_metadata, save_teacher
+from workers.inference import prepare
 
 
 class Files(Dataset):
@@ -83,7 +94,19 @@ def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers:
     model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
     model.load_state_dict(load_file(str(path)))
     model.eval()
-    transform = create_transform(
+    loader = DataLoader(
+        Files(files, _eval_transform(metadata), "L"), batch_size=batch_size, num_workers=workers
+    )
+    seen = 0
+    with torch.inference_mode():
+        for images in loader:
+            seen += len(model(images))
+    assert seen == len(files)
+    return time.perf_counter() - start
+
+
+def _eval_transform(metadata: dict):
+    return create_transform(
         input_size=(1, metadata["image_size"], metadata["image_size"]),
         is_training=False,
         interpolation=metadata["interpolation"],
@@ -91,13 +114,49 @@ def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers:
         std=tuple(metadata["std"]),
         crop_pct=metadata["crop_pct"],
     )
-    loader = DataLoader(Files(files, transform, "L"), batch_size=batch_size, num_workers=workers)
-    seen = 0
-    with torch.inference_mode():
-        for images in loader:
-            seen += len(model(images))
+
+
+def model_only(path: Path, metadata: dict, files: list[str], batch_size: int, mode: str, device: str):
+    """Seconds for the forward alone over every file's image, decoded beforehand and already on
+    ``device``, the model prepared in ``mode`` as the worker prepares it; and the mode that ran."""
+    model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
+    model.load_state_dict(load_file(str(path)))
+    model.eval().to(device)
+    transform = _eval_transform(metadata)
+    images = torch.stack([Files(files, transform, "L")[i] for i in range(len(files))]).to(device)
+    runner = prepare(model, tuple(images.shape[1:]), device, mode, batch_size)  # warms up too
+    runner(images[:batch_size])
+    start = time.perf_counter()
+    seen = sum(len(runner(part)) for part in images.split(batch_size))  # each batch's logits on the host
     assert seen == len(files)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, runner.mode
+
+
+class GpuUtilisation:
+    """nvidia-smi's utilisation of GPU ``index`` every 100 ms while the block runs: ``mean`` and
+    ``peak`` in percent afterwards (None without nvidia-smi)."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index, self.mean, self.peak = index, None, None
+
+    def __enter__(self):
+        query = ["--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        try:
+            self._process = subprocess.Popen(
+                ["nvidia-smi", "-i", str(self.index), *query], stdout=subprocess.PIPE, text=True
+            )
+        except FileNotFoundError:
+            self._process = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        out, _ = self._process.communicate(timeout=10)
+        samples = [int(line) for line in out.split() if line.strip().isdigit()]
+        if samples:
+            self.mean, self.peak = statistics.fmean(samples), max(samples)
 
 
 def _stat(pid: int) -> list[str]:
@@ -156,7 +215,23 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3000, help="images at 28 px")
     parser.add_argument("--images-224", type=int, default=600, help="images at 224 px")
     parser.add_argument(
-        "--modes", default="eager,bf16,openvino", help="inference modes of the service's jobs, each run"
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the worker labels; cuda: each mode against the model alone on the GPU",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["bare", "model-alone"],
+        default=None,
+        help="bare: the eager float32 loop that decodes the files too; model-alone: the forward alone, "
+        "in each mode, on images decoded beforehand (default: bare on the CPU, model-alone on a GPU)",
+    )
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help="inference modes of the service's jobs, each run (default: eager,bf16,openvino on the "
+        "CPU; eager,bf16,compile on a GPU)",
     )
     parser.add_argument("--models", default="resnet18,efficientnet_b0")
     parser.add_argument("--sizes", default="28,224")
@@ -179,13 +254,15 @@ def main() -> None:
         "its model and starts its decoders inside its clock: this favours the service by that much)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="bare and service runs, alternating; medians reported"
+        "--repeats", type=int, default=3, help="baseline and service runs, alternating; medians reported"
     )
     parser.add_argument("--database-url", default="", help="default: SQLite in the bench folder")
     parser.add_argument("--broker-url", default="", help="default: SQLAlchemy broker on SQLite")
     parser.add_argument("--dir", type=Path, default=None, help="bench folder (default: a temp one)")
     args = parser.parse_args()
 
+    gpu = args.device == "cuda"
+    alone = (args.baseline or ("model-alone" if gpu else "bare")) == "model-alone"
     torch.set_num_threads(args.threads)
     root = bench_root(args.dir, "nst-bench-")
     data = root / "data"
@@ -193,7 +270,7 @@ def main() -> None:
     env = {
         "NST_DATA_DIR": str(root / "nst"),
         "NST_DATA_ROOTS": str(data),
-        "NST_WORKER_DEVICE": "cpu",
+        "NST_WORKER_DEVICE": args.device,
         "OMP_NUM_THREADS": str(args.threads),
         "MKL_NUM_THREADS": str(args.threads),
     }
@@ -203,7 +280,7 @@ def main() -> None:
         env["NST_BROKER_URL"] = args.broker_url
     sizes = [int(s) for s in args.sizes.split(",")]
     models = args.models.split(",")
-    modes = args.modes.split(",")
+    modes = (args.modes or ("eager,bf16,compile" if gpu else "eager,bf16,openvino")).split(",")
     counts = {size: args.images if size < 100 else args.images_224 for size in sizes}
 
     rows = []
@@ -219,77 +296,93 @@ def main() -> None:
             for size in sizes:
                 n = counts[size]
                 files = sorted(str(p) for p in folders[n].glob("*.png"))
-                bare_runs: list[float] = []
+                # Each mode's baseline: the bare eager loop (one for every mode), or the model
+                # alone in that mode.
+                baseline_runs: dict[str, list[float]] = {m: [] for m in modes}
                 service_runs: dict[str, list[float]] = {m: [] for m in modes}
                 wall_runs: dict[str, list[float]] = {m: [] for m in modes}
                 ran: dict[str, set[str]] = {m: set() for m in modes}
-                # Bare and service alternate, so a slow spell of a shared machine hits both.
+                use: dict[str, list[GpuUtilisation]] = {m: [] for m in modes}
+                # Baseline and service alternate, so a slow spell of a shared machine hits both.
                 teacher = None
                 for repeat in range(args.repeats):
                     # The stack waits stopped meanwhile: its idle processes (the embedded broker
-                    # polls every 50 ms) would otherwise tax the bare loop, not the service.
+                    # polls every 50 ms) would otherwise tax the baseline, not the service.
                     with stack.paused():
                         if teacher is None:
                             path, metadata = make_teacher(data, architecture, size, 0)
-                        bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                        bare_runs.append(bare(path, metadata, files, args.batch_size, args.workers))
+                        if not alone:
+                            bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
+                            seconds = bare(path, metadata, files, args.batch_size, args.workers)
+                            for mode in modes:
+                                baseline_runs[mode].append(seconds)
                     for mode in modes:
                         if teacher is None or not args.reuse_teacher:
                             variant = 1 + repeat * len(modes) + modes.index(mode)
                             path, metadata = make_teacher(data, architecture, size, variant)
                             teacher = client.upload_teacher(path)
                             client.wait_for_teacher(teacher["id"])
+                        if alone:
+                            with stack.paused():
+                                seconds, alone_ran = model_only(
+                                    path, metadata, files, args.batch_size, mode, args.device
+                                )
+                            baseline_runs[mode].append(seconds)
+                            ran[mode].add(f"model alone: {alone_ran}")
                         # What the stack itself burns meanwhile, beside the labeling pool process:
                         # the API answering polls, the worker's main process fetching messages.
                         stack_pids = {"API": stack.api_process.pid, "worker main": worker.pid}
                         before = {k: cpu_seconds(p) for k, p in stack_pids.items()}
                         (pool_pid,) = children(worker.pid)  # concurrency 1: one pool process
                         faults = minor_faults(pool_pid)
-                        service_s, wall_s, job = service(client, teacher["id"], datasets[n], args, mode)
+                        with GpuUtilisation() if gpu else nullcontext() as sampled:
+                            service_s, wall_s, job = service(client, teacher["id"], datasets[n], args, mode)
                         spent = ", ".join(
                             f"{k} {cpu_seconds(p) - before[k]:.2f} s" for k, p in stack_pids.items()
                         )
                         service_runs[mode].append(service_s)
                         wall_runs[mode].append(wall_s)
                         ran[mode].update(job["inference_used"])
+                        if gpu:
+                            use[mode].append(sampled)
+                        busy = f", GPU {_utilisation([sampled])}" if gpu else ""
                         print(
                             f"{architecture} {size}px {mode} run {repeat + 1}/{args.repeats}: "
-                            f"bare {bare_runs[-1]:.2f} s, service {service_s:.2f} s "
-                            f"(ran {','.join(job['inference_used'])}), client clock {wall_s:.2f} s "
-                            f"(CPU meanwhile: {spent}; labeling process page faults "
-                            f"{minor_faults(pool_pid) - faults:,})",
+                            f"{'model alone' if alone else 'bare'} {baseline_runs[mode][-1]:.2f} s, "
+                            f"service {service_s:.2f} s (ran {','.join(job['inference_used'])}){busy}, "
+                            f"client clock {wall_s:.2f} s (CPU meanwhile: {spent}; labeling process "
+                            f"page faults {minor_faults(pool_pid) - faults:,})",
                             flush=True,
                         )
-                bare_s = statistics.median(bare_runs)
                 for mode in modes:
-                    service_s, wall_s = (statistics.median(r) for r in (service_runs[mode], wall_runs[mode]))
-                    bare_rate, service_rate = n / bare_s, n / service_s
-                    # Each run's own ratio too: a bare run and the service runs right after it
+                    baseline_s, service_s, wall_s = (
+                        statistics.median(r)
+                        for r in (baseline_runs[mode], service_runs[mode], wall_runs[mode])
+                    )
+                    baseline_rate, service_rate = n / baseline_s, n / service_s
+                    # Each run's own ratio too: a baseline run and the service run right after it
                     # share the machine's mood of the moment, which varies by +-10% on a shared host.
-                    pairs = [b / s for b, s in zip(bare_runs, service_runs[mode], strict=True)]
-                    ratios = (service_rate / bare_rate, statistics.median(pairs), min(pairs), max(pairs))
-                    label = mode if ran[mode] == {mode} else f"{mode} (ran {','.join(sorted(ran[mode]))})"
-                    rows.append((architecture, size, n, label, bare_rate, service_rate, n / wall_s, *ratios))
+                    pairs = [b / s for b, s in zip(baseline_runs[mode], service_runs[mode], strict=True)]
+                    ratios = (service_rate / baseline_rate, statistics.median(pairs), min(pairs), max(pairs))
+                    expected = {mode} | ({f"model alone: {mode}"} if alone else set())
+                    label = mode if ran[mode] == expected else f"{mode} (ran {', '.join(sorted(ran[mode]))})"
+                    row = (architecture, size, n, label, baseline_rate, service_rate, n / wall_s, *ratios)
+                    rows.append((*row, _utilisation(use[mode])) if gpu else row)
 
     teachers = "one teacher for every run" if args.reuse_teacher else "a new teacher each run"
+    gpu_name = f", {torch.cuda.get_device_name(0)}" if gpu else ""
     print(
         f"\nbroker: {args.broker_url or 'sqla+sqlite'}, database: {args.database_url or 'sqlite'}, "
         f"batch {args.batch_size}, shard {args.shard_size}, decode workers {args.workers}, "
-        f"threads {args.threads}, cpu count {os.cpu_count()}, medians of {args.repeats} runs, "
-        f"poll {args.poll} s, {teachers}\n"
+        f"threads {args.threads}, cpu count {os.cpu_count()}{gpu_name}, medians of {args.repeats} "
+        f"runs, poll {args.poll} s, {teachers}\n"
     )
+    baseline = f"model alone ({args.device}, same mode) img/s" if alone else "bare eager img/s"
+    headers = ["model", "size", "images", "inference", baseline]
+    headers += ["service img/s (submitted to last commit)", "service img/s, client clock"]
+    headers += ["ratio of medians", "per-run ratios: median (min-max)"]
     print_table(
-        [
-            "model",
-            "size",
-            "images",
-            "inference",
-            "bare eager img/s",
-            "service img/s (submitted to last commit)",
-            "service img/s, client clock",
-            "ratio of medians",
-            "per-run ratios: median (min-max)",
-        ],
+        headers + (["GPU utilisation while labeling: mean (peak)"] if gpu else []),
         (
             (
                 architecture,
@@ -301,11 +394,22 @@ def main() -> None:
                 f"{t:.1f}",
                 f"{ratio:.2f}",
                 f"{pair:.2f} ({low:.2f}-{high:.2f})",
+                *rest,
             )
-            for architecture, size, n, mode, b, s, t, ratio, pair, low, high in rows
+            for architecture, size, n, mode, b, s, t, ratio, pair, low, high, *rest in rows
         ),
-        target="ratio >= 0.95 (eager); >= 1.5 in the best mode that passes the fidelity gate",
+        target="ratio >= 0.9 on a GPU (the model alone, same mode and batch)"
+        if alone
+        else "ratio >= 0.95 (eager); >= 1.5 in the best mode that passes the fidelity gate",
     )
+
+
+def _utilisation(samples: list[GpuUtilisation]) -> str:
+    """Runs' mean utilisations, their median and the highest sample of any run."""
+    means = [s.mean for s in samples if s.mean is not None]
+    if not means:
+        return "no nvidia-smi"
+    return f"{statistics.median(means):.0f}% ({max(s.peak for s in samples if s.peak is not None)}%)"
 
 
 if __name__ == "__main__":

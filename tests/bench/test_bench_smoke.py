@@ -31,3 +31,22 @@ def test_an_in_process_benchmark_runs_on_a_default_environment(tmp_path, bench):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert PRINTS[bench] in done.stdout
+
+
+def test_the_labeling_benchmark_holds_the_service_to_the_model_alone(tmp_path):
+    """The baseline a GPU run uses (--device cuda), here on the CPU: the same teacher prepared in
+    the job's mode forwards the images decoded beforehand; the row names the mode both ran."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NST_")}
+    args = ["--models", "resnet10t", "--sizes", "28", "--images", "128", "--modes", "eager"]
+    args += ["--repeats", "1", "--baseline", "model-alone", "--workers", "0", "--threads", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.label_throughput", *args],
+        env={**env, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| model alone (cpu, same mode) img/s |" in done.stdout
+    assert "| resnet10t | 28 px | 128 | eager |" in done.stdout  # no "(ran ...)": both ran eager
+    assert "target: ratio >= 0.9 on a GPU" in done.stdout
