@@ -263,7 +263,7 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         assert (job["inference"], job["inference_used"]) == ("eager", ["eager"])  # not the CPU's openvino
         assert row["labeled_in"] == ["eager"]
     table = (out / "generations.md").read_text()
-    assert table.count("\n") == 2 + 3 and "| labeled in |" in table and "| eager |" in table
+    assert table.count("\n") == 2 + 3 and "| pseudo labels made in |" in table and "| eager |" in table
     assert (out / "generations.png").stat().st_size > 0
     again = CliRunner().invoke(cli, args)  # finished: continues from the last generation
     assert again.exit_code == 0 and "continuing after generation 2" in again.output
