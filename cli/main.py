@@ -10,13 +10,12 @@ from pathlib import Path
 import click
 import httpx
 
-from nst import inference
 from nst.client import Client, NstError, UnknownId
 from nst.config import SettingsError
 from nst.manifest_file import ManifestMismatch
 from nst.progress import wait_with_progress
 from nst.states import JobState
-from trainer.cli import FINITE_FLOAT
+from trainer.cli import FINITE_FLOAT, INFERENCE
 
 
 def _client(ctx: click.Context) -> Client:
@@ -400,14 +399,7 @@ _TIMEOUT = click.option(
 )
 @click.option("--top-k", default=10, show_default=True)
 @click.option("--shard-size", default=1000, show_default=True)
-@click.option(
-    "--inference",
-    type=click.Choice(inference.SETTINGS),
-    default="auto",
-    show_default=True,
-    help="How the teacher runs: eager (float32, the reference), bf16, compile, openvino; auto: "
-    "the worker's default for its device.",
-)
+@INFERENCE
 @click.option(
     "--noised-teacher",
     is_flag=True,

@@ -47,6 +47,16 @@ class _FiniteFloat(click.ParamType):
 
 FINITE_FLOAT = _FiniteFloat()
 
+# How the teacher runs when it labels (POST /jobs inference), for nst iterate and nst jobs create.
+INFERENCE = click.option(
+    "--inference",
+    type=click.Choice(inference.SETTINGS),
+    default="auto",
+    show_default=True,
+    help="How the teacher runs when it labels: eager (float32, the reference every other mode is "
+    "gated against), bf16, compile, openvino; auto: the worker's default for its device.",
+)
+
 
 def _floats(ctx, param, value):
     if not value or isinstance(value, list):
@@ -372,14 +382,7 @@ def main() -> None:
 @click.option("--balance/--no-balance", default=True, show_default=True)
 @click.option("--temperature", default=1.0, show_default=True)
 @click.option("--target-per-class", type=int)
-@click.option(
-    "--inference",
-    type=click.Choice(inference.SETTINGS),
-    default="auto",
-    show_default=True,
-    help="How each teacher runs when it labels: eager (float32, the reference every other mode "
-    "is gated against), bf16, compile, openvino; auto: the worker's default for its device.",
-)
+@INFERENCE
 @click.option(
     "--noised-teacher/--clean-teacher",
     default=False,
