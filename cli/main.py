@@ -496,13 +496,25 @@ def jobs_export(ctx, job_id, fmt, out) -> None:
 @jobs.command("list")
 @click.pass_context
 def jobs_list(ctx) -> None:
-    """Every job: ID, state, items done and failed, dataset and teacher."""
+    """Every job: ID, state, items done and failed, time left, dataset, teacher, and how the
+    teacher runs (the modes its shards ran in, or the mode asked for before any has)."""
     with _client(ctx) as client:
         for j in client.jobs():
             click.echo(
                 f"{j['id']:>5}  {j['state']:<9} {j['items_done']:>8}/{j['items_total']:<8} "
-                f"failed {j['items_failed']:<6} dataset {j['dataset_id']:<4} teacher {j['teacher_id'][:12]}"
+                f"failed {j['items_failed']:<6} eta {_duration(j['eta_s']):<7} dataset "
+                f"{j['dataset_id']:<4} teacher {j['teacher_id'][:12]}  "
+                f"{','.join(j['inference_used']) or j['inference']}"
             )
+
+
+def _duration(seconds: float | None) -> str:
+    """3h05m, 4m10s, 42s; '-' for none."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 @jobs.command("stats")

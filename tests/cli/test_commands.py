@@ -123,8 +123,20 @@ def test_jobs_create_asks_for_the_inference_mode_named_and_refuses_another(run, 
     args = ["jobs", "create", "--teacher", teacher["id"][:12], "--dataset", str(pool["id"]), "--no-wait"]
     assert json.loads(run(*args))["inference"] == "auto"
     assert json.loads(run(*args, "--inference", "eager"))["inference"] == "eager"
+    listed = run("jobs", "list").splitlines()
+    assert [line.split()[-1] for line in listed] == ["auto", "eager"]  # none labeled yet: as asked
+    assert all(" eta - " in line for line in listed)
     refused = CliRunner().invoke(cli, [*args, "--inference", "fp8"])
     assert refused.exit_code == 2 and "'fp8' is not one of 'auto', 'eager'" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(None, "-"), (41.6, "42s"), (250, "4m10s"), (11_100, "3h05m")]
+)
+def test_durations_read_at_a_glance(seconds, shown):
+    from cli.main import _duration
+
+    assert _duration(seconds) == shown
 
 
 def test_every_command_says_what_it_does():
