@@ -108,6 +108,7 @@ def test_overview_shows_what_the_api_lists(tab, world):
         assert _field(row, "items_total") == f"{job['items_total']:,}"
         assert _field(row, "items_failed") == str(job["items_failed"])
         assert _field(row, "throughput") == f"{job['throughput_items_per_s']:.1f} items/s"
+        assert _field(row, "inference") == ", ".join(job["inference_used"]) == "openvino"  # the CPU's auto
     for manifest in world.get("/manifests")["data"]:
         row = page.locator(f'#manifests tr[data-id="{manifest["id"]}"]')
         assert _field(row, "entries") == f"{manifest['totals']['entries']:,}"
@@ -146,6 +147,8 @@ def test_job_page_grid_and_filters_match_the_api(tab, world):
     expected = _browse(world, probe)
     assert _grid_ids(page) == [t["item_id"] for t in expected["data"]]
     assert page.locator("#browser .page-info").get_attribute("data-count") == str(expected["count"]) == "200"
+    modes = ", ".join(world.get(f"/jobs/{probe}")["inference_used"])
+    assert _field(page.locator("#job-progress"), "inference") == modes == "openvino"
     wrong = {t["item_id"] for t in expected["data"] if t["correct"] is False}
     assert wrong, "a tiny teacher gets some of its own training set wrong"
     shown_wrong = page.locator("#browser figure.wrong").evaluate_all("els => els.map(e => +e.dataset.itemId)")

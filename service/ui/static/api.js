@@ -93,6 +93,11 @@ export function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+// How a job's teacher runs: the modes its shards ran in, or the mode asked for before any ran.
+export function inferenceField(job) {
+  return field("inference", job.inference, job.inference_used.join(", ") || job.inference);
+}
+
 export function fillTable(table, rows) {
   const body = table.querySelector("tbody");
   body.replaceChildren(...rows.map((cells) => el("tr", cells.attributes || {}, ...cells.map((c) => el("td", {}, c)))));

@@ -1,6 +1,6 @@
 // A job's labels: the grid, filtered and sorted, beside the class balance and the confidence
 // histogram of the selected class.
-import { api, definitions, duration, el, field, fixed, getJSON, number, showError, start, Unauthorized } from "./api.js";
+import { api, definitions, duration, el, field, fixed, getJSON, inferenceField, number, showError, start, Unauthorized } from "./api.js";
 import { barChart } from "./charts.js";
 import { filterControls, pagedGrid } from "./tiles.js";
 
@@ -22,6 +22,8 @@ function renderProgress(job, teacher, dataset) {
     field("throughput", job.throughput_items_per_s, job.throughput_items_per_s === null ? "–" : `${job.throughput_items_per_s.toFixed(1)} items/s`),
     " · ETA ",
     field("eta", job.eta_s, duration(job.eta_s)),
+    " · teacher ran in ",
+    inferenceField(job),
   );
 }
 

@@ -1,5 +1,5 @@
 // Datasets, teachers, jobs (live) and manifests, as the API lists them.
-import { duration, el, field, fillTable, fixed, getJSON, listAll, number, showError, short, start, Unauthorized } from "./api.js";
+import { duration, el, field, fillTable, fixed, getJSON, inferenceField, listAll, number, showError, short, start, Unauthorized } from "./api.js";
 
 // Quicker while a job runs; a job started elsewhere still shows up within IDLE_POLL_MS.
 const POLL_MS = 2000;
@@ -39,6 +39,7 @@ function renderJobs(jobs, teachers, datasets) {
           field("items_failed", job.items_failed, number(job.items_failed)),
           field("throughput", job.throughput_items_per_s, job.throughput_items_per_s === null ? "–" : `${job.throughput_items_per_s.toFixed(1)} items/s`),
           field("eta", job.eta_s, duration(job.eta_s)),
+          inferenceField(job),
           el("a", { href: `/ui/jobs/${job.id}` }, "labels →"),
         ],
         { attributes: { "data-id": job.id } },
