@@ -116,19 +116,25 @@ def _eval_transform(metadata: dict):
     )
 
 
-def model_only(path: Path, metadata: dict, files: list[str], batch_size: int, mode: str, device: str):
-    """Seconds for the forward alone over every file's image, decoded beforehand and already on
-    ``device``, the model prepared in ``mode`` as the worker prepares it; and the mode that ran."""
+def decoded(metadata: dict, files: list[str]) -> torch.Tensor:
+    """Every file's image through the teacher's eval transform, as one CPU tensor."""
+    images = Files(files, _eval_transform(metadata), "L")
+    return torch.stack([images[i] for i in range(len(images))])
+
+
+def model_only(path: Path, metadata: dict, images: torch.Tensor, batch_size: int, mode: str, device: str):
+    """Seconds for the forward alone over ``images`` (decoded beforehand, moved to ``device``
+    before the clock starts), the model prepared in ``mode`` as the worker prepares it; and the
+    mode that ran."""
     model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
     model.load_state_dict(load_file(str(path)))
     model.eval().to(device)
-    transform = _eval_transform(metadata)
-    images = torch.stack([Files(files, transform, "L")[i] for i in range(len(files))]).to(device)
+    images = images.to(device)
     runner = prepare(model, tuple(images.shape[1:]), device, mode, batch_size)  # warms up too
     runner(images[:batch_size])
     start = time.perf_counter()
     seen = sum(len(runner(part)) for part in images.split(batch_size))  # each batch's logits on the host
-    assert seen == len(files)
+    assert seen == len(images)
     return time.perf_counter() - start, runner.mode
 
 
@@ -304,7 +310,7 @@ def main() -> None:
                 ran: dict[str, set[str]] = {m: set() for m in modes}
                 use: dict[str, list[GpuUtilisation]] = {m: [] for m in modes}
                 # Baseline and service alternate, so a slow spell of a shared machine hits both.
-                teacher = None
+                teacher, pixels = None, None
                 for repeat in range(args.repeats):
                     # The stack waits stopped meanwhile: its idle processes (the embedded broker
                     # polls every 50 ms) would otherwise tax the baseline, not the service.
@@ -324,8 +330,10 @@ def main() -> None:
                             client.wait_for_teacher(teacher["id"])
                         if alone:
                             with stack.paused():
+                                if pixels is None:  # the same for every teacher of this size
+                                    pixels = decoded(metadata, files)
                                 seconds, alone_ran = model_only(
-                                    path, metadata, files, args.batch_size, mode, args.device
+                                    path, metadata, pixels, args.batch_size, mode, args.device
                                 )
                             baseline_runs[mode].append(seconds)
                             ran[mode].add(f"model alone: {alone_ran}")
