@@ -91,9 +91,7 @@ def make_teacher(root: Path, architecture: str, size: int, variant: int) -> tupl
 def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers: int) -> float:
     """Seconds for load model + decode + forward over every file."""
     start = time.perf_counter()
-    model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
-    model.load_state_dict(load_file(str(path)))
-    model.eval()
+    model = _model(path, metadata)
     loader = DataLoader(
         Files(files, _eval_transform(metadata), "L"), batch_size=batch_size, num_workers=workers
     )
@@ -103,6 +101,13 @@ def bare(path: Path, metadata: dict, files: list[str], batch_size: int, workers:
             seen += len(model(images))
     assert seen == len(files)
     return time.perf_counter() - start
+
+
+def _model(path: Path, metadata: dict) -> torch.nn.Module:
+    """The teacher in ``path``, built with timm, in eval mode on the CPU."""
+    model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
 
 
 def _eval_transform(metadata: dict):
@@ -126,9 +131,7 @@ def model_only(path: Path, metadata: dict, images: torch.Tensor, batch_size: int
     """Seconds for the forward alone over ``images`` (decoded beforehand, moved to ``device``
     before the clock starts), the model prepared in ``mode`` as the worker prepares it; and the
     mode that ran."""
-    model = timm.create_model(metadata["architecture"], pretrained=False, num_classes=10, in_chans=1)
-    model.load_state_dict(load_file(str(path)))
-    model.eval().to(device)
+    model = _model(path, metadata).to(device)
     images = images.to(device)
     runner = prepare(model, tuple(images.shape[1:]), device, mode, batch_size)  # warms up too
     runner(images[:batch_size])
