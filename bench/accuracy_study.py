@@ -74,9 +74,8 @@ ABLATIONS: dict[str, dict] = {
     "repeat": {},
     "eager-labels": {"loop": {"inference": "eager"}},
 }
-# Controls, not ingredients: never listed as an ablation a seed still lacks. repeat trains
-# generation 1 again unchanged; eager-labels again with the pool labeled in eager float32 (the
-# reference) instead of the worker's default mode.
+# Controls, not ingredients (the docstring says what each does): never listed as an ablation a
+# seed still lacks.
 CONTROLS = ("repeat", "eager-labels")
 
 
