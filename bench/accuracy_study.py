@@ -23,6 +23,9 @@ with one ingredient changed, so it compares with generation 1 of the full method
     eager-labels      the pool labeled in eager float32, the reference, instead of the worker's
                       default mode (OpenVINO on a CPU): what the faster labels move (run only when
                       asked)
+    noised-teacher-hard  the noised teacher's labels made hard: whether soft targets are what
+                      shields a student from a noised teacher's wrong labels, read against
+                      ``hard`` (run only when asked)
 
 With ``--robustness N``, the teacher, every generation and the no-noise student are also measured
 under corruptions and FGSM (``nst iterate --robustness``, trainer/robustness.py) on the first N
@@ -73,10 +76,11 @@ ABLATIONS: dict[str, dict] = {
     "no-filter": {"loop": {"threshold": 0.0}},
     "repeat": {},
     "eager-labels": {"loop": {"inference": "eager"}},
+    "noised-teacher-hard": {"loop": {"noised_teacher": True, "soft": False}},
 }
-# Controls, not ingredients (the docstring says what each does): never listed as an ablation a
-# seed still lacks.
-CONTROLS = ("repeat", "eager-labels")
+# Controls and probes, not ingredients (the docstring says what each does): never listed as an
+# ablation a seed still lacks.
+CONTROLS = ("repeat", "eager-labels", "noised-teacher-hard")
 
 
 # The ablations whose student's robustness is measured with --robustness: the paper's comparison.
