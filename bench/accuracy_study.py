@@ -3,6 +3,7 @@ data, and does each ingredient of the paper matter?
 
     .venv/bin/python -m bench.accuracy_study [--seeds 0,1,2] [--generations 3]
         [--unlabeled 20000] [--teacher-steps 1500] [--steps 1000] [--dir study]
+        [--threshold 0.3] [--temperature 1.0] [--inference auto]
 
 Fashion-MNIST written as PNG files (100 labeled images per class, an unlabeled pool drawn from
 the rest of the training split, the 10,000 test images), registered with a real API under
@@ -61,6 +62,7 @@ from pathlib import Path
 
 from cli import fashion_mnist
 from cli.localstack import LocalStack
+from nst import inference
 from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
 from trainer.iterate import IterateConfig, iterate
 from trainer.robustness import mean_corruption_error
@@ -178,6 +180,8 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
         train=train,
         seed=seed,
         threshold=args.threshold,
+        temperature=args.temperature,
+        inference=args.inference,
     )
 
 
@@ -254,13 +258,17 @@ def _budget(args) -> dict:
         "magnitude",
         "increasing",
         "threshold",
+        "temperature",
+        "inference",
     ]
     return {k: getattr(args, k) for k in keys}
 
 
 # Budget keys added after seeds were already committed: a seed file without one was run with
 # the value below (the study's default then), so it still reports beside newer files.
-_ADDED_BUDGET_KEYS = {"threshold": 0.3, "increasing": False}
+# ("auto" is the worker's default mode, which was eager float32 on a CPU until 2026-12-01 and
+# OpenVINO since: the eager-labels control tells them apart.)
+_ADDED_BUDGET_KEYS = {"threshold": 0.3, "increasing": False, "temperature": 1.0, "inference": "auto"}
 
 
 def _checked(path: Path, budget: dict) -> dict:
@@ -600,7 +608,7 @@ def _oracles(args, client, ids: dict, images_dir: Path, main_cfg, result: dict, 
         _write_seed(saved, result)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -624,6 +632,18 @@ def main() -> None:
     parser.add_argument(
         "--threshold", type=float, default=_ADDED_BUDGET_KEYS["threshold"], help="confidence threshold"
     )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=_ADDED_BUDGET_KEYS["temperature"],
+        help="softmax temperature of the soft pseudo labels (below 1: sharper)",
+    )
+    parser.add_argument(
+        "--inference",
+        choices=inference.SETTINGS,
+        default=_ADDED_BUDGET_KEYS["inference"],
+        help="how the teacher labels the pool (auto: the worker's default; eager: the reference)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes (trainer and worker)")
     parser.add_argument(
         "--results", type=Path, default=None, help="where each finished seed's JSON goes (default: --dir)"
@@ -644,6 +664,11 @@ def main() -> None:
         help="also measure the teacher, each generation and the no-noise student under corruptions "
         "and FGSM on the first N test images (0: not)",
     )
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     args.dir = args.dir.resolve()
     ablations = [a for a in args.ablations.split(",") if a]

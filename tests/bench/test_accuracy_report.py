@@ -3,7 +3,10 @@ docs/RESULTS.md, including a study whose seeds have not all run every ablation y
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
+
+import pytest
 
 from bench import accuracy_study
 from trainer.config import Recipe, Runtime, ServiceLink, TrainConfig
@@ -186,3 +189,28 @@ def test_with_robustness_only_the_no_noise_ablation_measures_its_student():
         dataclasses.replace(main, robustness=False), "t", "no-noise", Path("/tmp/a")
     )
     assert not plain.robustness
+
+
+def test_the_label_mode_and_temperature_are_part_of_a_seeds_budget(tmp_path):
+    """``--inference`` and ``--temperature`` reach the loop and the budget: a seed file written
+    before they existed reads as the defaults ("auto", 1.0), and one run another way is refused
+    rather than reported beside it."""
+    parser = accuracy_study._parser()
+    default = parser.parse_args([])
+    eager = parser.parse_args(["--inference", "eager", "--temperature", "0.5"])
+    old_file = tmp_path / "seed0.json"
+    budget = accuracy_study._budget(default)
+    written_before = {k: v for k, v in budget.items() if k not in ("inference", "temperature")}
+    old_file.write_text(json.dumps({"main": [], "ablations": {}, "budget": written_before}))
+
+    assert accuracy_study._checked(old_file, budget)["budget"] == budget
+    with pytest.raises(SystemExit, match="'inference': 'auto'"):
+        accuracy_study._checked(old_file, accuracy_study._budget(eager))
+
+    client = argparse.Namespace(base_url="http://127.0.0.1:1")
+    ids = {"labeled": 1, "unlabeled": 2, "test": 3}
+    cfg = accuracy_study._main_config(eager, client, ids, tmp_path / "truth.csv", seed=0)
+    assert (cfg.inference, cfg.temperature) == ("eager", 0.5)
+    assert accuracy_study._ablation_config(cfg, "t", "no-filter", tmp_path).inference == "eager"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--inference", "fast"])
