@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0, le=100)
     # auto/cuda: pool process i takes GPU i (modulo the GPUs); cuda:N pins GPU N; cpu.
     worker_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    decode_workers: int = Field(2, ge=0, le=64)
+    # Decode processes per pool process; auto: its share of the cores (workers/cores.py).
+    decode_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     # Shard messages a worker process holds: the one it labels and the next, so the hand-off
     # between shards skips a broker round trip (about 50 ms a shard on the embedded broker,
     # bench/label_throughput.py). 1 holds no spare message, for very long shards across many workers.

@@ -24,7 +24,7 @@ from nst.states import ShardState
 from service.core.db import session_scope
 from service.lifecycle import TRANSIENT, ShardResult, claim_shard, release_shard, renew_lease, stop_shard
 from service.models import Job, Shard
-from workers import decode, inference, label_writes
+from workers import cores, decode, inference, label_writes
 from workers.decode import TransientError, model_batches
 from workers.label_writes import (
     ShardWriter,
@@ -64,7 +64,7 @@ class LabelingSettings:
     def from_settings(cls, settings: Settings) -> LabelingSettings:
         return cls(
             device=str(resolve_device(settings.worker_device)),
-            decode_workers=settings.decode_workers,
+            decode_workers=cores.decode_processes(settings.decode_workers),
             commit_rows=settings.commit_rows,
             commit_seconds=settings.commit_seconds,
             lease_s=settings.lease_s,

@@ -3,9 +3,36 @@
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
+
+from workers import cores
+
+logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _count_pool_processes(sender, **_) -> None:
+    # In the worker's main process, before it forks the pool: each pool process inherits it.
+    cores.note_pool_processes(sender.concurrency)
+
+
+@worker_process_init.connect
+def _share_the_cores(**_) -> None:
+    import torch
+
+    from nst.config import get_settings
+
+    if cores.pool_processes() > 1:  # one process keeps torch's default, the host's cores
+        torch.set_num_threads(cores.share(torch.get_num_threads()))
+    logger.info(
+        "pool process of %d: %d torch threads, %d decode processes",
+        cores.pool_processes(),
+        torch.get_num_threads(),
+        cores.decode_processes(get_settings().decode_workers),
+    )
 
 
 @worker_process_init.connect

@@ -3,11 +3,13 @@ and PostgreSQL with Redis. Redeliveries and two copies of one shard write each l
 SIGKILLs of pool processes and whole workers are tests/chaos/test_self_healing.py's.
 """
 
+import os
 import re
 import time
 
 import pytest
 import redis
+import torch
 
 from tests.utils import env as test_env
 from tests.utils.stack import Stack
@@ -79,6 +81,22 @@ def test_duplicate_deliveries_write_each_label_once(stack, fmnist, teacher_file)
     assert job["state"] == "succeeded", stack.logs()
     assert job["items_done"] == 300
     _assert_exactly_once(client, job, fmnist)
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_two_pool_processes_share_the_cores_and_label_each_item_once(stack, fmnist, teacher_file):
+    """``--concurrency 2`` with the default ``NST_DECODE_WORKERS=auto``: each pool process takes
+    half the torch threads and half the cores' decode processes (workers/cores.py), and the
+    job's shards, spread over both, label every item once."""
+    stack.start_worker(concurrency=2)
+    client, job = _setup(stack, fmnist, teacher_file, shard_size=50, batch_size=16)
+    job = client.wait_for_job(job["id"], timeout=300)
+    assert job["state"] == "succeeded", stack.logs()
+    _assert_exactly_once(client, job, fmnist)
+    threads, decoders = max(1, torch.get_num_threads() // 2), max(1, len(os.sched_getaffinity(0)) // 2)
+    expected = f"pool process of 2: {threads} torch threads, {decoders} decode processes"
+    (log,) = stack.log_dir.glob("worker*.log")
+    assert log.read_text().count(expected) == 2, stack.logs()
 
 
 def _wait_until_ready(stack, workers: int, timeout: float = 120) -> None:
