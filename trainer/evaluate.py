@@ -87,7 +87,10 @@ def _image_format(metadata, *, normalised: bool = True) -> dict:
     return image_format | {"mean": [0.0] * metadata.channels, "std": [1.0] * metadata.channels}
 
 
-def _logits(model, metadata, split: Split, device, batch_size: int, num_workers: int) -> torch.Tensor:
+def model_logits(
+    model, metadata, split: Split, device, batch_size: int = 256, num_workers: int = 0
+) -> torch.Tensor:
+    """Logits for every image of ``split``, through the clean preprocessing ``metadata`` records."""
     mode = "L" if metadata.channels == 1 else "RGB"
     transform = eval_transform(**_image_format(metadata))
     return predict(
@@ -113,7 +116,7 @@ def evaluate_teacher(
     model, metadata = _teacher(client, teacher_id)
     classes = metadata.class_names
     split = fetch_eval_split(client, dataset_id, classes)
-    logits = _logits(model, metadata, split, device, batch_size, num_workers)
+    logits = model_logits(model, metadata, split, device, batch_size, num_workers)
     targets = torch.as_tensor(split.targets)
     result = accuracy(logits, targets, len(classes))
     calibration = [reliability(logits, targets)]
@@ -168,7 +171,7 @@ def calibrate_teacher(
         )
     model, metadata = _teacher(client, teacher_id)
     split = fetch_eval_split(client, dataset_id, metadata.class_names)
-    logits = _logits(model, metadata, split, device, batch_size, num_workers)
+    logits = model_logits(model, metadata, split, device, batch_size, num_workers)
     targets = torch.as_tensor(split.targets)
     temperature = fit_temperature(logits, targets)
     client.set_teacher_temperature(teacher_id, temperature)
