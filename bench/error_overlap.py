@@ -6,9 +6,10 @@
 
 For each student, on the study's 10,000 test images: its top-1, how often it agrees with its
 teacher, and of the images the teacher gets wrong, the share it gets wrong *the same way* (the
-teacher's wrong class) and the share it gets right. A student that learned the teacher's
-systematic errors repeats them; one that learned from labels whose errors scatter (a noised
-teacher's) should repeat fewer. Per seed, then the mean and standard deviation over seeds.
+teacher's wrong class) and the share it gets right. A student that learned what the teacher
+computes repeats its systematic errors: students of differently made labels (a noised
+teacher's, hard ones) that agree with the teacher and repeat its errors equally often learned
+the same function. Per seed, then the mean and standard deviation over seeds.
 """
 
 from __future__ import annotations
