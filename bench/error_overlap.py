@@ -73,7 +73,7 @@ def main() -> None:
     seeds = sorted(args.dir.glob("seed*"))
     classes = read_metadata(_teacher_file(seeds[0])).class_names  # the models' class order
     split = folder_split(args.dir / "images" / "test", classes)
-    truth = np.asarray(split.targets)
+    truth = split.targets
     runs = args.runs.split(",")
     per_run: dict[str, list[dict]] = {run: [] for run in runs}
     rows = []
