@@ -7,8 +7,10 @@
   precision (OpenVINO would otherwise pick bf16 on a CPU with AMX).
 
 Each is prepared once per worker process, teacher and batch size (``teacher_model.cached_teacher``),
-then called per batch. A preparation that fails, or whose first forward fails, falls back to
-eager with a log line: the job labels either way, and its shards record the mode that ran.
+then called per batch; OpenVINO's converted graph is also kept on the host's disk
+(``graph_cache``), so other processes and later ones read it instead of converting again. A
+preparation that fails, or whose first forward fails, falls back to eager with a log line: the
+job labels either way, and its shards record the mode that ran.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from nst.inference import MODES
+from workers import graph_cache
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +55,22 @@ def resolve(mode: str, device: str) -> str:
 
 
 def prepare(
-    model: nn.Module, input_shape: tuple[int, ...], device: str, mode: str, batch_size: int
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    device: str,
+    mode: str,
+    batch_size: int,
+    saved_as: Path | None = None,
 ) -> Runner:
     """``model`` (float32, on ``device``, in eval mode) ready to run in ``mode``; eager if that
     fails. A warm-up batch of ``batch_size`` runs here, so compiling happens now and not
-    inside a shard, and a mode that builds but cannot run is caught here too."""
+    inside a shard, and a mode that builds but cannot run is caught here too. ``saved_as``: the
+    ``graph_cache`` folder of this model's converted graph (None: converted in memory)."""
     if mode not in MODES:
         raise ValueError(f"inference mode {mode!r} is not one of {MODES}")
     if mode != "eager":
         try:
-            forward = _PREPARE[mode](model, input_shape, device, batch_size)
+            forward = _PREPARE[mode](model, input_shape, device, batch_size, saved_as)
             with torch.inference_mode():
                 forward(torch.zeros(batch_size, *input_shape))
             return Runner(mode, forward)
@@ -82,7 +92,7 @@ def _eager(model: nn.Module, input_shape, device: str, batch_size: int):
     return forward
 
 
-def _bf16(model: nn.Module, input_shape, device: str, batch_size: int):
+def _bf16(model: nn.Module, input_shape, device: str, batch_size: int, saved_as=None):
     # A copy: channels-last changes how eager float32 convolves too, and eager stays the reference.
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     device_type = torch.device(device).type
@@ -95,21 +105,38 @@ def _bf16(model: nn.Module, input_shape, device: str, batch_size: int):
     return forward
 
 
-def _compile(model: nn.Module, input_shape, device: str, batch_size: int):
+def _compile(model: nn.Module, input_shape, device: str, batch_size: int, saved_as=None):
     compiled = torch.compile(model, dynamic=False)
     return _padded(lambda images: compiled(images.to(device, non_blocking=True)), batch_size)
 
 
-def _openvino(model: nn.Module, input_shape, device: str, batch_size: int):
+def _openvino(model: nn.Module, input_shape, device: str, batch_size: int, saved_as: Path | None = None):
     if not device.startswith("cpu"):
         raise ValueError(f"openvino runs on the CPU, not {device}")
     import openvino as ov  # imported only by workers that use it (it starts its own threads)
 
-    # From torch.export's graph: OpenVINO's own tracing goes through the deprecated torch.jit.trace.
-    with torch.no_grad():
-        exported = torch.export.export(model, (torch.zeros(batch_size, *input_shape),))
-    converted = ov.convert_model(exported)
-    compiled = ov.Core().compile_model(
+    core = ov.Core()
+
+    def convert():
+        # From torch.export's graph: OpenVINO's own tracing goes through the deprecated torch.jit.trace.
+        with torch.no_grad():
+            exported = torch.export.export(model, (torch.zeros(batch_size, *input_shape),))
+        return ov.convert_model(exported)
+
+    if saved_as is None:
+        converted = convert()
+    else:
+        try:
+            converted = graph_cache.cached(
+                saved_as,
+                # float32 weights as converted: compressing them to float16 would change the labels.
+                write=lambda folder: ov.save_model(convert(), folder / "model.xml", compress_to_fp16=False),
+                read=lambda folder: core.read_model(folder / "model.xml"),
+            )
+        except OSError as exc:  # a cache that cannot be written costs a conversion, not the mode
+            logger.warning("no graph cache at %s (%s); converting in memory", saved_as, exc)
+            converted = convert()
+    compiled = core.compile_model(
         converted,
         "CPU",
         {

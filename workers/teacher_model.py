@@ -26,6 +26,7 @@ from nst.config import get_settings
 from nst.teacher_metadata import check_model_kwargs
 from service.core.db import session_scope
 from service.models import Teacher
+from workers import graph_cache
 from workers.inference import Runner, prepare
 
 
@@ -265,7 +266,8 @@ def cached_teacher(
     teacher_id: str, device: str, mode: str = "eager", batch_size: int = 64, noised: bool = False
 ) -> tuple[Runner, TeacherSpec]:
     """Loaded and prepared once per worker process (lazily, after the fork) and teacher, and
-    reused by every shard; a job with another mode or batch size prepares its own. A noised
+    reused by every shard; a job with another mode or batch size prepares its own. A converted
+    graph is made once per host and kept (``graph_cache``). A noised
     teacher runs in eager float32 (a compiled or converted graph would fix its noise) and its
     spec's image format carries the RandAugment its decode processes apply."""
     with session_scope() as session:
@@ -275,4 +277,13 @@ def cached_teacher(
         spec = replace(spec, image_format=replace(spec.image_format, randaugment=augment))
         mode = "eager"
     model = build_model(spec, noised=noised).to(device)
-    return prepare(model, spec.image_format.shape, device, mode, batch_size), spec
+    saved_as = graph_cache.folder_for(
+        mode,
+        spec.sha256,
+        spec.architecture,
+        spec.num_classes,
+        spec.model_kwargs,
+        spec.image_format.shape,
+        batch_size,
+    )
+    return prepare(model, spec.image_format.shape, device, mode, batch_size, saved_as), spec

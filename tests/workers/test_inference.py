@@ -143,3 +143,34 @@ def test_the_pool_process_index_comes_from_billiard(monkeypatch):
 def test_a_bad_worker_device_is_refused(value):
     with pytest.raises(ValueError, match="worker_device"):
         Settings(worker_device=value)
+
+
+def test_a_teachers_openvino_graph_is_converted_once_per_host(
+    client, enqueued, teacher_file, pool, monkeypatch
+):
+    """A later process (here: the same one with its teachers forgotten) reads the converted graph
+    from the host's disk instead of converting again, and labels exactly as the first did."""
+    import torch
+
+    from nst.config import get_settings
+    from workers.teacher_model import cached_teacher
+
+    first = _label(client, enqueued, teacher_file, pool, inference="openvino")
+    graphs = get_settings().data_dir / "cache" / "graphs"
+    assert len([p for p in graphs.iterdir() if p.is_dir()]) == 1
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    cached_teacher.cache_clear()
+    monkeypatch.setattr(torch.export, "export", no_export)  # a conversion would fall back to eager
+    enqueued.clear()
+    second = _label(client, enqueued, teacher_file, pool, inference="openvino")
+    assert second["inference_used"] == ["openvino"]
+    assert len([p for p in graphs.iterdir() if p.is_dir()]) == 1
+
+    def labels(job):
+        rows = client.get(f"/jobs/{job['id']}/labels", params={"limit": 1000}).json()["data"]
+        return sorted((row["uri"], row["predicted"], row["confidence"]) for row in rows)
+
+    assert labels(second) == labels(first)
