@@ -8,15 +8,17 @@ when one of its processes died, so the next pass starts fresh ones.
 from __future__ import annotations
 
 import errno
+import io
 from functools import lru_cache
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
-from torchvision.transforms.functional import pil_to_tensor
 
 from nst import storage
+from workers import png
 from workers.teacher_model import ImageFormat, keeps_pixels, normalise, pixel_transform
 
 Batch = tuple[torch.Tensor, list[int], list[str]]
@@ -61,11 +63,18 @@ class ImageFiles(TorchDataset):
         transform, size = pixel_transform(image_format), image_format.image_size
         as_is = keeps_pixels(image_format)  # then an image of the teacher's size skips the transform
         try:
-            # A URL's bytes through this process's own file system (nst.storage): safe after
-            # the fork; a store that did not answer raises a ConnectionError, transient.
-            with Image.open(storage.openable(uri)) as image:
-                image = image.convert(image_format.mode)
-                pixels = pil_to_tensor(image) if as_is and image.size == (size, size) else transform(image)
+            data = _read(uri)
+            image, array = None, png.decode(data, image_format.channels)
+            if array is None:  # Pillow for every other file (in memory: nothing to close)
+                image = Image.open(io.BytesIO(data))
+                if image.mode != image_format.mode:  # converting to its own mode would copy it
+                    image = image.convert(image_format.mode)
+                if as_is and image.size == (size, size):
+                    array = np.array(image)
+            if as_is and array is not None and array.shape[:2] == (size, size):
+                pixels = _as_tensor(array)
+            else:
+                pixels = transform(image if image is not None else Image.fromarray(array))
             return pixels, item_id, "", image_format
         except Exception as exc:  # any decode failure is recorded on the item
             message = f"{type(exc).__name__}: {exc}"[:500]
@@ -75,6 +84,22 @@ class ImageFiles(TorchDataset):
                 TransientError(message) if is_transient(exc) else message,
                 image_format,
             )
+
+
+def _read(uri: str) -> bytes:
+    """The file's bytes: a URL's through this process's own file system (nst.storage: safe
+    after the fork; a store that did not answer raises a ConnectionError, transient), a local
+    file's as ``open`` reads them (its errors as they are)."""
+    if storage.is_url(uri):
+        return storage.read_bytes(uri)
+    with open(uri, "rb") as handle:
+        return handle.read()
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W) or (H, W, C) uint8 pixels as the (C, H, W) tensor ``pil_to_tensor`` makes."""
+    pixels = torch.from_numpy(array)
+    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
 
 
 class ShardBatches(Sampler):

@@ -1,4 +1,5 @@
-"""An image already at the teacher's size skips the transform, with the transform's pixels."""
+"""An image already at the teacher's size skips the transform, with the transform's pixels; and
+an 8-bit PNG in the teacher's layout is decoded by OpenCV, with Pillow's pixels."""
 
 import numpy as np
 import pytest
@@ -17,13 +18,13 @@ AUGMENTED = ImageFormat(1, 28, "bilinear", (0.5,), (0.5,), 1.0, "rand-m9-n2")
 @pytest.fixture
 def skipped(monkeypatch) -> list[tuple]:
     """The shapes of the images that skipped the transform."""
-    taken, to_tensor = [], decode.pil_to_tensor
+    taken, to_tensor = [], decode._as_tensor
 
-    def spied(image):
-        taken.append(image.size)
-        return to_tensor(image)
+    def spied(array):
+        taken.append(array.shape[1::-1])  # (width, height), as Pillow sizes
+        return to_tensor(array)
 
-    monkeypatch.setattr(decode, "pil_to_tensor", spied)
+    monkeypatch.setattr(decode, "_as_tensor", spied)
     return taken
 
 
@@ -69,3 +70,64 @@ def test_every_other_image_is_transformed(tmp_path, skipped):
     # A colour JPEG of the size for a grey teacher: converted, then skips the transform.
     assert torch.equal(_decoded(tmp_path / "rgb.jpg", GREY_28), _transformed(tmp_path / "rgb.jpg", GREY_28))
     assert skipped == [(28, 28)]
+
+
+def _png_variants(folder, rng) -> dict[str, tuple]:
+    """PNGs of every layout Pillow writes, each with whether OpenCV should take it for a grey
+    and for an RGB teacher."""
+    grey = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    images = {
+        "grey": (Image.fromarray(grey, "L"), {}, (True, False)),
+        "grey-interlaced": (Image.fromarray(grey, "L"), {"interlace": 1}, (True, False)),
+        # OpenCV ignores a grey PNG's transparent value, as Pillow's conversion to L does.
+        "grey-transparent": (Image.fromarray(grey, "L"), {"transparency": int(grey[0, 0])}, (True, False)),
+        "rgb": (Image.fromarray(rgb, "RGB"), {}, (False, True)),
+        "rgb-interlaced": (Image.fromarray(rgb, "RGB"), {"interlace": 1}, (False, True)),
+        "rgb-transparent": (
+            Image.fromarray(rgb, "RGB"),
+            {"transparency": tuple(int(v) for v in rgb[0, 0])},
+            (False, False),
+        ),
+        "rgba": (Image.fromarray(np.dstack([rgb, grey]), "RGBA"), {}, (False, False)),
+        "grey-alpha": (Image.fromarray(np.dstack([grey, grey[::-1]]), "LA"), {}, (False, False)),
+        "palette": (Image.fromarray(rgb, "RGB").quantize(64), {}, (False, False)),
+        "one-bit": (Image.fromarray(grey > 127), {}, (False, False)),
+        "four-bit": (Image.fromarray(grey // 16 * 16, "L"), {"bits": 4}, (False, False)),
+        "sixteen-bit": (Image.fromarray(grey.astype(np.uint16) * 257), {}, (False, False)),
+        "rgb-large": (
+            Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), "RGB"),
+            {},
+            (False, True),
+        ),
+    }
+    paths = {}
+    for name, (image, options, taken) in images.items():
+        image.save(folder / f"{name}.png", **options)
+        paths[name] = (folder / f"{name}.png", taken)
+    return paths
+
+
+def test_opencv_decodes_plain_pngs_with_pillows_pixels_and_leaves_the_rest_to_pillow(tmp_path, monkeypatch):
+    from workers import png
+
+    took, opencv = [], png.decode
+    monkeypatch.setattr(png, "decode", lambda data, channels: took.append(r := opencv(data, channels)) or r)
+    for name, (path, taken) in _png_variants(tmp_path, np.random.default_rng(3)).items():
+        for image_format, expected in zip((GREY_28, RGB_32), taken, strict=True):
+            took.clear()
+            assert torch.equal(_decoded(path, image_format), _transformed(path, image_format)), (
+                name,
+                image_format,
+            )
+            assert (took[0] is not None) == expected, (name, image_format.mode)
+
+
+@pytest.mark.parametrize("cut", [40, 100, 400])
+def test_a_cut_short_png_is_recorded_not_labeled(tmp_path, cut):
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (28, 28), dtype=np.uint8), "L").save(whole)
+    short = tmp_path / "short.png"
+    short.write_bytes(whole.read_bytes()[:cut])
+    pixels, item_id, error, _ = decode.ImageFiles()[(7, str(short), GREY_28)]
+    assert item_id == 7 and error and not pixels.any()

@@ -16,7 +16,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from sqlalchemy import func, select
 
-from nst import storage
 from nst.checkpoint import save_teacher
 from nst.config import get_settings
 from nst.states import ShardState
@@ -182,15 +181,15 @@ def _cancel_after_two_commits(client, job: dict, monkeypatch) -> None:
 
 def _failing_reads(monkeypatch, uri_end: str, error: BaseException, times: int | None) -> None:
     """Reading the file whose URI ends with ``uri_end`` raises ``error`` (``times`` times)."""
-    real, calls = storage.openable, []
+    real, calls = decode._read, []
 
-    def openable(uri):
+    def read(uri):
         if uri.endswith(uri_end) and (times is None or len(calls) < times):
             calls.append(uri)
             raise error
         return real(uri)
 
-    monkeypatch.setattr(storage, "openable", openable)
+    monkeypatch.setattr(decode, "_read", read)
 
 
 def _errors(job_id: int) -> list[tuple[str, str]]:
