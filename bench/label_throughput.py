@@ -5,14 +5,17 @@ image files, measured in the same run.
 
     .venv/bin/python -m bench.label_throughput [--images 3000] [--images-224 600]
         [--modes eager,bf16,openvino] [--models resnet18,efficientnet_b0] [--sizes 28,224] [--batch-size 64]
-        [--shard-size 1000] [--workers 2] [--threads 2] [--repeats 3] [--poll 0.5] [--reuse-teacher]
+        [--shard-size 1000] [--workers 2] [--bare-workers 0,2] [--threads 2] [--repeats 3] [--poll 0.5]
+        [--reuse-teacher]
         [--database-url postgresql+psycopg://...] [--broker-url redis://...]
 
-The bare loop: a torch DataLoader (same num_workers as the worker's NST_DECODE_WORKERS) over the
-same PNG files, PIL decode + timm's eval transform (timm.data.create_transform with the teacher
-metadata's settings), the same model built with timm from the same safetensors file, the same
-batch size and torch threads; its clock runs from building the model to the last batch's logits,
-while the stack's processes are stopped (SIGSTOP), so their idle polling does not slow it.
+The bare loop: a torch DataLoader over the same PNG files, PIL decode + timm's eval transform
+(timm.data.create_transform with the teacher metadata's settings), the same model built with
+timm from the same safetensors file, the same batch size and torch threads; its clock runs from
+building the model to the last batch's logits, while the stack's processes are stopped
+(SIGSTOP), so their idle polling does not slow it. It is timed with 0 DataLoader processes
+(decoding in the loop's own process) and with the worker's NST_DECODE_WORKERS, and the faster of
+the two each run is the baseline (``--bare-workers`` names others).
 The service's time runs from submission to the last label committed, by the job's own
 timestamps (created_at to finished_at); the client's clock (create_job call until a poll reads
 succeeded, polled every --poll seconds) is shown beside it.
@@ -246,7 +249,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="28,224")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=2, help="decode workers, both sides")
+    parser.add_argument("--workers", type=int, default=2, help="the worker's decode processes")
+    parser.add_argument(
+        "--bare-workers",
+        default=None,
+        help="DataLoader processes of the bare loop, comma-separated: each is timed and the faster "
+        "is the baseline (default: 0 and --workers; on a 2-core host decoding in the loop's own "
+        "process can be the faster)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     parser.add_argument(
         "--poll",
@@ -287,6 +297,7 @@ def main() -> None:
         env["NST_DATABASE_URL"] = args.database_url
     if args.broker_url:
         env["NST_BROKER_URL"] = args.broker_url
+    bare_counts = sorted({int(c) for c in (args.bare_workers or f"0,{args.workers}").split(",")})
     sizes = [int(s) for s in args.sizes.split(",")]
     models = args.models.split(",")
     modes = (args.modes or ("eager,bf16,compile" if gpu else "eager,bf16,openvino")).split(",")
@@ -308,6 +319,7 @@ def main() -> None:
                 # Each mode's baseline: the bare eager loop (one for every mode), or the model
                 # alone in that mode.
                 baseline_runs: dict[str, list[float]] = {m: [] for m in modes}
+                bare_runs: dict[int, list[float]] = {count: [] for count in bare_counts}
                 service_runs: dict[str, list[float]] = {m: [] for m in modes}
                 wall_runs: dict[str, list[float]] = {m: [] for m in modes}
                 ran: dict[str, set[str]] = {m: set() for m in modes}
@@ -322,7 +334,9 @@ def main() -> None:
                             path, metadata = make_teacher(data, architecture, size, 0)
                         if not alone:
                             bare(path, metadata, files[: 2 * args.batch_size], args.batch_size, 0)  # warm-up
-                            seconds = bare(path, metadata, files, args.batch_size, args.workers)
+                            for count in bare_counts:
+                                bare_runs[count].append(bare(path, metadata, files, args.batch_size, count))
+                            seconds = min(runs[-1] for runs in bare_runs.values())
                             for mode in modes:
                                 baseline_runs[mode].append(seconds)
                     for mode in modes:
@@ -357,14 +371,27 @@ def main() -> None:
                         if gpu:
                             use[mode].append(sampled)
                         busy = f", GPU {_utilisation([sampled])}" if gpu else ""
+                        by_count = (
+                            ""
+                            if alone
+                            else " ("
+                            + ", ".join(
+                                f"{c} DataLoader processes {r[-1]:.2f} s" for c, r in bare_runs.items()
+                            )
+                            + ")"
+                        )
                         print(
                             f"{architecture} {size}px {mode} run {repeat + 1}/{args.repeats}: "
-                            f"{'model alone' if alone else 'bare'} {baseline_runs[mode][-1]:.2f} s, "
+                            f"{'model alone' if alone else 'bare'} "
+                            f"{baseline_runs[mode][-1]:.2f} s{by_count}, "
                             f"service {service_s:.2f} s (ran {','.join(job['inference_used'])}){busy}, "
                             f"client clock {wall_s:.2f} s (CPU meanwhile: {spent}; labeling process "
                             f"page faults {minor_faults(pool_pid) - faults:,})",
                             flush=True,
                         )
+                if not alone:
+                    medians = (f"{c}: {statistics.median(r):.2f} s" for c, r in bare_runs.items())
+                    print(f"{architecture} {size}px bare loop, by DataLoader processes: {', '.join(medians)}")
                 for mode in modes:
                     baseline_s, service_s, wall_s = (
                         statistics.median(r)
