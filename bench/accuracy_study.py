@@ -174,6 +174,7 @@ def _main_config(args, client, ids: dict, truth: Path, seed: int) -> IterateConf
         generations=args.generations,
         teacher_architecture=args.teacher_arch,
         students=args.students.split(","),
+        student_steps=[int(n) for n in args.student_steps.split(",") if n],
         out_dir=str(args.dir / f"seed{seed}" / "main"),
         truth_csv=str(truth),
         teacher_steps=args.teacher_steps,
@@ -260,6 +261,7 @@ def _budget(args) -> dict:
         "threshold",
         "temperature",
         "inference",
+        "student_steps",
     ]
     return {k: getattr(args, k) for k in keys}
 
@@ -268,7 +270,13 @@ def _budget(args) -> dict:
 # the value below (the study's default then), so it still reports beside newer files.
 # ("auto" is the worker's default mode, which was eager float32 on a CPU until 2026-12-01 and
 # OpenVINO since: the eager-labels control tells them apart.)
-_ADDED_BUDGET_KEYS = {"threshold": 0.3, "increasing": False, "temperature": 1.0, "inference": "auto"}
+_ADDED_BUDGET_KEYS = {
+    "threshold": 0.3,
+    "increasing": False,
+    "temperature": 1.0,
+    "inference": "auto",
+    "student_steps": "",
+}
 
 
 def _checked(path: Path, budget: dict) -> dict:
@@ -621,6 +629,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--students", default="regnetx_004")
     parser.add_argument("--teacher-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=1000, help="training steps per student")
+    parser.add_argument(
+        "--student-steps",
+        default=_ADDED_BUDGET_KEYS["student_steps"],
+        help="comma-separated steps per generation, the last repeating (default: --steps for each)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="labeled images per step")
     parser.add_argument("--pseudo-ratio", type=float, default=3.0)
     parser.add_argument("--magnitude", type=int, default=None, help="RandAugment magnitude")
@@ -675,6 +688,8 @@ def main() -> None:
     unknown = set(ablations) - set(ABLATIONS)
     if unknown:
         parser.error(f"--ablations: unknown {sorted(unknown)}; choose from {sorted(ABLATIONS)}")
+    if args.oracle and args.student_steps:
+        parser.error("--oracle: trains each architecture for --steps, not per-generation --student-steps")
 
     started = time.perf_counter()
     images_dir = args.dir / "images"

@@ -354,6 +354,12 @@ def main() -> None:
     show_default=True,
     help="Comma-separated architectures per generation; the last one repeats.",
 )
+@click.option(
+    "--student-steps",
+    default="",
+    help="Comma-separated training steps per generation; the last one repeats (default: --steps "
+    "for every student).",
+)
 @click.option("--out", "out_dir", default="runs/iterate", show_default=True)
 @click.option("--truth", "truth_csv", help="CSV path,label of the pool, to score pseudo labels.")
 @click.option(
@@ -413,6 +419,12 @@ def _iterate_config(values: dict) -> IterateConfig:
     loop = {k: v for k, v in values.items() if k in iterate_fields}
     train_values = {k: v for k, v in values.items() if k not in iterate_fields}
     loop["students"] = [name.strip() for name in loop["students"].split(",")]
+    try:
+        loop["student_steps"] = [int(n) for n in loop["student_steps"].split(",") if n.strip()]
+    except ValueError:
+        raise click.UsageError(
+            f"--student-steps: {loop['student_steps']!r} is not a comma-separated list of whole numbers"
+        ) from None
     if loop["robustness"] and loop["eval_dataset_id"] is None and loop["robustness_dataset_id"] is None:
         raise click.UsageError("--robustness: needs --eval or --robustness-on, the dataset to measure it on")
     cfg = IterateConfig(**loop, train=_checked(TrainConfig.from_flat({"manifest_id": "", **train_values})))

@@ -46,6 +46,8 @@ class IterateConfig:
     teacher_id: str | None = _first_teacher_setting(None)  # None: train one on the labeled data
     teacher_architecture: str = _first_teacher_setting("resnet18")
     students: list[str] = field(default_factory=lambda: ["resnet18"])
+    # Training steps per generation, the last repeating; empty: the template's steps for every student.
+    student_steps: list[int] = field(default_factory=list)
     out_dir: str = _operational("runs/iterate")
     truth_csv: str | None = _operational(None)  # path,label of the unlabeled images, to score pseudo labels
     probe_dataset_id: int | None = _operational(None)  # labeled, held out: each teacher labels it too
@@ -86,11 +88,16 @@ class IterateConfig:
             raise RecipeError("generations", f"must be 0 or more, not {self.generations}")
         if self.teacher_steps is not None and self.teacher_steps < 1:
             raise RecipeError("teacher_steps", f"must be 1 or more, not {self.teacher_steps}")
+        if any(steps < 1 for steps in self.student_steps):
+            raise RecipeError("student_steps", f"each must be 1 or more, not {self.student_steps}")
         if not 0 <= self.seed <= MAX_SEED - self.generations:  # generation g trains with seed + g
             raise RecipeError("seed", f"must be from 0 to {MAX_SEED - self.generations}, not {self.seed}")
 
     def student_for(self, generation: int) -> str:
         return self.students[min(generation - 1, len(self.students) - 1)]
+
+    def steps_for(self, generation: int) -> int:
+        return _per_generation(self.student_steps, generation) or self.train.recipe.steps
 
 
 def _say(message: str) -> None:
@@ -137,8 +144,20 @@ def _marked(kind: str) -> set[str]:
     return {f.name for f in dataclasses.fields(IterateConfig) if f.metadata.get(kind)}
 
 
+def _per_generation(values: list, generation: int):
+    """Generation ``generation``'s entry of a per-generation list whose last entry repeats."""
+    return values[min(generation - 1, len(values) - 1)] if values else None
+
+
 def _students_used(students: list[str], last_generation: int) -> list[str]:
-    return [students[min(g - 1, len(students) - 1)] for g in range(1, last_generation + 1)]
+    return [_per_generation(students, g) for g in range(1, last_generation + 1)]
+
+
+def _steps_used(config: dict, last_generation: int) -> list[int]:
+    """The steps each recorded generation's student trained for (a file written before
+    per-generation steps: the template's, for every one)."""
+    steps = config.get("student_steps") or []
+    return [_per_generation(steps, g) or config["train"]["steps"] for g in range(1, last_generation + 1)]
 
 
 # Recipe settings added after runs were saved without them, with the value those runs used.
@@ -149,7 +168,7 @@ def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> 
     """'field: saved -> current' for every recipe setting that differs, given the last recorded
     generation (None: none yet). A setting the saved file does not hold (written by an older
     version) is not compared; students only as far as the recorded generations used them."""
-    skip = _marked("operational") | {"train", "students"}
+    skip = _marked("operational") | {"train", "students", "student_steps"}
     if last_generation is not None:
         skip |= _marked("first_teacher")
     changes = [
@@ -161,6 +180,10 @@ def _recipe_changes(saved: dict, current: dict, last_generation: int | None) -> 
         used = _students_used(saved["students"], last_generation)
         if used != _students_used(current["students"], last_generation):
             changes.append(f"students: {saved['students']!r} -> {current['students']!r}")
+    if last_generation and "steps" in saved.get("train", {}):
+        trained, asked = _steps_used(saved, last_generation), _steps_used(current, last_generation)
+        if trained != asked:
+            changes.append(f"student_steps: {trained!r} -> {asked!r}")
     saved_train = _ADDED_TRAIN_SETTINGS | saved.get("train", {})
     changes += [
         f"train.{name}: {saved_train[name]!r} -> {value!r}"
@@ -387,7 +410,7 @@ def _generation(
         architecture=architecture,
         generation=generation,
         parent_id=teacher_id,
-        steps=None,
+        steps=cfg.steps_for(generation),
     )
     acc_all, acc_kept = _pseudo_accuracy(client, job, manifest, truth) if truth else (None, None)
     return {
@@ -395,6 +418,7 @@ def _generation(
         "teacher": teacher_id,
         "student": result["teacher_id"],
         "student_arch": architecture,
+        "student_steps": result["steps"],
         "manifest": manifest["id"],
         "job": job["id"],
         "labeled_in": job["inference_used"],  # how the teacher ran: provenance of the pseudo labels

@@ -80,7 +80,11 @@ def test_a_dataset_without_the_teachers_classes_is_one_error_line_from_evaluate(
     [
         (["--students", "resnet10t,resnt34"], "--students: 'resnt34': not a timm model name"),
         (["--teacher-arch", "resnet_18"], "--teacher-arch: 'resnet_18': not a timm model name"),
+        (["--student-steps", "100,0"], "--student-steps: each must be 1 or more, not [100, 0]"),
+        (["--student-steps", "100,x"], "--student-steps: '100,x' is not a comma-separated list"),
         (["--batch-size", "0"], "--batch-size: must be 1 or more, not 0"),
+        (["--student-steps", "100,0"], "--student-steps: each must be 1 or more, not [100, 0]"),
+        (["--student-steps", "100,x"], "--student-steps: '100,x' is not a comma-separated list"),
     ],
 )
 def test_a_model_iterate_cannot_build_is_a_usage_error_before_any_request(

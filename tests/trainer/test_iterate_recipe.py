@@ -304,3 +304,48 @@ def test_a_model_the_loop_cannot_build_is_refused_before_generation_0(tmp_path, 
     with pytest.raises(RecipeError, match=named):
         iterate(_config(tmp_path, **changes), _NoRequests())
     assert not (tmp_path / "iterate.json").exists()
+
+
+def test_each_generation_trains_for_its_own_steps_the_last_repeating(tmp_path):
+    cfg = _config(tmp_path, student_steps=[100, 300])
+    assert [cfg.steps_for(g) for g in (1, 2, 3, 4)] == [100, 300, 300, 300]
+    assert [_config(tmp_path).steps_for(g) for g in (1, 2)] == [100, 100]  # the template's
+
+
+def test_student_steps_are_compared_only_as_far_as_recorded_generations_trained(tmp_path):
+    _write_state(_config(tmp_path, student_steps=[100, 300]), rows=ROWS)  # generation 1 recorded
+    # Generation 1 trained 100 steps (the template's too): later generations may change.
+    assert _load_rows(_config(tmp_path, student_steps=[100, 500])) == ROWS
+    assert _load_rows(_config(tmp_path)) == ROWS
+    with pytest.raises(RecipeChanged, match=r"student_steps: \[100\] -> \[200\]"):
+        _load_rows(_config(tmp_path, student_steps=[200, 300]))
+
+
+def test_a_file_from_before_per_generation_steps_trained_every_student_for_the_template(tmp_path):
+    _write_state(_config(tmp_path), drop=("student_steps",))
+    assert _load_rows(_config(tmp_path, student_steps=[100, 400])) == ROWS
+    with pytest.raises(RecipeChanged, match=r"student_steps: \[100\] -> \[50\]"):
+        _load_rows(_config(tmp_path, student_steps=[50]))
+
+
+def test_a_generation_trains_for_the_steps_it_is_given(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr("trainer.train.train", lambda cfg, client: trained.append(cfg))
+    cfg = _config(tmp_path, student_steps=[100, 250])
+    _train(
+        cfg,
+        None,
+        manifest_id="m",
+        architecture="resnet18",
+        generation=2,
+        parent_id="t",
+        steps=cfg.steps_for(2),
+    )
+    assert trained[0].recipe.steps == 250
+
+
+def test_student_steps_below_one_are_refused(tmp_path):
+    from trainer.config import RecipeError
+
+    with pytest.raises(RecipeError, match="student_steps"):
+        _config(tmp_path, student_steps=[100, 0]).check()

@@ -222,6 +222,8 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         "resnet10t",
         "--students",
         "resnet10t,resnet14t",
+        "--student-steps",
+        "4,6",
         "--teacher-steps",
         "4",
         "--steps",
@@ -252,6 +254,7 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
     assert rows[0]["mce"] == 100.0 and all(r["mce"] > 0 for r in rows[1:])
     assert all(len(r["robustness"]["fgsm"]) == 5 and r["robustness"]["corruptions"] for r in rows)
     assert [r["student_arch"] for r in rows] == ["resnet10t", "resnet10t", "resnet14t"]
+    assert [r["student_steps"] for r in rows[1:]] == [4, 6]  # each generation its own steps
     client = service.client
     for previous, row in zip(rows, rows[1:], strict=False):
         student = client.teacher(row["student"])
