@@ -131,3 +131,11 @@ def test_a_cut_short_png_is_recorded_not_labeled(tmp_path, cut):
     short.write_bytes(whole.read_bytes()[:cut])
     pixels, item_id, error, _ = decode.ImageFiles()[(7, str(short), GREY_28)]
     assert item_id == 7 and error and not pixels.any()
+
+
+def test_a_png_over_pillows_pixel_limit_is_refused_as_pillow_refuses_it(tmp_path, monkeypatch):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (28, 28), dtype=np.uint8), "L").save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 28 * 28 // 4)  # over twice the limit: an error
+    pixels, item_id, error, _ = decode.ImageFiles()[(3, str(path), GREY_28)]
+    assert error.startswith("DecompressionBombError") and not pixels.any()
