@@ -371,19 +371,13 @@ def main() -> None:
                         if gpu:
                             use[mode].append(sampled)
                         busy = f", GPU {_utilisation([sampled])}" if gpu else ""
-                        by_count = (
-                            ""
-                            if alone
-                            else " ("
-                            + ", ".join(
-                                f"{c} DataLoader processes {r[-1]:.2f} s" for c, r in bare_runs.items()
-                            )
-                            + ")"
+                        bare_times = ", ".join(
+                            f"{c} DataLoader processes {r[-1]:.2f} s" for c, r in bare_runs.items() if r
                         )
                         print(
                             f"{architecture} {size}px {mode} run {repeat + 1}/{args.repeats}: "
                             f"{'model alone' if alone else 'bare'} "
-                            f"{baseline_runs[mode][-1]:.2f} s{by_count}, "
+                            f"{baseline_runs[mode][-1]:.2f} s{f' ({bare_times})' if bare_times else ''}, "
                             f"service {service_s:.2f} s (ran {','.join(job['inference_used'])}){busy}, "
                             f"client clock {wall_s:.2f} s (CPU meanwhile: {spent}; labeling process "
                             f"page faults {minor_faults(pool_pid) - faults:,})",
