@@ -205,6 +205,17 @@ def _json_objects(text: str) -> list[str]:
 def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp_path, fmnist):
     from cli.main import cli
 
+    # Robustness runs dozens of corrupted passes over its dataset for every generation: measured
+    # here on a dataset of its own, one test image per class, rather than on --eval (inside the
+    # stack's data roots, beside the Fashion-MNIST folders).
+    probe = fmnist / "robustness-probe"
+    for name in CLASSES:
+        (probe / name).mkdir(parents=True, exist_ok=True)
+        first = sorted((fmnist / "test" / name).iterdir())[0]
+        (probe / name / first.name).write_bytes(first.read_bytes())
+    probe = service.client.register_dataset(
+        name="robustness-probe", kind="labeled", split="test", path=probe, classes=CLASSES
+    )
     out = tmp_path / "loop"
     args = [
         "iterate",
@@ -241,7 +252,7 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
         "0.0",
         "--robustness",
         "--robustness-on",
-        str(service.labeled["id"]),
+        str(probe["id"]),
         "--inference",
         "eager",
     ]
@@ -250,7 +261,7 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
     rows = json.loads((out / "iterate.json").read_text())["rows"]
     assert [r["generation"] for r in rows] == [0, 1, 2]
     # Robustness on its own dataset for every generation, mCE against generation 0's.
-    assert {r["robustness"]["count"] for r in rows} == {service.labeled["item_count"]}
+    assert {r["robustness"]["count"] for r in rows} == {probe["item_count"]} == {len(CLASSES)}
     assert rows[0]["mce"] == 100.0 and all(r["mce"] > 0 for r in rows[1:])
     assert all(len(r["robustness"]["fgsm"]) == 5 and r["robustness"]["corruptions"] for r in rows)
     assert [r["student_arch"] for r in rows] == ["resnet10t", "resnet10t", "resnet14t"]
