@@ -277,9 +277,15 @@ def cached_teacher(
         spec = replace(spec, image_format=replace(spec.image_format, randaugment=augment))
         mode = "eager"
     model = build_model(spec, noised=noised).to(device)
-    # Only OpenVINO's conversion is worth keeping (torch.compile keeps its own cache).
-    parts = (mode, spec.sha256, spec.architecture, spec.num_classes, spec.model_kwargs)
-    saved_as = (
-        graph_cache.folder_for(*parts, spec.image_format.shape, batch_size) if mode == "openvino" else None
-    )
+    saved_as = None
+    if mode == "openvino":  # only its conversion is worth keeping (torch.compile keeps its own cache)
+        saved_as = graph_cache.folder_for(
+            mode,
+            spec.sha256,
+            spec.architecture,
+            spec.num_classes,
+            spec.model_kwargs,
+            spec.image_format.shape,
+            batch_size,
+        )
     return prepare(model, spec.image_format.shape, device, mode, batch_size, saved_as), spec

@@ -208,13 +208,13 @@ def test_two_generations_of_nst_iterate_complete_and_record_lineage(service, tmp
     # Robustness runs dozens of corrupted passes over its dataset for every generation: measured
     # here on a dataset of its own, one test image per class, rather than on --eval (inside the
     # stack's data roots, beside the Fashion-MNIST folders).
-    probe = fmnist / "robustness-probe"
+    probe_dir = fmnist / "robustness-probe"
     for name in CLASSES:
-        (probe / name).mkdir(parents=True, exist_ok=True)
+        (probe_dir / name).mkdir(parents=True, exist_ok=True)
         first = sorted((fmnist / "test" / name).iterdir())[0]
-        (probe / name / first.name).write_bytes(first.read_bytes())
+        (probe_dir / name / first.name).write_bytes(first.read_bytes())
     probe = service.client.register_dataset(
-        name="robustness-probe", kind="labeled", split="test", path=probe, classes=CLASSES
+        name="robustness-probe", kind="labeled", split="test", path=probe_dir, classes=CLASSES
     )
     out = tmp_path / "loop"
     args = [
