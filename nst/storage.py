@@ -366,13 +366,13 @@ def remove(where: Location) -> None:
         raise translate(exc, where) from None
 
 
-def cached_copy(where: str, cache_dir: Path, sha256: str) -> Path:
-    """A local copy of ``where`` under ``cache_dir``, named by its sha256 and checked against it:
-    a copy is renamed into place only once whole and verified, so a cached file is always good."""
-    final = cache_dir / f"{sha256}{Path(name(where)).suffix}"
+def cached_copy(where: str, final: Path, sha256: str) -> Path:
+    """``final``, made a local copy of ``where`` unless it is one already, checked against its
+    sha256: a copy is renamed into place only once whole and verified, so a cached file is
+    always good."""
     if final.is_file():
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     # The umask's mode, not mkstemp's private 0600: a cache shared by workers under other users.
     with atomic.replacing(final) as part:

@@ -12,6 +12,7 @@ from tests.utils.env import clear_caches
         ("NST_WORKER_DEVICE", "tpu", "NST_WORKER_DEVICE"),
         ("NST_VISIBILITY_TIMEOUT_S", "0", "NST_VISIBILITY_TIMEOUT_S"),
         ("NST_WORKER_PREFETCH", "0", "NST_WORKER_PREFETCH"),
+        ("NST_WORKER_CACHE_GB", "-1", "NST_WORKER_CACHE_GB"),
         (
             "NST_ALLOWED_HOSTS",
             "http://nst.example.org",

@@ -6,27 +6,25 @@ docs/BENCHMARKS.md).
 A graph's folder is named by everything it is made from (the teacher's content, how it is
 built, the input and batch shape, the versions of the libraries that convert it), so a changed
 file or an upgrade gets a new folder rather than a stale graph. One process converts while
-holding a lock on the name; the others wait and then read what it wrote. A folder appears
-whole or not at all (written beside it, then renamed), and one that cannot be read is made
-again.
+holding the entry's lock (``workers.host_cache``, which also keeps the cache under its
+budget); the others wait and then read what it wrote. A folder appears whole or not at all
+(written beside it, then renamed), and one that cannot be read is made again.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
 
-from nst.config import get_settings
+from workers import host_cache
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +38,13 @@ def folder_for(*parts) -> Path:
     """Where the graph made from ``parts`` (JSON-able: what identifies the model and its input)
     lives, named by their digest and the converting libraries' versions."""
     named = json.dumps([list(parts), [_version(name) for name in _LIBRARIES]], default=list)
-    return get_settings().data_dir / "cache" / "graphs" / hashlib.sha256(named.encode()).hexdigest()
+    return host_cache.root() / "graphs" / hashlib.sha256(named.encode()).hexdigest()
 
 
 def cached(folder: Path, write: Callable[[Path], None], read: Callable[[Path], T]) -> T:
     """``read(folder)``, after ``write`` has filled it if no process on this host has yet.
     ``write`` gets an empty folder of its own; it becomes ``folder`` only once it returned."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
+    with host_cache.held(folder):
         if folder.is_dir():
             try:
                 return read(folder)
@@ -73,17 +70,6 @@ def cached(folder: Path, write: Callable[[Path], None], read: Callable[[Path], T
             shutil.rmtree(part, ignore_errors=True)
             raise
         return read(folder)
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    # flock: released by the kernel if the holder dies, so a killed converter blocks nobody.
-    with open(folder.with_name(f"{folder.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _version(name: str) -> str:

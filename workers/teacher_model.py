@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -22,11 +25,10 @@ from torchvision.transforms.functional import normalize as normalize_
 from torchvision.transforms.functional import pil_to_tensor
 
 from nst import noise, storage, transforms
-from nst.config import get_settings
 from nst.teacher_metadata import check_model_kwargs
 from service.core.db import session_scope
 from service.models import Teacher
-from workers import graph_cache
+from workers import graph_cache, host_cache
 from workers.inference import Runner, prepare
 
 
@@ -106,23 +108,29 @@ def build_model(spec: TeacherSpec, *, noised: bool = False) -> nn.Module:
         )
     except (RuntimeError, TypeError, ValueError) as exc:  # timm: "Unknown model (...)"
         raise InvalidCheckpoint(f"architecture {spec.architecture!r} does not build: {exc}") from None
-    state = load_file(local_checkpoint(spec.file_path, spec.sha256), device="cpu")
+    with local_checkpoint(spec.file_path, spec.sha256) as path:
+        state = load_file(path, device="cpu")
     _check_state(model.state_dict(), state, spec)
     model.load_state_dict(state)
     return noise.model_noise_on(model) if noised else model.eval()
 
 
-def local_checkpoint(file_path: str, sha256: str) -> str:
-    """The checkpoint as a local file, checked against its sha256. One in an object store is
-    fetched once into ``NST_DATA_DIR/cache/teachers`` and checked as it arrives; a local one (a
-    shared volume, a file registered by its path) is hashed where it lies, so a file changed or
-    cut short since it was registered is refused, not labeled with."""
+@contextmanager
+def local_checkpoint(file_path: str, sha256: str) -> Iterator[str]:
+    """The checkpoint as a local file, checked against its sha256, for the duration. One in an
+    object store is fetched once into the host's cache (``workers.host_cache``: ``teachers/``)
+    and checked as it arrives; a local one (a shared volume, a file registered by its path) is
+    hashed where it lies, so a file changed or cut short since it was registered is refused,
+    not labeled with."""
     if storage.is_url(file_path):
-        return str(storage.cached_copy(file_path, get_settings().data_dir / "cache" / "teachers", sha256))
+        copy = host_cache.root() / "teachers" / f"{sha256}{Path(storage.name(file_path)).suffix}"
+        with host_cache.held(copy):
+            yield str(storage.cached_copy(file_path, copy, sha256))
+        return
     found = os.stat(file_path)
     if _local_sha256(file_path, found.st_size, found.st_mtime_ns) != sha256:
         raise InvalidCheckpoint(f"{file_path!r} is no longer the file registered: its sha256 changed")
-    return file_path
+    yield file_path
 
 
 @lru_cache(maxsize=64)

@@ -151,11 +151,11 @@ def test_a_cached_copy_is_checked_against_its_sha256(objects, tmp_path):
     sha = hashlib.sha256(storage.read_bytes(objects[1])).hexdigest()
     previous = os.umask(0o022)
     try:
-        copy = storage.cached_copy(objects[1], tmp_path, sha)
+        copy = storage.cached_copy(objects[1], tmp_path / f"{sha}.png", sha)
     finally:
         os.umask(previous)
     assert copy == tmp_path / f"{sha}.png" and copy.read_bytes() == storage.read_bytes(objects[1])
     assert stat.S_IMODE(copy.stat().st_mode) == 0o644  # the umask's mode: other users' workers read it
     with pytest.raises(storage.StorageError, match="expected 0000"):
-        storage.cached_copy(objects[2], tmp_path / "other", "0" * 64)
+        storage.cached_copy(objects[2], tmp_path / "other" / "copy.png", "0" * 64)
     assert list(Path(tmp_path / "other").iterdir()) == []  # nothing half-written left behind
