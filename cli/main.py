@@ -496,15 +496,18 @@ def jobs_export(ctx, job_id, fmt, out) -> None:
 @jobs.command("list")
 @click.pass_context
 def jobs_list(ctx) -> None:
-    """Every job: ID, state, items done and failed, time left, dataset, teacher, and how the
-    teacher runs (the modes its shards ran in, or the mode asked for before any has)."""
+    """Every job: ID, state, items done and failed, time left, dataset, teacher, how the teacher
+    runs (the modes its shards ran in, or the mode asked for before any has), and how long it has
+    waited for a worker, when no worker has touched it for a minute."""
     with _client(ctx) as client:
         for j in client.jobs():
+            waiting = j.get("waiting_for_worker")  # absent from older APIs
             click.echo(
                 f"{j['id']:>5}  {j['state']:<9} {j['items_done']:>8}/{j['items_total']:<8} "
                 f"failed {j['items_failed']:<6} eta {_duration(j['eta_s']):<7} dataset "
                 f"{j['dataset_id']:<4} teacher {j['teacher_id'][:12]}  "
                 f"{','.join(j['inference_used']) or j['inference']}"
+                + (f"  waiting for a worker {_duration(j['worker_idle_s'])}" if waiting else "")
             )
 
 

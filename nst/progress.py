@@ -8,13 +8,16 @@ from nst.client import Client
 
 
 def wait_with_progress(client: Client, job: dict, *, timeout: float | None = None) -> dict:
-    """Wait for a labeling job, showing items done, state and failures (``timeout`` None: until
-    it ends)."""
+    """Wait for a labeling job, showing items done, state, failures and how long it has waited
+    for a worker, when it has (``timeout`` None: until it ends)."""
     with tqdm(total=job["items_total"], desc=f"label job {job['id']}", unit="img") as bar:
 
         def update(current: dict) -> None:
             bar.n = current["items_done"] + current["items_failed"]
-            bar.set_postfix(state=current["state"], failed=current["items_failed"])
+            postfix = {"state": current["state"], "failed": current["items_failed"]}
+            if current.get("waiting_for_worker"):  # none runs, or all are busy (absent from older APIs)
+                postfix["waiting for a worker"] = tqdm.format_interval(current["worker_idle_s"])
+            bar.set_postfix(postfix)
             bar.refresh()
 
         return client.wait_for_job(job["id"], timeout=timeout, on_progress=update)

@@ -234,6 +234,14 @@ class JobPublic(BaseModel):
     errors: list[str]
     throughput_items_per_s: float | None
     eta_s: float | None
+    worker_idle_s: float | None = Field(
+        description="Seconds since a worker last claimed, renewed or finished one of its shards (or since "
+        "they were last sent); 0 while one labels it, null once the job has ended"
+    )
+    waiting_for_worker: bool = Field(
+        description="In progress and untouched by any worker for a minute or more: no worker runs, none "
+        "reaches this broker and database, or all are busy with other jobs"
+    )
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
+from nst.config import get_settings
 from nst.states import JobState, ShardState
 from service import lifecycle
 from service.models import Item, ItemError, Job, Label, Shard, inference_modes, utcnow
@@ -35,6 +36,11 @@ class JobProgress:
     throughput: float | None
     eta_s: float | None
     inference_used: list[str]  # the modes its shards were labeled in, so far
+    worker_idle_s: float | None  # see _worker_idle_s; None once the job has ended
+
+    @property
+    def waiting_for_worker(self) -> bool:
+        return self.worker_idle_s is not None and self.worker_idle_s >= STALLED_AFTER_S
 
 
 # A running job's ETA follows its recent pace: the items of its last PACE_SHARDS finished shards
@@ -42,6 +48,9 @@ class JobProgress:
 # outage (no worker for an hour) in every later ETA; a window of shards, not of minutes, holds
 # enough items at any speed.
 PACE_SHARDS = 8
+# A job in progress that no worker has touched for this long is shown as waiting for one: a
+# worker renews a running shard's lease every quarter of NST_LEASE_S (5 s by default).
+STALLED_AFTER_S = 60.0
 
 
 def create_job(
@@ -80,6 +89,9 @@ def progress_of(
                 func.count().filter(Shard.attempts > 0),
                 func.min(Shard.started_at),
                 func.max(Shard.finished_at),
+                func.max(Shard.started_at),
+                func.max(Shard.lease_expires_at),
+                func.max(Shard.enqueued_at),
             )
             .where(Shard.job_id.in_(ids))
             .group_by(Shard.job_id)
@@ -106,7 +118,7 @@ def progress_of(
         .distinct()
     ):
         modes[job_id].update(inference_modes(recorded))
-    empty = (0, 0, 0, 0, 0, None, None)  # a job without shards (none of its items to label)
+    empty = (0, 0, 0, 0, 0, None, None, None, None, None)  # a job without shards (none of its items to label)
     states = {job.id: _state(job, totals.get(job.id, empty)) for job in jobs}
     paces = _recent_finishes(session, [i for i, state in states.items() if state in _IN_PROGRESS])
     return {
@@ -127,7 +139,7 @@ _IN_PROGRESS = (JobState.QUEUED, JobState.RUNNING)  # the states with an ETA
 
 
 def _state(job: Job, totals) -> JobState:
-    _, _, shards_done, shards_failed, started, _, _ = totals
+    _, _, shards_done, shards_failed, started, *_ = totals
     return lifecycle.job_state(
         job, shards_done=shards_done, shards_failed=shards_failed, shards_started=started
     )
@@ -186,15 +198,17 @@ def _progress(
     finishes: list,
     now: datetime | None,
 ) -> JobProgress:
-    done, failed, shards_done, shards_failed, _, started_at, last_finished = totals
+    done, failed, shards_done, shards_failed, _, started_at, last_finished, *activity = totals
     finished_at = None
     if state == JobState.SUCCEEDED:
         finished_at = last_finished
     elif state in (JobState.CANCELLED, JobState.FAILED):
         finished_at = job.cancelled_at or last_finished
-    throughput = eta = None
+    throughput = eta = idle = None
+    until = finished_at or now or utcnow()
+    if state in _IN_PROGRESS:
+        idle = _worker_idle_s(job, last_finished, *activity, until)
     if started_at is not None:
-        until = finished_at or now or utcnow()
         elapsed = (until - started_at).total_seconds()
         if elapsed > 0 and done + failed > 0:
             throughput = (done + failed) / elapsed
@@ -213,7 +227,26 @@ def _progress(
         throughput,
         eta,
         modes,
+        idle,
     )
+
+
+def _worker_idle_s(
+    job: Job,
+    last_finished: datetime | None,
+    last_claimed: datetime | None,
+    last_lease: datetime | None,
+    last_sent: datetime | None,
+    until: datetime,
+) -> float:
+    """Seconds since a worker last claimed, renewed or finished one of the job's shards, or since
+    its shards were last sent (created, resumed, sent again by a reaper); 0 while one holds a
+    live lease. It also counts while the workers are busy with other jobs' shards."""
+    if last_lease is not None and last_lease > until:
+        return 0.0
+    renewed = None if last_lease is None else last_lease - timedelta(seconds=get_settings().lease_s)
+    moments = [t for t in (last_finished, last_claimed, renewed, last_sent, job.created_at) if t is not None]
+    return max(0.0, (until - max(moments)).total_seconds())
 
 
 def list_jobs(

@@ -253,3 +253,28 @@ def test_waiting_for_a_job_that_failed_exits_1_after_printing_it(fails, client):
     result = fails("jobs", "wait", str(failed.id))
     assert f"Error: job {failed.id} ended failed" in result.output
     assert json.loads(result.stdout)["state"] == "failed"
+
+
+def test_a_job_no_worker_has_touched_for_minutes_says_it_waits_for_one(run, fails, client):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from service.core.db import session_scope
+    from service.models import Job, Shard, utcnow
+
+    teacher = synthetic.teacher(CLASSES, name="unattended")
+    waiting, fresh = (synthetic.finished_job(teacher, [(CAT, 0.9)], state="queued") for _ in range(2))
+    long_ago = utcnow() - timedelta(minutes=10)
+    with session_scope() as session:  # queued ten minutes ago, never claimed
+        session.execute(
+            update(Shard)
+            .where(Shard.job_id == waiting.id)
+            .values(started_at=None, finished_at=None, attempts=0, items_done=0, enqueued_at=long_ago)
+        )
+        session.execute(update(Job).where(Job.id == waiting.id).values(created_at=long_ago))
+    lines = {int(line.split()[0]): line for line in run("jobs", "list").splitlines()}
+    assert "  waiting for a worker 10m0" in lines[waiting.id]  # 10 minutes and the seconds since
+    assert "waiting for a worker" not in lines[fresh.id]
+    result = fails("jobs", "wait", str(waiting.id), "--timeout", "0.1")
+    assert "waiting for a worker=10:0" in result.output and "not finished after" in result.output

@@ -10,9 +10,10 @@ from sqlalchemy import update
 
 from nst.states import JobState, ShardState
 from service.core.db import session_scope
-from service.crud.jobs import PACE_SHARDS, create_job, progress
+from service.crud.jobs import PACE_SHARDS, STALLED_AFTER_S, create_job, progress
 from service.models import Job, Shard, utcnow
 from tests.utils import synthetic
+from tests.utils.env import clear_caches
 
 SHARD_ITEMS = 2
 
@@ -99,3 +100,63 @@ def test_a_new_job_s_eta_is_its_average_so_far(migrated):
     assert p.items_done == done
     assert p.throughput == pytest.approx(done / 100)
     assert p.eta_s == pytest.approx((SHARD_ITEMS * (PACE_SHARDS + 4) - done) / (done / 100))
+
+
+def _send(session, job_id: int, *, ago_s: float, now) -> None:
+    """Every shard of the job sent ``ago_s`` seconds before ``now`` (created or resumed then)."""
+    sent = now - timedelta(seconds=ago_s)
+    session.execute(update(Shard).where(Shard.job_id == job_id).values(enqueued_at=sent))
+    session.execute(update(Job).where(Job.id == job_id).values(created_at=sent))
+
+
+def _idle(job_id: int, now) -> tuple[float | None, bool]:
+    with session_scope() as session:
+        p = progress(session, job=session.get(Job, job_id), now=now)
+    return p.worker_idle_s, p.waiting_for_worker
+
+
+def test_a_job_no_worker_touches_is_waiting_for_one_from_its_last_send(migrated):
+    now = utcnow()
+    job_id = _job(3)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=STALLED_AFTER_S - 1, now=now)
+    assert _idle(job_id, now) == (pytest.approx(STALLED_AFTER_S - 1), False)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=600, now=now)
+    assert _idle(job_id, now) == (pytest.approx(600), True)
+    with session_scope() as session:  # resumed: its shards sent again, the job created long ago
+        session.execute(update(Shard).where(Shard.job_id == job_id).values(enqueued_at=now))
+    assert _idle(job_id, now) == (0.0, False)
+
+
+def test_a_live_lease_is_a_worker_at_work_and_a_lapsed_one_counts_from_its_last_renewal(
+    migrated, monkeypatch
+):
+    monkeypatch.setenv("NST_LEASE_S", "20")
+    clear_caches()
+    now = utcnow()
+    job_id = _job(3)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=3600, now=now)
+        _finish(session, job_id, 0, started_ago_s=3000, finished_ago_s=2000, now=now)
+        running = update(Shard).where(Shard.job_id == job_id, Shard.index == 1)
+        session.execute(
+            running.values(state=ShardState.RUNNING, attempts=1, started_at=now - timedelta(seconds=1900))
+        )
+        session.execute(running.values(lease_expires_at=now + timedelta(seconds=5)))
+    assert _idle(job_id, now) == (0.0, False)
+    with session_scope() as session:  # its worker died: renewed last 20 s before the lease lapsed
+        session.execute(running.values(lease_expires_at=now - timedelta(seconds=100)))
+    assert _idle(job_id, now) == (pytest.approx(120), True)
+    with session_scope() as session:  # a shard finished since
+        _finish(session, job_id, 2, started_ago_s=50, finished_ago_s=10, now=now)
+    assert _idle(job_id, now) == (pytest.approx(10), False)
+
+
+def test_a_finished_job_waits_for_nothing(migrated):
+    now = utcnow()
+    job_id = _job(1)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=3600, now=now)
+        _finish(session, job_id, 0, started_ago_s=3000, finished_ago_s=2000, now=now)
+    assert _idle(job_id, now) == (None, False)

@@ -5,6 +5,8 @@ the pages' Content-Security-Policy refuses (as it should)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.ui.conftest import TOKEN
@@ -132,6 +134,32 @@ def test_overview_follows_a_new_job_without_reloading(tab, world):
     finished = world.get(f"/jobs/{job['id']}")
     assert _field(page.locator(row), "items_done") == f"{finished['items_done']:,}" == "200"
     assert page.evaluate("window.notReloaded") is True
+    assert tab.errors == []
+
+
+def test_a_job_no_worker_has_touched_for_a_minute_says_it_waits_for_one(tab, world):
+    """The API's ``waiting_for_worker`` (computed in tests/crud/test_job_progress.py) as the pages
+    show it: the job's answers are changed on the way to read as ten minutes unattended."""
+    job_id = world.job["id"]
+
+    def unattended(route) -> None:
+        response = route.fetch()
+        body = response.json()
+        for job in body.get("data", [body]):
+            if job["id"] == job_id:
+                job.update(state="queued", waiting_for_worker=True, worker_idle_s=600.0)
+        route.fulfill(response=response, json=body)
+
+    page = tab.page
+    # The API's job list and this job, not the page /ui/jobs/<id> nor the job's other resources.
+    page.route(re.compile(rf"^{re.escape(world.url)}/jobs(/{job_id})?(\?[^/]*)?$"), unattended)
+    tab.log_in("/ui/")
+    page.wait_for_selector("#jobs tbody tr")
+    assert _field(page.locator(f'#jobs tr[data-id="{job_id}"]'), "waiting") == "waiting for a worker 10 min"
+    assert page.locator('#jobs [data-field="waiting"]').count() == 1  # the other jobs are attended
+    tab.open(f"/ui/jobs/{job_id}")
+    page.wait_for_selector('#job-progress [data-field="waiting"]')
+    assert _field(page, "waiting") == "waiting for a worker 10 min"
     assert tab.errors == []
 
 

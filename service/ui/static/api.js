@@ -93,6 +93,13 @@ export function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+// How long a job in progress has waited for a worker, once none has touched it for a minute.
+export function waitingField(job) {
+  if (!job.waiting_for_worker) return null;
+  const why = "No worker has claimed, renewed or finished one of its shards: is `nst worker` running against this broker and database, or are all busy with other jobs?";
+  return el("span", { class: "waiting", "data-field": "waiting", title: why }, `waiting for a worker ${duration(job.worker_idle_s)}`);
+}
+
 // How a job's teacher runs: the modes its shards ran in, or the mode asked for before any ran.
 export function inferenceField(job) {
   return field("inference", job.inference, job.inference_used.join(", ") || job.inference);

@@ -1,6 +1,6 @@
 // A job's labels: the grid, filtered and sorted, beside the class balance and the confidence
 // histogram of the selected class.
-import { api, definitions, duration, el, field, fixed, getJSON, inferenceField, number, showError, start, Unauthorized } from "./api.js";
+import { api, definitions, duration, el, field, fixed, getJSON, inferenceField, number, showError, start, Unauthorized, waitingField } from "./api.js";
 import { barChart } from "./charts.js";
 import { filterControls, pagedGrid } from "./tiles.js";
 
@@ -12,6 +12,7 @@ function renderProgress(job, teacher, dataset) {
   document.getElementById("job-subtitle").textContent = `${teacher.name} on ${dataset.name}`;
   document.getElementById("job-progress").replaceChildren(
     el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state),
+    waitingField(job),
     el("progress", { max: job.items_total || 1, value: job.items_done + job.items_failed }),
     field("items_done", job.items_done, number(job.items_done)),
     " of ",

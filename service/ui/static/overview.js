@@ -1,5 +1,5 @@
 // Datasets, teachers, jobs (live) and manifests, as the API lists them.
-import { duration, el, field, fillTable, fixed, getJSON, inferenceField, listAll, number, showError, short, start, Unauthorized } from "./api.js";
+import { duration, el, field, fillTable, fixed, getJSON, inferenceField, listAll, number, showError, short, start, Unauthorized, waitingField } from "./api.js";
 
 // Quicker while a job runs; a job started elsewhere still shows up within IDLE_POLL_MS.
 const POLL_MS = 2000;
@@ -34,7 +34,7 @@ function renderJobs(jobs, teachers, datasets) {
           el("a", { href: `/ui/jobs/${job.id}` }, `job ${job.id}`),
           teachers.get(job.teacher_id)?.name ?? short(job.teacher_id),
           datasets.get(job.dataset_id)?.name ?? `dataset ${job.dataset_id}`,
-          el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state),
+          [el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state), waitingField(job)],
           progressBar(job),
           field("items_failed", job.items_failed, number(job.items_failed)),
           field("throughput", job.throughput_items_per_s, job.throughput_items_per_s === null ? "–" : `${job.throughput_items_per_s.toFixed(1)} items/s`),

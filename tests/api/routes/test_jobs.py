@@ -164,7 +164,7 @@ def test_a_job_list_page_reads_each_jobs_progress_as_its_own_page_does_in_as_few
         assert listed_job["errors"] == [f"job {job.id} shard {i}" for i in range(5)]
         assert listed_job["inference_used"] == ["eager", "openvino"]
     assert page[1]["errors"] == [] and page[1]["inference_used"] == []
-    clock = {"throughput_items_per_s", "eta_s"}  # a running job's change as time passes
+    clock = {"throughput_items_per_s", "eta_s", "worker_idle_s"}  # a running job's change as time passes
     for job in page:
         alone = client.get(f"/jobs/{job['id']}").json()
         if job["state"] == "running":
