@@ -99,6 +99,18 @@ def test_two_pool_processes_share_the_cores_and_label_each_item_once(stack, fmni
     assert log.read_text().count(expected) == 2, stack.logs()
 
 
+def _task_events(stack, until_one: str, timeout: float = 60) -> list[list[tuple[str, str, str]]]:
+    """Each worker's label_shard events, once one of them logged ``until_one``: the job's end is
+    in the database before a worker's main process logs its task's (later on a loaded host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = [re.findall(TASK_EVENT, p.read_text()) for p in stack.log_dir.glob("worker*.log")]
+        if any(what == until_one for worker in events for _, _, what in worker):
+            return events
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.2)
+
+
 def _wait_until_ready(stack, workers: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while sum("ready." in p.read_text() for p in stack.log_dir.glob("worker*.log")) < workers:
@@ -121,7 +133,7 @@ def test_two_workers_labeling_one_shard_at_once_write_each_label_once(stack, fmn
     # No attempt count here: `resume` counts attempts afresh, so it reads 1 or 2 depending on
     # whether the first claim came before the resume. The workers' logs say what ran.
     # Each worker took one copy, and both had it before either finished: they ran side by side.
-    events = [re.findall(TASK_EVENT, p.read_text()) for p in stack.log_dir.glob("worker*.log")]
+    events = _task_events(stack, until_one="succeeded")
     tasks = [{task for _, task, what in worker if what == "received"} for worker in events]
     assert [len(t) for t in tasks] == [1, 1] and tasks[0] != tasks[1], stack.logs()
     first_received = [min(time for time, _, what in worker if what == "received") for worker in events]
