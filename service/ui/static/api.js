@@ -95,7 +95,7 @@ export function duration(seconds) {
 
 // How long a job in progress has waited for a worker, once none has touched it for a minute.
 export function waitingField(job) {
-  if (!job.waiting_for_worker) return null;
+  if (!job.waiting_for_worker) return "";  // not null: replaceChildren would show it as the text "null"
   const why = "No worker has claimed, renewed or finished one of its shards: is `nst worker` running against this broker and database, or are all busy with other jobs?";
   return el("span", { class: "waiting", "data-field": "waiting", title: why }, `waiting for a worker ${duration(job.worker_idle_s)}`);
 }
