@@ -10,7 +10,11 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 PG_ADMIN_URL = os.environ.get("NST_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("NST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# pytest-xdist's workers (gw0, gw1, ...) each get a Redis database of their own, since the tests
+# that use it flush it.
+_XDIST_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+assert _XDIST_INDEX < 16, "Redis has databases 0-15: run at most 16 test processes"
+REDIS_URL = os.environ.get("NST_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - _XDIST_INDEX}")
 
 
 def clear_caches() -> None:
