@@ -56,8 +56,6 @@ def cached(folder: Path, write: Callable[[Path], None], read: Callable[[Path], T
                     str(exc)[:300],
                 )
                 shutil.rmtree(folder, ignore_errors=True)
-        for left in folder.parent.glob(f".{folder.name}.*.part"):  # a writer that died midway
-            shutil.rmtree(left, ignore_errors=True)
         part = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.part")
         part.mkdir()
         try:

@@ -1,5 +1,5 @@
 """The worker host's cache stays under NST_WORKER_CACHE_GB: the least recently used entries go
-first, never one in use, never the one just used."""
+first, never one in use, never the one just used; what killed writers left goes too."""
 
 import os
 import time
@@ -55,16 +55,31 @@ def test_the_least_recently_used_go_first_until_the_cache_fits(budget):
     assert host_cache.trim() == []  # within the budget: nothing goes
 
 
-def test_lock_files_and_half_written_entries_are_not_entries(budget):
+def test_lock_files_and_a_writers_part_are_not_entries_and_a_killed_writers_part_goes(budget):
     now = time.time()
     kept = _checkpoint("a", 1000, now)
-    part = host_cache.root() / "graphs" / ".g.0123.part"
-    part.mkdir(parents=True)
-    (part / "model.bin").write_bytes(b"b" * 5000)  # a writer's, still writing
-    (host_cache.root() / "graphs" / "g.lock").touch()
+    (host_cache.root() / "graphs").mkdir(parents=True)
+    (host_cache.root() / "graphs" / "h.lock").touch()
+    killed = host_cache.root() / "teachers" / ".b.safetensors.0123.part"  # a fetch killed midway
+    killed.write_bytes(b"w" * 5000)
     budget(1000)
-    assert host_cache.trim() == []
-    assert kept.is_file() and part.is_dir()
+    with host_cache.held(host_cache.root() / "graphs" / "g"):
+        part = host_cache.root() / "graphs" / ".g.4567.part"  # this writer's, still writing
+        part.mkdir()
+        (part / "model.bin").write_bytes(b"b" * 5000)
+        assert host_cache.trim() == [killed]
+        assert kept.is_file() and part.is_dir()
+
+
+def test_holding_an_entry_clears_its_killed_writers_parts(budget):
+    entry = host_cache.root() / "teachers" / "c.safetensors"
+    entry.parent.mkdir(parents=True)
+    killed = entry.with_name(".c.safetensors.0123.part")
+    killed.write_bytes(b"w" * 10)
+    other = entry.with_name(".d.safetensors.0123.part")  # another entry's: trimming's business
+    other.write_bytes(b"w" * 10)
+    with host_cache.held(entry):
+        assert not killed.exists() and other.exists()
 
 
 def test_an_entry_in_use_stays_and_the_next_oldest_goes_instead(budget):
