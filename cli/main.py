@@ -13,7 +13,7 @@ import httpx
 from nst.client import Client, NstError, UnknownId
 from nst.config import SettingsError
 from nst.manifest_file import ManifestMismatch
-from nst.progress import wait_with_progress
+from nst.progress import wait_with_progress, workers_online
 from nst.states import JobState
 from trainer.cli import FINITE_FLOAT, INFERENCE
 
@@ -500,15 +500,33 @@ def jobs_list(ctx) -> None:
     runs (the modes its shards ran in, or the mode asked for before any has), and how long it has
     waited for a worker, when no worker has touched it for a minute."""
     with _client(ctx) as client:
-        for j in client.jobs():
+        jobs = client.jobs()
+        online = workers_online(client) if any(j.get("waiting_for_worker") for j in jobs) else ""
+        for j in jobs:
             waiting = j.get("waiting_for_worker")  # absent from older APIs
             click.echo(
                 f"{j['id']:>5}  {j['state']:<9} {j['items_done']:>8}/{j['items_total']:<8} "
                 f"failed {j['items_failed']:<6} eta {_duration(j['eta_s']):<7} dataset "
                 f"{j['dataset_id']:<4} teacher {j['teacher_id'][:12]}  "
                 f"{','.join(j['inference_used']) or j['inference']}"
-                + (f"  waiting for a worker {_duration(j['worker_idle_s'])}" if waiting else "")
+                + (f"  waiting for a worker {_duration(j['worker_idle_s'])} ({online})" if waiting else "")
             )
+
+
+@cli.command("workers")
+@click.pass_context
+def workers_list(ctx) -> None:
+    """The worker processes heard from in the last day, online ones first: name, process,
+    state (online, stopped, or lost: silent for three heartbeats), device, concurrency, and
+    how long since each last reported."""
+    with _client(ctx) as client:
+        found = client.workers()
+    for w in found["data"]:
+        click.echo(
+            f"{w['name']:<32} pid {w['pid']:<7} {w['state']:<8} {w['device']:<8} "
+            f"x{w['concurrency']:<3} last seen {_duration(w['silent_s'])} ago"
+        )
+    click.echo(f"{found['online']} of {found['count']} online")
 
 
 def _duration(seconds: float | None) -> str:

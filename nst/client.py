@@ -298,6 +298,13 @@ class Client:
             )
         return teacher
 
+    # --- workers -----------------------------------------------------------------------------
+
+    def workers(self) -> dict:
+        """``{data, count, online}``: the worker processes heard from in the last day, online
+        ones first."""
+        return self._json("GET", "/workers")
+
     # --- jobs --------------------------------------------------------------------------------
 
     def create_job(self, *, teacher_id: str, dataset_id: int, **options) -> dict:

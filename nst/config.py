@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(5.0, gt=0)
     unclaimed_s: float = Field(30.0, gt=0)
     shard_max_attempts: int = Field(5, ge=1, le=100)
+    # Each worker reports itself this often (workers/heartbeat.py); silent for three, it is lost.
+    heartbeat_s: float = Field(5.0, gt=0)
     # The worker host's cache (NST_DATA_DIR/cache: fetched checkpoints, converted graphs) is
     # trimmed to this, least recently used first (workers/host_cache.py).
     worker_cache_gb: float = Field(20.0, ge=0)

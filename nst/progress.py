@@ -15,9 +15,17 @@ def wait_with_progress(client: Client, job: dict, *, timeout: float | None = Non
         def update(current: dict) -> None:
             bar.n = current["items_done"] + current["items_failed"]
             postfix = {"state": current["state"], "failed": current["items_failed"]}
-            if current.get("waiting_for_worker"):  # none runs, or all are busy (absent from older APIs)
-                postfix["waiting for a worker"] = tqdm.format_interval(current["worker_idle_s"])
+            if current.get("waiting_for_worker"):  # absent from older APIs
+                waited = tqdm.format_interval(current["worker_idle_s"])
+                postfix["waiting for a worker"] = f"{waited} ({workers_online(client)})"
             bar.set_postfix(postfix)
             bar.refresh()
 
         return client.wait_for_job(job["id"], timeout=timeout, on_progress=update)
+
+
+def workers_online(client: Client) -> str:
+    """'no worker online' or 'N online' (then busy with other jobs, or on another broker), for
+    a job that waits for a worker."""
+    online = client.workers()["online"]
+    return f"{online} online" if online else "no worker online"

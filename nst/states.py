@@ -1,4 +1,4 @@
-"""The states of a labeling job, of its shards and of a teacher: the API's contract, so the
+"""The states of a labeling job, of its shards, of a teacher and of a worker: the API's contract, so the
 client and the trainer read them as the service writes them. ``service/lifecycle.py`` is the one
 module that changes them."""
 
@@ -29,6 +29,14 @@ class TeacherStatus(StrEnum):
     PENDING = "pending"  # registered, waiting for a worker to load it
     READY = "ready"
     INVALID = "invalid"
+
+
+class WorkerState(StrEnum):
+    """Derived from a worker's last report, never stored."""
+
+    ONLINE = "online"
+    STOPPED = "stopped"  # shut down cleanly
+    LOST = "lost"  # silent for three of its heartbeats: killed, its host down, or cut off
 
 
 UNFINISHED_SHARD_STATES = (ShardState.QUEUED, ShardState.RUNNING)

@@ -123,6 +123,24 @@ class Job(Base):
         return self.num_classes <= self.full_distribution_max
 
 
+class Worker(Base):
+    """A worker process as it last reported itself (``workers/heartbeat.py``): which workers
+    are up, and since when a silent one has been gone."""
+
+    __tablename__ = "workers"
+    __table_args__ = (UniqueConstraint("name", "pid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))  # Celery's node name, e.g. worker1@host
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))  # cpu, cuda:0, ...
+    concurrency: Mapped[int] = mapped_column(Integer)  # shards it labels at once
+    heartbeat_s: Mapped[float] = mapped_column(Double)  # how often it reports
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)  # a clean shutdown's moment
+
+
 class Shard(Base):
     __tablename__ = "shards"
     __table_args__ = (UniqueConstraint("job_id", "index"),)

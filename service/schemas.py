@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 from nst import inference
-from nst.states import JobState, ShardState, TeacherStatus
+from nst.states import JobState, ShardState, TeacherStatus, WorkerState
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from nst.teacher_metadata import TeacherMetadata
 from nst.text import Text
@@ -250,6 +250,30 @@ class JobPublic(BaseModel):
 class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+class WorkerPublic(BaseModel):
+    name: str = Field(description="Celery's node name (`--hostname`), e.g. worker1@host")
+    pid: int = Field(description="Its main process")
+    device: str
+    concurrency: int = Field(description="Shards it labels at once")
+    state: WorkerState = Field(
+        description="online; stopped (shut down cleanly); lost (silent for three of its heartbeats: "
+        "killed, its host down, or cut off from the database)"
+    )
+    silent_s: float = Field(description="Seconds since its last report")
+    started_at: UtcDatetime
+    last_seen_at: UtcDatetime
+    stopped_at: UtcDatetime | None
+
+
+class WorkersPublic(BaseModel):
+    data: list[WorkerPublic] = Field(description="Workers heard from in the last day, online ones first")
+    count: int
+    online: int
 
 
 class ShardPublic(_Public):

@@ -21,6 +21,7 @@ from service.lifecycle import set_teacher_status
 from service.models import Teacher
 from service.queue import LABEL_SHARD, VALIDATE_TEACHER, app
 from workers import labeling, process_init  # noqa: F401  (process_init connects signal handlers)
+from workers.heartbeat import Heartbeat
 from workers.reaper import Reaper
 from workers.teacher_model import InvalidCheckpoint, TeacherSpec, validate
 
@@ -31,6 +32,7 @@ logger = get_task_logger(__name__)
 TRANSIENT = (OperationalError, labeling.TransientItemErrors, labeling.DecodeProcessDied)
 
 app.steps["worker"].add(Reaper)
+app.steps["worker"].add(Heartbeat)
 # A pool process that died: billiard waits this long for a result it may have sent before
 # requeueing its message (10 s by default). Meanwhile the worker held that message and, with
 # its prefetch spent, took no other: a worker whose pool processes were killed in quick

@@ -14,12 +14,13 @@ from service.api.routes import (
     quality,
     stats,
     teachers,
+    workers,
 )
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 
 protected = APIRouter(dependencies=[Depends(require_token)], responses=responses(401, 422))
-for module in (datasets, teachers, jobs, stats, quality, manifests, items, browse, compare, metrics):
+for module in (datasets, teachers, jobs, workers, stats, quality, manifests, items, browse, compare, metrics):
     protected.include_router(module.router)
 api_router.include_router(protected)

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from service.crud import workers
 from tests.utils import synthetic
 from tests.utils.transport import in_process_client
 
@@ -275,6 +276,36 @@ def test_a_job_no_worker_has_touched_for_minutes_says_it_waits_for_one(run, fail
         session.execute(update(Job).where(Job.id == waiting.id).values(created_at=long_ago))
     lines = {int(line.split()[0]): line for line in run("jobs", "list").splitlines()}
     assert "  waiting for a worker 10m0" in lines[waiting.id]  # 10 minutes and the seconds since
+    assert lines[waiting.id].endswith("s (no worker online)")
     assert "waiting for a worker" not in lines[fresh.id]
     result = fails("jobs", "wait", str(waiting.id), "--timeout", "0.1")
     assert "waiting for a worker=10:0" in result.output and "not finished after" in result.output
+    assert "(no worker online)" in result.output
+    with session_scope() as session:  # a worker is up, busy elsewhere or on another broker
+        workers.report(session, name="w1@host", pid=10, device="cpu", concurrency=1, heartbeat_s=5)
+    lines = {int(line.split()[0]): line for line in run("jobs", "list").splitlines()}
+    assert lines[waiting.id].endswith("s (1 online)")
+
+
+def test_workers_lists_each_with_its_state_and_counts_those_online(run):
+    from datetime import timedelta
+
+    from service.core.db import session_scope
+    from service.models import utcnow
+
+    synthetic.migrate()
+    with session_scope() as session:
+        workers.report(session, name="w1@host", pid=10, device="cpu", concurrency=2, heartbeat_s=5)
+        workers.report(
+            session,
+            name="w2@host",
+            pid=11,
+            device="cuda",
+            concurrency=1,
+            heartbeat_s=5,
+            now=utcnow() - timedelta(minutes=3),
+        )
+    first, second, total = run("workers").splitlines()
+    assert first.split()[:6] == ["w1@host", "pid", "10", "online", "cpu", "x2"]
+    assert second.split()[:4] == ["w2@host", "pid", "11", "lost"] and "last seen 3m0" in second
+    assert total == "1 of 2 online"

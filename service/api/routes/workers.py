@@ -1,0 +1,29 @@
+from fastapi import APIRouter
+
+from service.api.deps import SessionDep
+from service.crud import workers as crud
+from service.schemas import WorkerPublic, WorkersPublic
+
+router = APIRouter(prefix="/workers", tags=["workers"])
+
+
+@router.get("")
+def list_workers(session: SessionDep) -> WorkersPublic:
+    """The worker processes that reported in the last day (each reports every `NST_HEARTBEAT_S`):
+    which are up, and since when a silent one has been gone."""
+    found = crud.list_workers(session)
+    data = [
+        WorkerPublic(
+            name=s.worker.name,
+            pid=s.worker.pid,
+            device=s.worker.device,
+            concurrency=s.worker.concurrency,
+            state=s.state,
+            silent_s=round(s.silent_s, 1),
+            started_at=s.worker.started_at,
+            last_seen_at=s.worker.last_seen_at,
+            stopped_at=s.worker.stopped_at,
+        )
+        for s in found
+    ]
+    return WorkersPublic(data=data, count=len(data), online=sum(s.state == "online" for s in found))
