@@ -139,3 +139,32 @@ def test_two_workers_labeling_one_shard_at_once_write_each_label_once(stack, fmn
     first_received = [min(time for time, _, what in worker if what == "received") for worker in events]
     finished = [time for worker in events for time, _, what in worker if what == "succeeded"]
     assert finished and max(first_received) < min(finished), stack.logs()  # a retry is received again
+
+
+def _workers_by_pid(client, want, timeout: float = 60) -> dict[int, dict]:
+    """GET /workers by main process, once ``want`` holds of it."""
+    deadline = time.monotonic() + timeout
+    while not want(found := {w["pid"]: w for w in client.workers()["data"]}):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    return found
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_workers_report_online_then_stopped_after_a_warm_shutdown_or_lost_after_a_kill(stack):
+    beat = {"NST_HEARTBEAT_S": "0.5"}
+    stopping, killed = stack.start_worker(concurrency=2, **beat), stack.start_worker(**beat)
+    pids = {stopping.pid, killed.pid}
+    found = _workers_by_pid(
+        stack.client, lambda f: {p for p, w in f.items() if w["state"] == "online"} == pids
+    )
+    assert (found[stopping.pid]["concurrency"], found[killed.pid]["concurrency"]) == (2, 1)
+    assert found[stopping.pid]["device"] == "cpu" and found[stopping.pid]["name"].startswith("worker0-")
+    assert stack.client.workers()["online"] == 2
+    stopping.terminate()  # Celery's warm shutdown
+    assert stopping.wait(timeout=60) == 0, stack.logs()
+    found = _workers_by_pid(stack.client, lambda f: f[stopping.pid]["state"] == "stopped", timeout=5)
+    assert found[killed.pid]["state"] == "online" and found[stopping.pid]["stopped_at"] is not None
+    stack.kill_worker(killed)  # no goodbye: silent for three heartbeats, it is lost
+    found = _workers_by_pid(stack.client, lambda f: f[killed.pid]["state"] == "lost", timeout=10)
+    assert found[killed.pid]["stopped_at"] is None and stack.client.workers()["online"] == 0

@@ -111,6 +111,15 @@ def test_overview_shows_what_the_api_lists(tab, world):
         assert _field(row, "items_failed") == str(job["items_failed"])
         assert _field(row, "throughput") == f"{job['throughput_items_per_s']:.1f} items/s"
         assert _field(row, "inference") == ", ".join(job["inference_used"]) == "openvino"  # the CPU's auto
+    (worker,) = world.get("/workers")["data"]  # the stack's one worker, reporting itself
+    row = page.locator(f'#workers tr[data-pid="{worker["pid"]}"]')
+    assert (
+        (_field(row, "state"), _field(row, "device"))
+        == ("online", "cpu")
+        == (worker["state"], worker["device"])
+    )
+    assert _field(row, "concurrency") == str(worker["concurrency"])
+    assert _field(page, "workers-online") == "1 of 1 online"
     for manifest in world.get("/manifests")["data"]:
         row = page.locator(f'#manifests tr[data-id="{manifest["id"]}"]')
         assert _field(row, "entries") == f"{manifest['totals']['entries']:,}"
@@ -155,11 +164,21 @@ def test_a_job_no_worker_has_touched_for_a_minute_says_it_waits_for_one(tab, wor
     page.route(re.compile(rf"^{re.escape(world.url)}/jobs(/{job_id})?(\?[^/]*)?$"), unattended)
     tab.log_in("/ui/")
     page.wait_for_selector("#jobs tbody tr")
-    assert _field(page.locator(f'#jobs tr[data-id="{job_id}"]'), "waiting") == "waiting for a worker 10 min"
+    waiting = _field(page.locator(f'#jobs tr[data-id="{job_id}"]'), "waiting")
+    assert waiting == "waiting for a worker 10 min (1 online)"  # the stack's worker, busy elsewhere
     assert page.locator('#jobs [data-field="waiting"]').count() == 1  # the other jobs are attended
+
+    def none_online(route) -> None:
+        response = route.fetch()
+        body = response.json()
+        for worker in body["data"]:
+            worker.update(state="lost", silent_s=120.0)
+        route.fulfill(response=response, json=body | {"online": 0})
+
+    page.route(f"{world.url}/workers", none_online)
     tab.open(f"/ui/jobs/{job_id}")
     page.wait_for_selector('#job-progress [data-field="waiting"]')
-    assert _field(page, "waiting") == "waiting for a worker 10 min"
+    assert _field(page, "waiting") == "waiting for a worker 10 min (no worker online)"
     assert tab.errors == []
 
 

@@ -93,11 +93,16 @@ export function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
-// How long a job in progress has waited for a worker, once none has touched it for a minute.
-export function waitingField(job) {
+// How long a job in progress has waited for a worker, once none has touched it for a minute, and
+// how many workers are online (`workers`: GET /workers's answer, when the page read it).
+export function waitingField(job, workers) {
   if (!job.waiting_for_worker) return "";  // not null: replaceChildren would show it as the text "null"
-  const why = "No worker has claimed, renewed or finished one of its shards: is `nst worker` running against this broker and database, or are all busy with other jobs?";
-  return el("span", { class: "waiting", "data-field": "waiting", title: why }, `waiting for a worker ${duration(job.worker_idle_s)}`);
+  const none = workers && workers.online === 0;
+  const online = !workers ? "" : none ? " (no worker online)" : ` (${workers.online} online)`;
+  const why = none
+    ? "No worker has reported for three of its heartbeats: start one (`nst worker`) against this database and broker."
+    : "No worker has claimed, renewed or finished one of its shards: are the workers busy with other jobs, or on another broker?";
+  return el("span", { class: "waiting", "data-field": "waiting", title: why }, `waiting for a worker ${duration(job.worker_idle_s)}${online}`);
 }
 
 // How a job's teacher runs: the modes its shards ran in, or the mode asked for before any ran.

@@ -8,11 +8,17 @@ const jobId = Number(document.body.dataset.jobId);
 const POLL_MS = 2000;
 let chartUrl = null;
 
-function renderProgress(job, teacher, dataset) {
+// The job, and the workers when it waits for one (to say whether any is online).
+async function readJob() {
+  const job = await getJSON(`/jobs/${jobId}`);
+  return [job, job.waiting_for_worker ? await getJSON("/workers") : null];
+}
+
+function renderProgress([job, workers], teacher, dataset) {
   document.getElementById("job-subtitle").textContent = `${teacher.name} on ${dataset.name}`;
   document.getElementById("job-progress").replaceChildren(
     el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state),
-    waitingField(job),
+    waitingField(job, workers),
     el("progress", { max: job.items_total || 1, value: job.items_done + job.items_failed }),
     field("items_done", job.items_done, number(job.items_done)),
     " of ",
@@ -61,9 +67,10 @@ async function renderSide(controls) {
 }
 
 async function render() {
-  const job = await getJSON(`/jobs/${jobId}`);
+  const read = await readJob();
+  const job = read[0];
   const [teacher, dataset] = await Promise.all([getJSON(`/teachers/${job.teacher_id}`), getJSON(`/datasets/${job.dataset_id}`)]);
-  renderProgress(job, teacher, dataset);
+  renderProgress(read, teacher, dataset);
 
   const truth = el(
     "select",
@@ -91,8 +98,9 @@ async function render() {
 
 async function poll(teacher, dataset, refresh) {
   try {
-    const job = await getJSON(`/jobs/${jobId}`);
-    renderProgress(job, teacher, dataset);
+    const read = await readJob();
+    const job = read[0];
+    renderProgress(read, teacher, dataset);
     if (["queued", "running"].includes(job.state)) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
     else refresh(); // the last labels arrived: show them all
   } catch (error) {

@@ -1,4 +1,4 @@
-// Datasets, teachers, jobs (live) and manifests, as the API lists them.
+// Datasets, teachers, jobs and workers (live) and manifests, as the API lists them.
 import { duration, el, field, fillTable, fixed, getJSON, inferenceField, listAll, number, showError, short, start, Unauthorized, waitingField } from "./api.js";
 
 // Quicker while a job runs; a job started elsewhere still shows up within IDLE_POLL_MS.
@@ -24,7 +24,27 @@ function metrics(values) {
   return entries.map(([key, value]) => `${key} ${Number.isInteger(value) ? value : fixed(value)}`).join(" · ") || "–";
 }
 
-function renderJobs(jobs, teachers, datasets) {
+function renderWorkers(workers) {
+  document.getElementById("workers-count").replaceChildren(field("workers-online", workers.online, `${workers.online} of ${workers.count} online`));
+  fillTable(
+    document.getElementById("workers"),
+    workers.data.map((w) =>
+      Object.assign(
+        [
+          w.name,
+          String(w.pid),
+          el("span", { class: `state worker-${w.state}`, "data-field": "state" }, w.state),
+          field("device", w.device),
+          field("concurrency", w.concurrency),
+          field("last_seen", w.silent_s, `${duration(w.silent_s)} ago`),
+        ],
+        { attributes: { "data-name": w.name, "data-pid": w.pid } },
+      ),
+    ),
+  );
+}
+
+function renderJobs(jobs, workers, teachers, datasets) {
   document.getElementById("jobs-count").replaceChildren(field("jobs-count", jobs.count));
   fillTable(
     document.getElementById("jobs"),
@@ -34,7 +54,7 @@ function renderJobs(jobs, teachers, datasets) {
           el("a", { href: `/ui/jobs/${job.id}` }, `job ${job.id}`),
           teachers.get(job.teacher_id)?.name ?? short(job.teacher_id),
           datasets.get(job.dataset_id)?.name ?? `dataset ${job.dataset_id}`,
-          [el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state), waitingField(job)],
+          [el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state), waitingField(job, workers)],
           progressBar(job),
           field("items_failed", job.items_failed, number(job.items_failed)),
           field("throughput", job.throughput_items_per_s, job.throughput_items_per_s === null ? "–" : `${job.throughput_items_per_s.toFixed(1)} items/s`),
@@ -50,8 +70,9 @@ function renderJobs(jobs, teachers, datasets) {
 
 async function pollJobs(teachers, datasets) {
   try {
-    const jobs = await listAll("/jobs");
-    renderJobs(jobs, teachers, datasets);
+    const [jobs, workers] = await Promise.all([listAll("/jobs"), getJSON("/workers")]);
+    renderJobs(jobs, workers, teachers, datasets);
+    renderWorkers(workers);
     const running = jobs.data.some((job) => UNFINISHED.has(job.state));
     setTimeout(() => pollJobs(teachers, datasets), running ? POLL_MS : IDLE_POLL_MS);
   } catch (error) {
