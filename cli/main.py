@@ -472,6 +472,17 @@ def jobs_cancel(ctx, job_id) -> None:
         _print(client.cancel_job(job_id))
 
 
+@jobs.command("delete")
+@click.argument("job_id", type=int)
+@click.pass_context
+def jobs_delete(ctx, job_id) -> None:
+    """Delete a job and every label it wrote; refused while a shard of it is queued or running
+    (cancel it first) or while a manifest was built from it."""
+    with _client(ctx) as client:
+        client.delete_job(job_id)
+    click.echo(f"deleted job {job_id}")
+
+
 @jobs.command("resume")
 @click.argument("job_id", type=int)
 @click.pass_context
@@ -627,6 +638,17 @@ def manifests_show(ctx, manifest_id) -> None:
     """A manifest by its ID or a unique prefix of it (as `nst manifests list` prints them)."""
     with _client(ctx) as client:
         _print(client.manifest(client.full_id("manifest", manifest_id)))
+
+
+@manifests.command("delete")
+@click.argument("manifest_id")
+@click.pass_context
+def manifests_delete(ctx, manifest_id) -> None:
+    """Delete a manifest and its entries; refused while a teacher trained on it is registered."""
+    with _client(ctx) as client:
+        manifest_id = client.full_id("manifest", manifest_id)
+        client.delete_manifest(manifest_id)
+    click.echo(f"deleted manifest {manifest_id}")
 
 
 @manifests.command("list")

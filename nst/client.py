@@ -319,6 +319,10 @@ class Client:
         filters = {"teacher_id": teacher_id, "dataset_id": dataset_id}
         return self._listing("/jobs", {name: value for name, value in filters.items() if value is not None})
 
+    def delete_job(self, job_id: int) -> None:
+        """Delete a job that has stopped, with its labels (409 while a manifest uses it)."""
+        self._json("DELETE", f"/jobs/{job_id}")
+
     def cancel_job(self, job_id: int) -> dict:
         return self._json("POST", f"/jobs/{job_id}/cancel")
 
@@ -391,6 +395,10 @@ class Client:
     def create_manifest(self, **body) -> dict:
         """Build (201) or find (200) the manifest for these inputs; see ``ManifestCreate``."""
         return self._json("POST", "/manifests", json=body)
+
+    def delete_manifest(self, manifest_id: str) -> None:
+        """Delete a manifest and its entries (409 while a teacher's lineage names it)."""
+        self._json("DELETE", f"/manifests/{manifest_id}")
 
     def manifest(self, manifest_id: str) -> dict:
         return self._json("GET", f"/manifests/{manifest_id}")

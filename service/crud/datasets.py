@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from service.models import Dataset, Item, Job, Manifest, ManifestInput
+from service.models import Dataset, Item, Job
 from service.pagination import cursor_page, offset_page
 from service.scan import ScanResult
 
@@ -78,13 +78,3 @@ def items_page(
 
 def dependent_job_ids(session: Session, *, dataset_id: int) -> list[int]:
     return list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id)))
-
-
-def dependent_manifest_ids(session: Session, *, dataset_id: int) -> list[str]:
-    query = (
-        select(Manifest.id)
-        .join(ManifestInput, ManifestInput.manifest_key == Manifest.key)
-        .where(ManifestInput.dataset_id == dataset_id)
-        .distinct()
-    )
-    return sorted(session.scalars(query))

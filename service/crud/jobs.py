@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import func, select, union_all
+from sqlalchemy import delete, exists, func, select, union_all
 from sqlalchemy.orm import Session
 
 from nst.config import get_settings
-from nst.states import JobState, ShardState
+from nst.states import UNFINISHED_SHARD_STATES, JobState, ShardState
 from service import lifecycle
 from service.models import Item, ItemError, Job, Label, Shard, inference_modes, utcnow
 from service.pagination import cursor_page, offset_page
@@ -247,6 +247,18 @@ def _worker_idle_s(
     renewed = None if last_lease is None else last_lease - timedelta(seconds=get_settings().lease_s)
     moments = [t for t in (last_finished, last_claimed, renewed, last_sent, job.created_at) if t is not None]
     return max(0.0, (until - max(moments)).total_seconds())
+
+
+def delete_job(session: Session, *, job_id: int) -> bool:
+    """Delete the job with its shards, labels, label bins and item errors (their keys cascade),
+    unless a shard of it is queued or running: False then. One statement checks and deletes, so
+    a shard claimed or resumed meanwhile keeps the job; a manifest built from it meanwhile makes
+    the statement fail (IntegrityError)."""
+    unsettled = exists().where(Shard.job_id == job_id, Shard.state.in_(UNFINISHED_SHARD_STATES))
+    deleted = session.execute(delete(Job).where(Job.id == job_id, ~unsettled)).rowcount == 1
+    if deleted:
+        lifecycle.log_event("job.deleted", job=job_id)
+    return deleted
 
 
 def list_jobs(

@@ -41,6 +41,11 @@ def list_teachers(
     return offset_page(session, query, order_by=[Teacher.created_at, Teacher.id], offset=offset, limit=limit)
 
 
+def trained_on(session: Session, *, manifest_id: str) -> list[str]:
+    """The teachers whose lineage names the manifest as what they were trained on."""
+    return sorted(session.scalars(select(Teacher.id).where(Teacher.manifest_id == manifest_id)))
+
+
 def dependents(session: Session, *, teacher_id: str) -> list[str]:
     jobs = session.scalars(select(Job.id).where(Job.teacher_id == teacher_id)).all()
     children = session.scalars(select(Teacher.id).where(Teacher.parent_id == teacher_id)).all()

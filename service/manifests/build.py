@@ -1,17 +1,17 @@
-"""Write a manifest: its row, its inputs, its per-class plan and its entries."""
+"""Write a manifest: its row, its inputs, its per-class plan and its entries; and delete one."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from service.manifests import selection
 from service.manifests.addressing import canonical_params, content_id
 from service.manifests.validation import ManifestRequestError, validate_inputs
-from service.models import Dataset, Item, Job, Manifest, ManifestClass, ManifestInput
+from service.models import Dataset, Item, Job, Manifest, ManifestClass, ManifestEntry, ManifestInput
 from service.schemas import ManifestCreate
 
 
@@ -153,3 +153,10 @@ def build_manifest(session: Session, *, prepared: PreparedManifest) -> Manifest:
             seed=params["seed"] or 0,
         )
     return manifest
+
+
+def remove_manifest(session: Session, *, manifest: Manifest) -> None:
+    """Its entries (no key of theirs cascades: see ``ManifestEntry``), then the row, whose
+    inputs and plan cascade, in the caller's transaction."""
+    session.execute(delete(ManifestEntry).where(ManifestEntry.manifest_key == manifest.key))
+    session.delete(manifest)

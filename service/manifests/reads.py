@@ -15,6 +15,19 @@ def by_id(session: Session, manifest_id: str) -> Manifest | None:
     return session.scalar(select(Manifest).where(Manifest.id == manifest_id))
 
 
+def drawing_on(session: Session, *, dataset_id: int | None = None, job_id: int | None = None) -> list[str]:
+    """The IDs of the manifests built from a labeled dataset or a job's labels: they keep them
+    (``manifest_inputs``' keys restrict their deletion)."""
+    uses = ManifestInput.job_id == job_id if job_id is not None else ManifestInput.dataset_id == dataset_id
+    query = (
+        select(Manifest.id)
+        .join(ManifestInput, ManifestInput.manifest_key == Manifest.key)
+        .where(uses)
+        .distinct()
+    )
+    return sorted(session.scalars(query))
+
+
 def class_rows_of(session: Session, keys: Sequence[int]) -> dict[int, list[ManifestClass]]:
     """Each manifest's per-class plan in class order, by manifest key, in one query."""
     rows: dict[int, list[ManifestClass]] = {key: [] for key in keys}

@@ -16,6 +16,7 @@ from service.api.deps import (
 )
 from service.api.errors import BODY, responses
 from service.crud import datasets as crud
+from service.manifests import reads
 from service.models import Dataset
 from service.scan import ScanError, scan
 from service.schemas import DatasetCreate, DatasetPublic, DatasetsPublic, ItemsPage
@@ -90,7 +91,7 @@ def delete_dataset(dataset_id: RowId, session: SessionDep) -> Response:
             status.HTTP_409_CONFLICT,
             detail=f"dataset {dataset_id} is used by labeling job(s) {jobs}; delete those first",
         )
-    manifests = crud.dependent_manifest_ids(session, dataset_id=dataset_id)
+    manifests = reads.drawing_on(session, dataset_id=dataset_id)
     if manifests:
         raise HTTPException(
             status.HTTP_409_CONFLICT,

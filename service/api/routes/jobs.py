@@ -1,7 +1,8 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
 
 from nst.states import JobState, TeacherStatus
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
@@ -21,6 +22,7 @@ from service.api.deps import (
 from service.api.errors import BODY, responses
 from service.crud import jobs as crud
 from service.exports.labels import labels_jsonl, labels_parquet
+from service.manifests import reads
 from service.models import Dataset, Job, Teacher
 from service.queue import QueueUnavailable, enqueue_shards
 from service.schemas import (
@@ -166,6 +168,30 @@ def cancel_job(job_id: RowId, session: SessionDep) -> JobPublic:
     lifecycle.cancel_job(session, job=job)
     session.commit()
     return job_public(session, job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
+def delete_job(job_id: RowId, session: SessionDep) -> Response:
+    """Delete a finished, failed or cancelled job and everything it labeled; 409 while a shard of
+    it is queued or running, or while a manifest was built from it."""
+    get_or_404(session, Job, job_id)
+    in_manifests = f"job {job_id} is part of manifest(s) {{}}, which keep their inputs; delete those first"
+    if manifests := reads.drawing_on(session, job_id=job_id):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=in_manifests.format(manifests))
+    try:
+        deleted = crud.delete_job(session, job_id=job_id)
+        session.commit()
+    except IntegrityError:  # a manifest built from it since the check above
+        session.rollback()
+        manifests = reads.drawing_on(session, job_id=job_id)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=in_manifests.format(manifests)) from None
+    if not deleted:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"job {job_id} has shards queued or running: cancel it (POST /jobs/{job_id}/cancel) "
+            "and delete it once they have stopped",
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{job_id}/resume", responses=responses(404, 409, 503))

@@ -16,9 +16,10 @@ from service.api.deps import (
     streamed,
 )
 from service.api.errors import BODY, responses
+from service.crud.teachers import trained_on
 from service.exports.manifests import Part, count, entries_jsonl, entries_parquet, record_page_size, records
 from service.manifests import reads
-from service.manifests.build import build_manifest, prepare_manifest
+from service.manifests.build import build_manifest, prepare_manifest, remove_manifest
 from service.manifests.validation import ManifestRequestError
 from service.models import Manifest
 from service.schemas import (
@@ -114,6 +115,22 @@ def list_manifests(session: SessionDep, offset: Offset = 0, limit: RegistryLimit
 @router.get("/{manifest_id}", responses=responses(404))
 def get_manifest(manifest_id: HashId, session: SessionDep) -> ManifestPublic:
     return manifest_public(session, get_or_404(session, Manifest, manifest_id, column=Manifest.id))
+
+
+@router.delete("/{manifest_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
+def delete_manifest(manifest_id: HashId, session: SessionDep) -> Response:
+    """Delete a manifest and its entries; 409 while a registered teacher was trained on it (its
+    lineage names it). The same request builds it again, under the same ID, while its inputs last."""
+    manifest = get_or_404(session, Manifest, manifest_id, column=Manifest.id)
+    if students := trained_on(session, manifest_id=manifest_id):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"manifest {manifest_id} trained teacher(s) {', '.join(s[:12] for s in students)}, "
+            "whose lineage names it; delete those first",
+        )
+    remove_manifest(session, manifest=manifest)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # The declared model makes FastAPI serialise the page in pydantic-core; without one it walks

@@ -184,3 +184,69 @@ def test_jobs_list_by_teacher_and_by_dataset(client, teacher, pool):
     assert listed(teacher_id=teacher["id"], dataset_id=other_pool["id"]) == [second["id"]]
     assert listed(teacher_id="f" * 64) == []
     assert client.get("/jobs", params={"dataset_id": 0}).status_code == 422
+
+
+def _rows_of_job(job_id: int) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from service.core.db import session_scope
+    from service.models import ItemError, Label, LabelBin, Shard
+
+    with session_scope() as session:
+        return {
+            model.__tablename__: session.scalar(select(func.count()).where(model.job_id == job_id))
+            for model in (Shard, Label, LabelBin, ItemError)
+        }
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_job_is_deleted_with_its_labels_once_stopped_and_out_of_every_manifest(client):
+    from sqlalchemy import update
+
+    from service.core.db import session_scope
+    from service.models import ItemError, Shard
+    from tests.utils import synthetic
+
+    teacher = synthetic.teacher(["cat", "dog"], name="deletable")
+    job = synthetic.finished_job(teacher, [(0, 0.9), (1, 0.8), (1, 0.4)], state="running")
+    with session_scope() as session:
+        session.add(ItemError(job_id=job.id, item_id=job.item_ids[2], message="truncated PNG"))
+    assert all(_rows_of_job(job.id).values())
+
+    response = client.delete(f"/jobs/{job.id}")  # a shard running: its worker would write on
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"job {job.id} has shards queued or running: cancel it (POST /jobs/{job.id}/cancel) "
+        "and delete it once they have stopped"
+    )
+    with session_scope() as session:
+        session.execute(update(Shard).where(Shard.job_id == job.id).values(state="succeeded"))
+    manifest = client.post("/manifests", json={"job_ids": [job.id], "threshold": 0.3}).json()
+    response = client.delete(f"/jobs/{job.id}")
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"job {job.id} is part of manifest(s) ['{manifest['id']}'], which keep their inputs; "
+        "delete those first"
+    )
+    assert client.delete(f"/manifests/{manifest['id']}").status_code == 204
+
+    assert client.delete(f"/jobs/{job.id}").status_code == 204
+    assert _rows_of_job(job.id) == {"shards": 0, "labels": 0, "label_bins": 0, "item_errors": 0}
+    assert client.get(f"/jobs/{job.id}").status_code == 404
+    assert client.delete(f"/jobs/{job.id}").status_code == 404
+    assert client.delete(f"/datasets/{job.dataset_id}").status_code == 204  # nothing keeps it now
+
+
+def test_the_cli_deletes_a_job(client, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tests.utils import synthetic
+    from tests.utils.transport import in_process_client
+
+    monkeypatch.setattr("cli.main.Client", lambda *_args, **_kwargs: in_process_client(client))
+    job = synthetic.finished_job(synthetic.teacher(["a", "b"]), [(0, 0.9)])
+    result = CliRunner().invoke(cli, ["jobs", "delete", str(job.id)])
+    assert (result.exit_code, result.output) == (0, f"deleted job {job.id}\n")
+    result = CliRunner().invoke(cli, ["jobs", "delete", str(job.id)])
+    assert result.exit_code == 1 and f"job {job.id} not found" in result.output

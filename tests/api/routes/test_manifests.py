@@ -517,3 +517,63 @@ def test_a_manifest_list_page_shows_each_as_its_own_page_does_in_as_few_queries(
     ]
     for manifest in page:
         assert manifest == client.get(f"/manifests/{manifest['id']}").json()
+
+
+def _manifest_rows(key: int) -> list[int]:
+    from sqlalchemy import func, select
+
+    from service.core.db import session_scope
+    from service.models import ManifestClass, ManifestEntry, ManifestInput
+
+    with session_scope() as session:
+        return [
+            session.scalar(select(func.count()).where(model.manifest_key == key))
+            for model in (ManifestEntry, ManifestInput, ManifestClass)
+        ]
+
+
+def test_a_manifest_is_deleted_with_its_entries_and_the_same_request_builds_it_again(client, labeled, job):
+    from service.core.db import session_scope
+    from service.manifests.reads import by_id
+
+    body = {"labeled_dataset_ids": [labeled], "job_ids": [job.id], "threshold": 0.3}
+    manifest = post(client, **body).json()
+    with session_scope() as session:
+        key = by_id(session, manifest["id"]).key
+    assert all(_manifest_rows(key))
+    assert client.delete(f"/manifests/{manifest['id']}").status_code == 204
+    assert _manifest_rows(key) == [0, 0, 0]
+    assert client.get(f"/manifests/{manifest['id']}").status_code == 404
+    assert client.delete(f"/manifests/{manifest['id']}").status_code == 404
+    again = post(client, **body)
+    assert again.status_code == 201 and again.json() == manifest | {"created_at": again.json()["created_at"]}
+
+
+def test_a_manifest_a_teacher_was_trained_on_is_kept(client, labeled, job):
+    from service.core.db import session_scope
+    from service.models import Teacher
+
+    manifest = post(client, labeled_dataset_ids=[labeled], job_ids=[job.id]).json()
+    student = synthetic.teacher(CLASSES, name="student")
+    with session_scope() as session:
+        session.get(Teacher, student).manifest_id = manifest["id"]
+    response = client.delete(f"/manifests/{manifest['id']}")
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"manifest {manifest['id']} trained teacher(s) {student[:12]}, whose lineage names it; "
+        "delete those first"
+    )
+    assert client.delete(f"/teachers/{student}").status_code == 204
+    assert client.delete(f"/manifests/{manifest['id']}").status_code == 204
+
+
+def test_the_cli_deletes_a_manifest_by_a_prefix_of_its_id(client, labeled, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    monkeypatch.setattr("cli.main.Client", lambda *_args, **_kwargs: in_process_client(client))
+    manifest = post(client, labeled_dataset_ids=[labeled]).json()
+    result = CliRunner().invoke(cli, ["manifests", "delete", manifest["id"][:10]])
+    assert (result.exit_code, result.output) == (0, f"deleted manifest {manifest['id']}\n")
+    assert _manifest_count(client) == 0
