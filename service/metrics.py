@@ -32,9 +32,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, or_, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nst.states import JobState, ShardState
+from nst.states import JobState, ShardState, WorkerState
 from service import lifecycle
 from service.core.db import get_session_factory
+from service.crud.workers import list_workers
 from service.models import ItemError, Job, Shard, utcnow
 
 ERROR_KINDS = (lifecycle.PERMANENT, lifecycle.TRANSIENT, lifecycle.SUSPECT)
@@ -123,6 +124,7 @@ class DatabaseCollector(Collector):
             errors = Tally(
                 dict(session.execute(select(ItemError.kind, func.count()).group_by(ItemError.kind)).all())
             )
+            workers = Tally(status.state for status in list_workers(session, now=now))
         shards, by_job, totals = Tally(), {}, Tally()
         oldest_queued = None
         for job_id, state, count, claimed, done, tries, reaped, expiries, lapsed, enqueued in per_job_state:
@@ -180,6 +182,13 @@ class DatabaseCollector(Collector):
             value=age,
         )
         yield _by("nst_item_errors", "Items that could not be labeled, by kind", "kind", errors, ERROR_KINDS)
+        yield _by(
+            "nst_workers",
+            "Worker processes heard from in the last day, by state (from their own reports)",
+            "state",
+            workers,
+            WorkerState,
+        )
 
 
 def _by(name: str, documentation: str, label: str, counts: Tally, values) -> GaugeMetricFamily:

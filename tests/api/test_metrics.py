@@ -119,6 +119,23 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
     assert 0 < samples["nst_oldest_queued_shard_seconds"][()] < 60  # the queued job's shards, just sent
 
 
+def test_workers_by_state_equal_the_api(client):
+    from service.crud import workers
+
+    synthetic.migrate()
+    beat = {"device": "cpu", "concurrency": 1, "heartbeat_s": 5.0}
+    with session_scope() as session:
+        for pid in (1, 2):
+            workers.report(session, name=f"w{pid}@host", pid=pid, **beat)
+        workers.report(session, name="w3@host", pid=3, now=utcnow() - timedelta(minutes=2), **beat)
+        workers.report(session, name="w4@host", pid=4, **beat)
+        workers.report_stopped(session, name="w4@host", pid=4)
+    by_state = {dict(k)["state"]: v for k, v in scrape(client)["nst_workers"].items()}
+    listed = client.get("/workers").json()
+    assert by_state == {"online": 2, "stopped": 1, "lost": 1} == Counter(w["state"] for w in listed["data"])
+    assert by_state["online"] == listed["online"]
+
+
 @pytest.mark.parametrize("broker", ["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def test_queue_depth_counts_enqueued_shards(broker, monkeypatch):
     if broker == "redis":
