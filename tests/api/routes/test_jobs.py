@@ -250,3 +250,16 @@ def test_the_cli_deletes_a_job(client, monkeypatch):
     assert (result.exit_code, result.output) == (0, f"deleted job {job.id}\n")
     result = CliRunner().invoke(cli, ["jobs", "delete", str(job.id)])
     assert result.exit_code == 1 and f"job {job.id} not found" in result.output
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_deleted_jobs_id_is_never_given_again(client):
+    from tests.utils import synthetic
+
+    teacher = synthetic.teacher(["a", "b"], name="ids")
+    newest = synthetic.finished_job(teacher, [(0, 0.9)])  # the largest ID, which SQLite reused
+    assert client.delete(f"/jobs/{newest.id}").status_code == 204
+    assert client.delete(f"/datasets/{newest.dataset_id}").status_code == 204
+    after = synthetic.finished_job(teacher, [(1, 0.8)])
+    assert after.id > newest.id and after.dataset_id > newest.dataset_id
+    assert client.get(f"/jobs/{newest.id}").status_code == 404
