@@ -44,7 +44,8 @@ class Base(DeclarativeBase):
 
 
 # Tables whose IDs a client holds, or a message carries, never hand out a deleted row's ID
-# again on SQLite either (migration 0013).
+# again on SQLite either (migration 0013). A migration that copies one of them (batch mode's
+# recreate) passes these as its table_kwargs, as SQLite's reflection does not read them back.
 NEVER_REUSED = {"sqlite_autoincrement": True}
 
 
@@ -162,9 +163,11 @@ class Shard(Base):
     items_failed: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    # The modes that labeled its items, comma-separated in name order (``record_inference``):
-    # more than one when its attempts ran in different modes.
+    # The modes, and the workers (Celery node names), that labeled its items, each
+    # comma-separated in name order (``record_labeler``): more than one when its attempts ran in
+    # different modes or on different workers.
     inference: Mapped[str | None] = mapped_column(String(64))
+    workers: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Self-healing (see service.lifecycle): when its message was last sent, until when its
@@ -174,13 +177,15 @@ class Shard(Base):
     reaped_count: Mapped[int] = mapped_column(Integer, default=0)
     lease_expiries: Mapped[int] = mapped_column(Integer, default=0)  # leases that lapsed on it
 
-    def record_inference(self, mode: str) -> None:
-        """Add ``mode`` to the modes that labeled this shard's items."""
-        self.inference = ",".join(sorted({*inference_modes(self.inference), mode}))
+    def record_labeler(self, mode: str, worker: str | None) -> None:
+        """Add ``mode`` and ``worker`` to those that labeled this shard's items."""
+        self.inference = ",".join(sorted({*recorded_names(self.inference), mode}))
+        if worker is not None:
+            self.workers = ",".join(sorted({*recorded_names(self.workers), worker}))
 
 
-def inference_modes(recorded: str | None) -> list[str]:
-    """The modes a shard's ``inference`` names, in name order."""
+def recorded_names(recorded: str | None) -> list[str]:
+    """The names a shard's ``inference`` or ``workers`` holds, in name order."""
     return recorded.split(",") if recorded else []
 
 

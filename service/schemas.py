@@ -12,7 +12,7 @@ from nst.states import JobState, ShardState, TeacherStatus, WorkerState
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from nst.teacher_metadata import TeacherMetadata
 from nst.text import Text
-from service.models import inference_modes
+from service.models import recorded_names
 
 # Integers a request may carry, as the INTEGER columns they meet hold them.
 RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
@@ -290,13 +290,17 @@ class ShardPublic(_Public):
         "ran in different modes (another worker's device, a fallback to eager); empty until a worker "
         "starts it"
     )
+    workers: list[str] = Field(
+        description="The workers (Celery node names, as GET /workers lists them) that labeled its items, "
+        "in name order: more than one when its attempts ran on different workers"
+    )
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
 
-    @field_validator("inference", mode="before")
+    @field_validator("inference", "workers", mode="before")
     @classmethod
-    def _modes(cls, recorded: object) -> object:
-        return inference_modes(recorded) if recorded is None or isinstance(recorded, str) else recorded
+    def _names(cls, recorded: object) -> object:
+        return recorded_names(recorded) if recorded is None or isinstance(recorded, str) else recorded
 
 
 class LabelPublic(BaseModel):

@@ -59,10 +59,12 @@ class LabelingSettings:
     commit_seconds: float
     lease_s: float = 20.0
     max_attempts: int = 5
+    worker: str | None = None  # the Celery node name, for the shards' provenance
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LabelingSettings:
+    def from_settings(cls, settings: Settings, *, worker: str | None = None) -> LabelingSettings:
         return cls(
+            worker=worker,
             device=str(resolve_device(settings.worker_device)),
             decode_workers=cores.decode_processes(settings.decode_workers),
             commit_rows=settings.commit_rows,
@@ -156,9 +158,9 @@ def _label(
     job, device = work.job, settings.device
     mode = inference.resolve(job.inference, device)
     runner, spec = cached_teacher(job.teacher_id, device, mode, job.batch_size, job.noised_teacher)
-    if work.items:  # provenance: the mode that labels, after any fallback, beside any earlier
-        with session_scope() as session:  # attempt's (one with nothing left to label adds none)
-            session.get(Shard, shard_id).record_inference(runner.mode)
+    if work.items:  # provenance: the mode that labels, after any fallback, and the worker, beside
+        with session_scope() as session:  # any earlier attempt's (one with nothing to label adds none)
+            session.get(Shard, shard_id).record_labeler(runner.mode, settings.worker)
     if careful:
         batches = _one_at_a_time(work, spec.image_format)
     else:

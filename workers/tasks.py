@@ -79,7 +79,7 @@ class ShardTask(RetryingTask):
     retry_jitter=True,
 )
 def label_shard(shard_id: int) -> dict:
-    settings = labeling.LabelingSettings.from_settings(get_settings())
+    settings = labeling.LabelingSettings.from_settings(get_settings(), worker=label_shard.request.hostname)
     result = labeling.label_shard(shard_id, settings)
     logger.info("shard %s %s: %s labeled, %s failed", shard_id, result.state, result.labeled, result.failed)
     return result.__dict__

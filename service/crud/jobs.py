@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from nst.config import get_settings
 from nst.states import UNFINISHED_SHARD_STATES, JobState, ShardState
 from service import lifecycle
-from service.models import Item, ItemError, Job, Label, Shard, inference_modes, utcnow
+from service.models import Item, ItemError, Job, Label, Shard, recorded_names, utcnow
 from service.pagination import cursor_page, offset_page
 
 
@@ -117,7 +117,7 @@ def progress_of(
         .where(Shard.job_id.in_(ids), Shard.inference.is_not(None))
         .distinct()
     ):
-        modes[job_id].update(inference_modes(recorded))
+        modes[job_id].update(recorded_names(recorded))
     empty = (0, 0, 0, 0, 0, None, None, None, None, None)  # a job without shards (none of its items to label)
     states = {job.id: _state(job, totals.get(job.id, empty)) for job in jobs}
     paces = _recent_finishes(session, [i for i, state in states.items() if state in _IN_PROGRESS])

@@ -60,6 +60,8 @@ def test_a_real_worker_labels_like_a_direct_forward_pass(stack, fmnist, teacher_
     job = client.wait_for_job(job["id"], timeout=300)
     assert job["state"] == "succeeded", stack.logs()
     assert (job["items_done"], job["items_failed"], job["shards_done"]) == (300, 0, 3)
+    (worker,) = client.workers()["data"]  # provenance: each shard names the worker that labeled it
+    assert [s["workers"] for s in client.shards(job["id"])] == [[worker["name"]]] * 3
     truth = direct_probs(teacher_file, fmnist / "unlabeled")
     for label in _assert_exactly_once(client, job, fmnist):
         expected = truth[label["uri"]]
