@@ -182,6 +182,26 @@ def test_a_job_no_worker_has_touched_for_a_minute_says_it_waits_for_one(tab, wor
     assert tab.errors == []
 
 
+def test_a_jobs_shards_unfold_with_their_state_mode_and_worker(tab, world):
+    job_id = world.job["id"]
+    shards = world.get(f"/jobs/{job_id}/shards")
+    (worker,) = world.get("/workers")["data"]
+    tab.log_in(f"/ui/jobs/{job_id}")
+    page = tab.page
+    assert page.locator("#shards tbody tr").count() == 0  # read only once unfolded
+    page.click("#shards summary")
+    page.wait_for_selector("#shards tbody tr")
+    assert page.locator("#shards tbody tr").count() == len(shards) == 3
+    for shard in shards:
+        row = page.locator(f'#shards tr[data-index="{shard["index"]}"]')
+        assert (_field(row, "state"), _field(row, "items_done")) == ("succeeded", str(shard["items_done"]))
+        assert _field(row, "inference") == "openvino" and shard["inference"] == ["openvino"]
+        assert _field(row, "workers") == worker["name"] and shard["workers"] == [worker["name"]]
+        assert _field(row, "attempts") == str(shard["attempts"]) and _field(row, "error") == ""
+    tab.screenshot("job-shards")
+    assert tab.errors == []
+
+
 def _browse(world, job_id: int, **params) -> dict:
     return world.get(f"/jobs/{job_id}/labels/browse", **{"limit": 100, **params})
 

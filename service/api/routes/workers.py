@@ -1,5 +1,6 @@
 from fastapi import APIRouter
 
+from nst.states import WorkerState
 from service.api.deps import SessionDep
 from service.crud import workers as crud
 from service.schemas import WorkerPublic, WorkersPublic
@@ -26,4 +27,4 @@ def list_workers(session: SessionDep) -> WorkersPublic:
         )
         for s in found
     ]
-    return WorkersPublic(data=data, count=len(data), online=sum(s.state == "online" for s in found))
+    return WorkersPublic(data=data, count=len(data), online=sum(s.state == WorkerState.ONLINE for s in found))

@@ -1,6 +1,6 @@
 // A job's labels: the grid, filtered and sorted, beside the class balance and the confidence
-// histogram of the selected class.
-import { api, definitions, duration, el, field, fixed, getJSON, inferenceField, number, showError, start, Unauthorized, waitingField } from "./api.js";
+// histogram of the selected class; above them its progress and, unfolded, its shards.
+import { api, definitions, duration, el, field, fillTable, fixed, getJSON, inferenceField, number, showError, start, Unauthorized, waitingField } from "./api.js";
 import { barChart } from "./charts.js";
 import { filterControls, pagedGrid } from "./tiles.js";
 
@@ -31,6 +31,32 @@ function renderProgress([job, workers], teacher, dataset) {
     field("eta", job.eta_s, duration(job.eta_s)),
     " · teacher ran in ",
     inferenceField(job),
+  );
+}
+
+// Read only while open: a long job has thousands of shards.
+async function renderShards() {
+  const panel = document.getElementById("shards");
+  if (!panel.open) return;
+  const shards = await getJSON(`/jobs/${jobId}/shards`);
+  fillTable(
+    panel.querySelector("table"),
+    shards.map((s) =>
+      Object.assign(
+        [
+          String(s.index),
+          `${number(s.start_ordinal)}–${number(s.end_ordinal - 1)}`,
+          el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state),
+          field("items_done", s.items_done, number(s.items_done)),
+          field("items_failed", s.items_failed, number(s.items_failed)),
+          field("attempts", s.attempts),
+          field("inference", s.inference.join(", "), s.inference.join(", ") || "–"),
+          field("workers", s.workers.join(", "), s.workers.join(", ") || "–"),
+          field("error", s.error, s.error ?? ""),
+        ],
+        { attributes: { "data-index": s.index } },
+      ),
+    ),
   );
 }
 
@@ -92,6 +118,7 @@ async function render() {
   };
   for (const input of controls.inputs) input.addEventListener("change", refresh);
   document.getElementById("threshold").addEventListener("change", () => renderSide(controls).catch(showError));
+  document.getElementById("shards").addEventListener("toggle", () => renderShards().catch(showError));
   await Promise.all([grid.reload(), renderSide(controls)]);
   if (["queued", "running"].includes(job.state)) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
 }
@@ -101,6 +128,7 @@ async function poll(teacher, dataset, refresh) {
     const read = await readJob();
     const job = read[0];
     renderProgress(read, teacher, dataset);
+    await renderShards();
     if (["queued", "running"].includes(job.state)) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
     else refresh(); // the last labels arrived: show them all
   } catch (error) {
