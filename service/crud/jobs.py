@@ -252,8 +252,9 @@ def _worker_idle_s(
 def delete_job(session: Session, *, job_id: int) -> bool:
     """Delete the job with its shards, labels, label bins and item errors (their keys cascade),
     unless a shard of it is queued or running: False then. One statement checks and deletes, so
-    a shard claimed or resumed meanwhile keeps the job; a manifest built from it meanwhile makes
-    the statement fail (IntegrityError)."""
+    no request in between sees a job half gone; a shard resumed as it runs goes with the job, and
+    its message finds no shard (a worker drops it). A manifest built from the job meanwhile
+    makes the statement fail (IntegrityError)."""
     unsettled = exists().where(Shard.job_id == job_id, Shard.state.in_(UNFINISHED_SHARD_STATES))
     deleted = session.execute(delete(Job).where(Job.id == job_id, ~unsettled)).rowcount == 1
     if deleted:
