@@ -99,6 +99,18 @@ def test_a_shard_run_twice_writes_each_label_once(backend, client, enqueued, tea
         assert session.get(Shard, shard_id).attempts == 2
 
 
+def test_a_late_message_for_a_deleted_jobs_shard_is_dropped(client, enqueued, teacher_file, pool):
+    teacher = factories.ready_teacher(client, teacher_file)
+    job = _job(client, teacher, pool, shard_size=300)
+    shard_id = enqueued[-1][1]
+    labeling.label_shard(shard_id, _settings(worker="w1@host"))
+    with session_scope() as session:
+        assert session.get(Shard, shard_id).workers == "w1@host"  # provenance: the worker's name
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204
+    assert labeling.label_shard(shard_id, _settings()) == ShardResult("missing")  # a redelivery
+    assert _label_count(job["id"]) == 0
+
+
 def test_a_redelivery_with_nothing_left_keeps_the_mode_that_labeled(
     client, enqueued, teacher_file, pool, monkeypatch
 ):
