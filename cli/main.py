@@ -538,6 +538,8 @@ def workers_list(ctx) -> None:
             f"x{w['concurrency']:<3} last seen {_duration(w['silent_s'])} ago"
         )
     click.echo(f"{found['online']} of {found['count']} online")
+    if not found["online"]:
+        click.echo("start one with `nst worker`, against this service's database and broker")
 
 
 def _duration(seconds: float | None) -> str:

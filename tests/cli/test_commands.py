@@ -294,6 +294,10 @@ def test_workers_lists_each_with_its_state_and_counts_those_online(run):
     from service.models import utcnow
 
     synthetic.migrate()
+    assert run("workers").splitlines() == [
+        "0 of 0 online",
+        "start one with `nst worker`, against this service's database and broker",
+    ]
     with session_scope() as session:
         workers.report(session, name="w1@host", pid=10, device="cpu", concurrency=2, heartbeat_s=5)
         workers.report(
