@@ -34,10 +34,15 @@ function renderProgress([job, workers], teacher, dataset) {
   );
 }
 
-// Read only while open: a long job has thousands of shards.
-async function renderShards() {
+// Read only while open, and while the job runs at most every SHARDS_POLL_MS: a long job has
+// thousands of shards.
+const SHARDS_POLL_MS = 10000;
+let shardsReadAt = 0;
+
+async function renderShards({ unlessWithin = 0 } = {}) {
   const panel = document.getElementById("shards");
-  if (!panel.open) return;
+  if (!panel.open || Date.now() - shardsReadAt < unlessWithin) return;
+  shardsReadAt = Date.now();
   const shards = await getJSON(`/jobs/${jobId}/shards`);
   fillTable(
     panel.querySelector("table"),
@@ -128,8 +133,9 @@ async function poll(teacher, dataset, refresh) {
     const read = await readJob();
     const job = read[0];
     renderProgress(read, teacher, dataset);
-    await renderShards();
-    if (["queued", "running"].includes(job.state)) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
+    const running = ["queued", "running"].includes(job.state);
+    await renderShards({ unlessWithin: running ? SHARDS_POLL_MS : 0 });
+    if (running) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
     else refresh(); // the last labels arrived: show them all
   } catch (error) {
     if (!(error instanceof Unauthorized)) showError(error);
