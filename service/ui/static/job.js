@@ -14,7 +14,7 @@ async function readJob() {
   return [job, job.waiting_for_worker ? await getJSON("/workers") : null];
 }
 
-function renderProgress([job, workers], teacher, dataset) {
+function renderProgress(job, workers, teacher, dataset) {
   document.getElementById("job-subtitle").textContent = `${teacher.name} on ${dataset.name}`;
   document.getElementById("job-progress").replaceChildren(
     el("span", { class: `state ${job.state}`, "data-field": "state" }, job.state),
@@ -98,10 +98,9 @@ async function renderSide(controls) {
 }
 
 async function render() {
-  const read = await readJob();
-  const job = read[0];
+  const [job, workers] = await readJob();
   const [teacher, dataset] = await Promise.all([getJSON(`/teachers/${job.teacher_id}`), getJSON(`/datasets/${job.dataset_id}`)]);
-  renderProgress(read, teacher, dataset);
+  renderProgress(job, workers, teacher, dataset);
 
   const truth = el(
     "select",
@@ -130,9 +129,8 @@ async function render() {
 
 async function poll(teacher, dataset, refresh) {
   try {
-    const read = await readJob();
-    const job = read[0];
-    renderProgress(read, teacher, dataset);
+    const [job, workers] = await readJob();
+    renderProgress(job, workers, teacher, dataset);
     const running = ["queued", "running"].includes(job.state);
     await renderShards({ unlessWithin: running ? SHARDS_POLL_MS : 0 });
     if (running) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
