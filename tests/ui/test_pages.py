@@ -186,11 +186,18 @@ def test_a_jobs_shards_unfold_with_their_state_mode_and_worker(tab, world):
     job_id = world.job["id"]
     shards = world.get(f"/jobs/{job_id}/shards")
     (worker,) = world.get("/workers")["data"]
-    tab.log_in(f"/ui/jobs/{job_id}")
     page = tab.page
+    # The job's own read is held until after the click: unfolding while the page still loads
+    # must fill the table too.
+    held = []
+    page.route(f"{world.url}/jobs/{job_id}", lambda route: held.append(route))
+    tab.log_in(f"/ui/jobs/{job_id}")
+    while not held:
+        page.wait_for_timeout(50)
     assert page.locator("#shards tbody tr").count() == 0  # read only once unfolded
     page.click("#shards summary")
     page.wait_for_selector("#shards tbody tr")
+    held[0].continue_()
     assert page.locator("#shards tbody tr").count() == len(shards) == 3
     for shard in shards:
         row = page.locator(f'#shards tr[data-index="{shard["index"]}"]')

@@ -122,7 +122,6 @@ async function render() {
   };
   for (const input of controls.inputs) input.addEventListener("change", refresh);
   document.getElementById("threshold").addEventListener("change", () => renderSide(controls).catch(showError));
-  document.getElementById("shards").addEventListener("toggle", () => renderShards().catch(showError));
   await Promise.all([grid.reload(), renderSide(controls)]);
   if (["queued", "running"].includes(job.state)) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
 }
@@ -140,4 +139,6 @@ async function poll(teacher, dataset, refresh) {
   }
 }
 
+// Listened for before the first read: a click while the page still loads must fill the table.
+document.getElementById("shards").addEventListener("toggle", () => renderShards().catch(showError));
 start(render);
