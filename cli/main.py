@@ -14,7 +14,7 @@ from nst.client import Client, NstError, UnknownId
 from nst.config import SettingsError
 from nst.manifest_file import ManifestMismatch
 from nst.progress import wait_with_progress, workers_online
-from nst.states import JobState
+from nst.states import JobState, ShardState
 from trainer.cli import FINITE_FLOAT, INFERENCE
 
 
@@ -481,6 +481,29 @@ def jobs_delete(ctx, job_id) -> None:
     with _client(ctx) as client:
         client.delete_job(job_id)
     click.echo(f"deleted job {job_id}")
+
+
+@jobs.command("shards")
+@click.argument("job_id", type=int)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in ShardState]),
+    help="Only shards in this state (repeat for several).",
+)
+@click.pass_context
+def jobs_shards(ctx, job_id, states) -> None:
+    """A job's shards in order: index, items, state, labeled and failed, attempts, the modes and
+    workers that labeled it, and a failed shard's error (`--state failed` for those alone)."""
+    with _client(ctx) as client:
+        for s in client.shards(job_id, states):
+            click.echo(
+                f"{s['index']:>6}  {s['start_ordinal']:>9}-{s['end_ordinal'] - 1:<9} {s['state']:<9} "
+                f"{s['items_done']:>6} done {s['items_failed']:>5} failed  attempts {s['attempts']:<3} "
+                f"{','.join(s['inference']) or '-'}  {','.join(s['workers']) or '-'}"
+                + (f"  error: {s['error']}" if s["error"] else "")
+            )
 
 
 @jobs.command("resume")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -329,8 +329,9 @@ class Client:
     def resume_job(self, job_id: int) -> dict:
         return self._json("POST", f"/jobs/{job_id}/resume")
 
-    def shards(self, job_id: int) -> list[dict]:
-        return self._json("GET", f"/jobs/{job_id}/shards")
+    def shards(self, job_id: int, states: Sequence[str] = ()) -> Iterator[dict]:
+        """The job's shards in index order, a page at a time (only those in ``states``, if any)."""
+        return self._pages(f"/jobs/{job_id}/shards", {"state": list(states)} if states else None)
 
     def wait_for_job(
         self, job_id: int, timeout: float | None = 3600.0, on_progress: Callable[[dict], None] | None = None

@@ -303,6 +303,12 @@ class ShardPublic(_Public):
         return recorded_names(recorded) if recorded is None or isinstance(recorded, str) else recorded
 
 
+class ShardsPage(BaseModel):
+    data: list[ShardPublic]
+    next_cursor: int | None = Field(description="The next page's first shard index; null on the last page")
+    count: int = Field(description="How many of the job's shards match, on every page")
+
+
 class LabelPublic(BaseModel):
     item_id: int
     uri: str

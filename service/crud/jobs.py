@@ -273,8 +273,17 @@ def list_jobs(
     return offset_page(session, query, order_by=[Job.id], offset=offset, limit=limit)
 
 
-def shards(session: Session, *, job_id: int) -> list[Shard]:
-    return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
+def shards_page(
+    session: Session, *, job_id: int, states: Sequence[ShardState], cursor: int | None, limit: int
+) -> tuple[list[Shard], int | None, int]:
+    """A job's shards in index order (only those in ``states``, unless empty), the next cursor (a
+    shard index) and how many match in all: a job at scale has hundreds of thousands."""
+    query = select(Shard).where(Shard.job_id == job_id)
+    if states:
+        query = query.where(Shard.state.in_(states))
+    count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows, next_cursor = cursor_page(session, query, key=Shard.index, cursor=cursor, limit=limit)
+    return [shard for (shard,) in rows], next_cursor, count
 
 
 # --- labels -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from nst.config import get_settings
+from nst.states import ShardState
 
 HERE = FilePath(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -41,7 +42,7 @@ def overview(request: Request) -> HTMLResponse:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_labels(request: Request, job_id: int) -> HTMLResponse:
-    return _page(request, "job.html", page="job", job_id=job_id)
+    return _page(request, "job.html", page="job", job_id=job_id, shard_states=[s.value for s in ShardState])
 
 
 @router.get("/manifests/{manifest_id}", response_class=HTMLResponse)

@@ -99,7 +99,7 @@ def test_job_shard_label_and_error_figures_equal_the_api(client):
     assert client.post(f"/jobs/{cancelled.json()['id']}/cancel").status_code == 200
 
     jobs = client.get("/jobs").json()["data"]
-    shards = [s for j in jobs for s in client.get(f"/jobs/{j['id']}/shards").json()]
+    shards = [s for j in jobs for s in client.get(f"/jobs/{j['id']}/shards").json()["data"]]
     errors = sum(len(client.get(f"/jobs/{j['id']}/errors").json()["data"]) for j in jobs)
     samples = scrape(client)
 

@@ -207,7 +207,7 @@ def _healed(stack, job_id: int, fault: str, since: float) -> dict:
     assert duplicates == 0 and len(labels) == job["items_total"] == ITEMS
     assert job["items_done"] == len(labels) and job["items_failed"] == 0
     assert list(client.item_errors(job_id)) == []
-    shards = client.shards(job_id)
+    shards = list(client.shards(job_id))
     assert all(s["state"] == "succeeded" and s["items_done"] == SHARD_SIZE for s in shards)
     print(
         f"\nCHAOS {fault} {stack.kind} recovered_s={recovered:.1f} labels={len(labels)}/{ITEMS} "

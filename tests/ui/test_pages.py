@@ -33,19 +33,19 @@ def _grid_ids(page) -> list[int]:
     return _tiles(page, "itemId")
 
 
-def _loads(page) -> int:
-    return int(page.locator("#browser").get_attribute("data-loads") or 0)
+def _loads(page, pages: str = "#browser") -> int:
+    return int(page.locator(pages).get_attribute("data-loads") or 0)
 
 
-def _change(page, selector: str, value: str) -> None:
-    """Set a filter and wait for the grid that follows it."""
-    before = _loads(page)
+def _change(page, selector: str, value: str, pages: str = "#browser") -> None:
+    """Set a filter and wait for the page it shows in ``pages`` (the grid by default)."""
+    before = _loads(page, pages)
     if page.locator(selector).evaluate("e => e.tagName") == "SELECT":
         page.select_option(selector, value)
     else:
         page.fill(selector, value)
         page.dispatch_event(selector, "change")
-    page.wait_for_function(f"() => Number(document.querySelector('#browser').dataset.loads) > {before}")
+    page.wait_for_function(f"() => Number(document.querySelector('{pages}').dataset.loads) > {before}")
 
 
 def _wait_for_grid(page) -> None:
@@ -184,7 +184,7 @@ def test_a_job_no_worker_has_touched_for_a_minute_says_it_waits_for_one(tab, wor
 
 def test_a_jobs_shards_unfold_with_their_state_mode_and_worker(tab, world):
     job_id = world.job["id"]
-    shards = world.get(f"/jobs/{job_id}/shards")
+    shards = world.get(f"/jobs/{job_id}/shards")["data"]
     (worker,) = world.get("/workers")["data"]
     page = tab.page
     # The job's own read is held until after the click: unfolding while the page still loads
@@ -205,7 +205,28 @@ def test_a_jobs_shards_unfold_with_their_state_mode_and_worker(tab, world):
         assert _field(row, "inference") == "openvino" and shard["inference"] == ["openvino"]
         assert _field(row, "workers") == worker["name"] and shard["workers"] == [worker["name"]]
         assert _field(row, "attempts") == str(shard["attempts"]) and _field(row, "error") == ""
+    assert page.inner_text("#shards .page-info") == "1–3 of 3"
     tab.screenshot("job-shards")
+
+    def shown() -> list[int]:
+        rows = page.locator("#shards tbody tr")
+        return [int(i) for i in rows.evaluate_all("rows => rows.map(r => r.dataset.index)")]
+
+    _change(page, "#shard-state", "failed", pages="#shards")
+    assert shown() == [] and page.inner_text("#shards .page-info") == "none of 0"
+    _change(page, "#shard-state", "succeeded", pages="#shards")
+    assert shown() == [0, 1, 2]
+    # Two shards a page, from the real API: the pager walks its cursor.
+    page.route(
+        f"{world.url}/jobs/{job_id}/shards?*",
+        lambda route: route.continue_(url=route.request.url.replace("limit=100", "limit=2")),
+    )
+    _change(page, "#shard-state", "", pages="#shards")
+    assert shown() == [0, 1] and page.locator("#shards .previous").is_disabled()
+    before = _loads(page, "#shards")
+    page.click("#shards .next")
+    page.wait_for_function(f"() => Number(document.querySelector('#shards').dataset.loads) > {before}")
+    assert shown() == [2] and page.locator("#shards .next").is_disabled()
     assert tab.errors == []
 
 

@@ -48,7 +48,7 @@ def test_each_mode_labels_within_the_gate_of_eager_float32(
 ):
     job = _label(client, enqueued, teacher_file, pool, inference=mode)
     assert (job["state"], job["inference"], job["inference_used"]) == ("succeeded", mode, [mode])
-    shards = client.get(f"/jobs/{job['id']}/shards").json()
+    shards = client.get(f"/jobs/{job['id']}/shards").json()["data"]
     assert [s["inference"] for s in shards] == [[mode], [mode]]
 
     truth = direct_probs(teacher_file, fmnist / "unlabeled")
@@ -75,7 +75,7 @@ def test_a_shard_an_earlier_attempt_labeled_in_another_mode_names_both(client, e
     assert [labeling.label_shard(arg, settings).state for name, arg in enqueued if name == LABEL] == [
         "succeeded"
     ] * 2
-    assert [s["inference"] for s in client.get(f"/jobs/{job['id']}/shards").json()] == [
+    assert [s["inference"] for s in client.get(f"/jobs/{job['id']}/shards").json()["data"]] == [
         ["eager", "openvino"],
         ["eager"],
     ]

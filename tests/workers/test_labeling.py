@@ -339,7 +339,7 @@ def test_a_shard_claimed_past_its_attempts_fails_and_a_resume_starts_them_afresh
 
     assert client.post(f"/jobs/{job['id']}/resume").status_code == 200
     assert labeling.label_shard(shard_id, _settings()).state == "succeeded"
-    assert client.get(f"/jobs/{job['id']}/shards").json()[0]["attempts"] == 1
+    assert client.get(f"/jobs/{job['id']}/shards").json()["data"][0]["attempts"] == 1
 
 
 @pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
@@ -393,7 +393,7 @@ def test_a_crash_inside_the_finishing_transaction_keeps_only_what_committed(
     with pytest.raises(SystemExit):
         labeling.label_shard(shard_id, settings)
     assert _label_count(job["id"]) == 256  # two committed transactions; the last 44 rolled back
-    shard = client.get(f"/jobs/{job['id']}/shards").json()[0]
+    shard = client.get(f"/jobs/{job['id']}/shards").json()["data"][0]
     assert (shard["state"], shard["items_done"]) == ("running", 256)
 
     monkeypatch.setattr(label_writes, "succeed_shard", real_succeed)
@@ -456,7 +456,7 @@ def test_progress_grows_only_by_labels_a_commit_really_inserted(
     bad = [{"job_id": job.id, "item_id": i, "message": "OSError: unreadable"} for i in item_ids[10:]]
 
     def progress():
-        shard = client.get(f"/jobs/{job.id}/shards").json()[0]
+        shard = client.get(f"/jobs/{job.id}/shards").json()["data"][0]
         return shard["items_done"], shard["items_failed"]
 
     assert label_writes.commit_labels(shard_id, job, rows[:6], bad[:1]) is None

@@ -4,13 +4,14 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from nst.states import JobState, TeacherStatus
+from nst.states import JobState, ShardState, TeacherStatus
 from nst.targets import TEMPERATURE_MAX, TEMPERATURE_MIN
 from service import lifecycle
 from service.api.deps import (
     INT32_MAX,
     Cursor,
     Offset,
+    OrdinalCursor,
     PageLimit,
     RegistryLimit,
     RowId,
@@ -34,6 +35,7 @@ from service.schemas import (
     LabelPublic,
     LabelsPage,
     ShardPublic,
+    ShardsPage,
 )
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -259,10 +261,23 @@ def label_public(label, uri: str) -> LabelPublic:
 
 
 @router.get("/{job_id}/shards", responses=responses(404))
-def list_shards(job_id: RowId, session: SessionDep) -> list[ShardPublic]:
-    """Each shard's state, progress and delivery attempts (for operators)."""
+def list_shards(
+    job_id: RowId,
+    session: SessionDep,
+    state: Annotated[
+        list[ShardState] | None, Query(description="Only shards in these states (repeat it for several)")
+    ] = None,
+    cursor: OrdinalCursor = None,
+    limit: PageLimit = 1000,
+) -> ShardsPage:
+    """The job's shards in index order, a page at a time: each one's state, progress, delivery
+    attempts, and the modes and workers that labeled it (for operators)."""
     get_or_404(session, Job, job_id)
-    return crud.shards(session, job_id=job_id)
+    rows, next_cursor, count = crud.shards_page(
+        session, job_id=job_id, states=state or [], cursor=cursor, limit=limit
+    )
+    data = [ShardPublic.model_validate(shard) for shard in rows]
+    return ShardsPage(data=data, next_cursor=next_cursor, count=count)
 
 
 @router.get("/{job_id}/errors", responses=responses(404))

@@ -2,6 +2,7 @@
 // histogram of the selected class; above them its progress and, unfolded, its shards.
 import { api, definitions, duration, el, field, fillTable, fixed, getJSON, inferenceField, number, showError, start, Unauthorized, waitingField } from "./api.js";
 import { barChart } from "./charts.js";
+import { pager } from "./pager.js";
 import { filterControls, pagedGrid } from "./tiles.js";
 
 const jobId = Number(document.body.dataset.jobId);
@@ -34,35 +35,41 @@ function renderProgress(job, workers, teacher, dataset) {
   );
 }
 
-// Read only while open, and while the job runs at most every SHARDS_POLL_MS: a long job has
-// thousands of shards.
+// A page of shards, read only while unfolded and, while the job runs, at most every
+// SHARDS_POLL_MS: a long job has hundreds of thousands.
 const SHARDS_POLL_MS = 10000;
+const shardPanel = document.getElementById("shards");
+const shardState = document.getElementById("shard-state");
+const shardPages = pager(shardPanel, {
+  fetchPage: (cursor, limit) => getJSON(`/jobs/${jobId}/shards`, { state: shardState.value, cursor, limit }),
+  show: (page) => fillTable(shardPanel.querySelector("table"), page.data.map(shardRow)),
+});
+shardPanel.querySelector("table").before(shardPages.bar);
+shardPages.bar.prepend(shardState.parentElement); // the filter beside its pages
 let shardsReadAt = 0;
 
-async function renderShards({ unlessWithin = 0 } = {}) {
-  const panel = document.getElementById("shards");
-  if (!panel.open || Date.now() - shardsReadAt < unlessWithin) return;
-  shardsReadAt = Date.now();
-  const shards = await getJSON(`/jobs/${jobId}/shards`);
-  fillTable(
-    panel.querySelector("table"),
-    shards.map((s) =>
-      Object.assign(
-        [
-          String(s.index),
-          `${number(s.start_ordinal)}–${number(s.end_ordinal - 1)}`,
-          el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state),
-          field("items_done", s.items_done, number(s.items_done)),
-          field("items_failed", s.items_failed, number(s.items_failed)),
-          field("attempts", s.attempts),
-          field("inference", s.inference.join(", "), s.inference.join(", ") || "–"),
-          field("workers", s.workers.join(", "), s.workers.join(", ") || "–"),
-          field("error", s.error, s.error ?? ""),
-        ],
-        { attributes: { "data-index": s.index } },
-      ),
-    ),
+function shardRow(s) {
+  return Object.assign(
+    [
+      String(s.index),
+      `${number(s.start_ordinal)}–${number(s.end_ordinal - 1)}`,
+      el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state),
+      field("items_done", s.items_done, number(s.items_done)),
+      field("items_failed", s.items_failed, number(s.items_failed)),
+      field("attempts", s.attempts),
+      field("inference", s.inference.join(", "), s.inference.join(", ") || "–"),
+      field("workers", s.workers.join(", "), s.workers.join(", ") || "–"),
+      field("error", s.error, s.error ?? ""),
+    ],
+    { attributes: { "data-index": s.index } },
   );
+}
+
+// The first page when unfolded or filtered; the page shown again when polled.
+async function renderShards({ again = false, unlessWithin = 0 } = {}) {
+  if (!shardPanel.open || Date.now() - shardsReadAt < unlessWithin) return;
+  shardsReadAt = Date.now();
+  await (again ? shardPages.refresh() : shardPages.reload());
 }
 
 async function renderSide(controls) {
@@ -131,7 +138,7 @@ async function poll(teacher, dataset, refresh) {
     const [job, workers] = await readJob();
     renderProgress(job, workers, teacher, dataset);
     const running = ["queued", "running"].includes(job.state);
-    await renderShards({ unlessWithin: running ? SHARDS_POLL_MS : 0 });
+    await renderShards({ again: true, unlessWithin: running ? SHARDS_POLL_MS : 0 });
     if (running) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
     else refresh(); // the last labels arrived: show them all
   } catch (error) {
@@ -140,5 +147,6 @@ async function poll(teacher, dataset, refresh) {
 }
 
 // Listened for before the first read: a click while the page still loads must fill the table.
-document.getElementById("shards").addEventListener("toggle", () => renderShards().catch(showError));
+shardPanel.addEventListener("toggle", () => renderShards().catch(showError));
+shardState.addEventListener("change", () => renderShards().catch(showError));
 start(render);

@@ -1,6 +1,7 @@
 // The label browser's grid: tiles of thumbnails with class, confidence and the teacher's top-k,
 // paged by the API's cursor.
 import { api, el, fixed, showError } from "./api.js";
+import { pager } from "./pager.js";
 
 const THUMBNAIL = 128;
 let objectUrls = [];
@@ -90,43 +91,18 @@ export function tileElement(tile, classes, extra = () => null) {
 
 // fetchPage(cursor, limit) -> {data, next_cursor, count?, classes}
 export function pagedGrid(root, { fetchPage, extra, limit = () => 100 }) {
-  const info = el("span", { class: "page-info" });
-  const previous = el("button", { type: "button", class: "previous" }, "← previous");
-  const next = el("button", { type: "button", class: "next" }, "next →");
   const grid = el("div", { class: "grid" });
-  root.append(el("div", { class: "pager" }, previous, info, next), grid);
-  let cursors = [null];
-  let index = 0;
-  let request = 0;
-
-  async function load() {
-    const mine = ++request;
-    root.classList.add("loading");
-    const page = await fetchPage(cursors[index], limit());
-    if (mine !== request) return; // a newer request replaced this one
-    objectUrls.forEach((url) => URL.revokeObjectURL(url));
-    objectUrls = [];
-    cursors[index + 1] = page.next_cursor;
-    grid.replaceChildren(...page.data.map((tile) => tileElement(tile, page.classes, extra)));
-    const first = index * limit() + 1;
-    const range = page.data.length ? `${first}–${first + page.data.length - 1}` : "none";
-    info.textContent = page.count !== undefined ? `${range} of ${page.count}` : range;
-    info.dataset.count = page.count ?? "";
-    previous.disabled = index === 0;
-    next.disabled = page.next_cursor === null;
-    root.classList.remove("loading");
-    root.dataset.loads = String(Number(root.dataset.loads || 0) + 1);
-  }
-  const run = () => load().catch(showError);
-  previous.addEventListener("click", () => { index -= 1; run(); });
-  next.addEventListener("click", () => { index += 1; run(); });
-  return {
-    reload() {
-      cursors = [null];
-      index = 0;
-      return load();
+  const pages = pager(root, {
+    fetchPage,
+    limit,
+    show(page) {
+      objectUrls.forEach((url) => URL.revokeObjectURL(url));
+      objectUrls = [];
+      grid.replaceChildren(...page.data.map((tile) => tileElement(tile, page.classes, extra)));
     },
-  };
+  });
+  root.append(pages.bar, grid);
+  return pages;
 }
 
 // Class, confidence range, order and page size, kept in the address bar.

@@ -98,6 +98,7 @@ def test_unknown_job_is_404(client):
         ("post", "/jobs/5/cancel"),
         ("get", "/jobs/5/labels"),
         ("post", "/jobs/5/resume"),
+        ("get", "/jobs/5/shards"),
     ]:
         response = getattr(client, method)(path)
         assert response.status_code == 404 and "job 5 not found" in response.json()["detail"]
@@ -263,3 +264,70 @@ def test_a_deleted_jobs_id_is_never_given_again(client):
     after = synthetic.finished_job(teacher, [(1, 0.8)])
     assert after.id > newest.id and after.dataset_id > newest.dataset_id
     assert client.get(f"/jobs/{newest.id}").status_code == 404
+
+
+def _failed_shards(indices: set[int], total: int):
+    """A job of ``total`` one-item shards, those at ``indices`` failed with an error naming them."""
+    from sqlalchemy import select
+
+    from service.core.db import session_scope
+    from service.models import Shard
+    from tests.utils import synthetic
+
+    job = synthetic.finished_job(synthetic.teacher(["a", "b"]), [(0, 0.9)] * total, shard_size=1)
+    with session_scope() as session:
+        for shard in session.scalars(select(Shard).where(Shard.job_id == job.id, Shard.index.in_(indices))):
+            shard.state, shard.items_done, shard.items_failed = "failed", 0, 1
+            shard.error = f"shard {shard.index} broke"
+    return job
+
+
+@pytest.mark.usefixtures("backend")
+def test_a_jobs_shards_come_a_page_at_a_time_and_by_state(client):
+    job = _failed_shards({1, 4}, total=7)
+    shards = f"/jobs/{job.id}/shards"
+
+    first = client.get(shards, params={"limit": 3}).json()
+    assert [s["index"] for s in first["data"]] == [0, 1, 2]
+    assert (first["next_cursor"], first["count"]) == (3, 7)
+    second = client.get(shards, params={"limit": 3, "cursor": first["next_cursor"]}).json()
+    last = client.get(shards, params={"limit": 3, "cursor": second["next_cursor"]}).json()
+    assert [s["index"] for s in second["data"] + last["data"]] == [3, 4, 5, 6]
+    assert (last["next_cursor"], last["count"]) == (None, 7)
+
+    failed = client.get(shards, params={"state": "failed"}).json()
+    assert [(s["index"], s["error"]) for s in failed["data"]] == [(1, "shard 1 broke"), (4, "shard 4 broke")]
+    assert (failed["next_cursor"], failed["count"]) == (None, 2)
+    page = client.get(shards, params={"state": ["failed", "succeeded"], "limit": 2, "cursor": 4}).json()
+    assert [s["index"] for s in page["data"]] == [4, 5] and page["next_cursor"] == 6 and page["count"] == 7
+    none = {"data": [], "next_cursor": None, "count": 0}
+    assert client.get(shards, params={"state": "running"}).json() == none
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"state": "broken"}, "state"), ({"limit": 0}, "limit"), ({"cursor": -1}, "cursor")],
+)
+def test_a_bad_shard_query_is_422_naming_the_parameter(client, params, field):
+    job = _failed_shards(set(), total=1)
+    response = client.get(f"/jobs/{job.id}/shards", params=params)
+    assert response.status_code == 422 and field in str(response.json()["detail"])
+
+
+def test_the_cli_lists_a_jobs_shards_failed_ones_with_their_errors(client, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tests.utils.transport import in_process_client
+
+    monkeypatch.setattr("cli.main.Client", lambda *_args, **_kwargs: in_process_client(client))
+    job = _failed_shards({2, 1500}, total=1502)  # more than one page of 1,000
+    result = CliRunner().invoke(cli, ["jobs", "shards", str(job.id)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [int(line.split()[0]) for line in lines] == list(range(1502))
+    assert lines[2].split()[2] == "failed" and lines[2].endswith("error: shard 2 broke")
+    result = CliRunner().invoke(cli, ["jobs", "shards", str(job.id), "--state", "failed"])
+    assert [line.split()[0] for line in result.output.splitlines()] == ["2", "1500"]
+    result = CliRunner().invoke(cli, ["jobs", "shards", str(job.id), "--state", "lost"])
+    assert result.exit_code == 2 and "'lost' is not one of" in result.output
