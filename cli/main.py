@@ -532,7 +532,7 @@ def jobs_export(ctx, job_id, fmt, out) -> None:
 def jobs_list(ctx) -> None:
     """Every job: ID, state, items done and failed, time left, dataset, teacher, how the teacher
     runs (the modes its shards ran in, or the mode asked for before any has), and how long it has
-    waited for a worker, when no worker has touched it for a minute."""
+    waited for a worker, when no worker has touched it for a minute (10 s while none is online)."""
     with _client(ctx) as client:
         jobs = client.jobs()
         online = workers_online(client) if any(j.get("waiting_for_worker") for j in jobs) else ""

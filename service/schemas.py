@@ -239,8 +239,9 @@ class JobPublic(BaseModel):
         "they were last sent); 0 while one labels it, null once the job has ended"
     )
     waiting_for_worker: bool = Field(
-        description="In progress and untouched by any worker for a minute or more: no worker runs, none "
-        "reaches this broker and database, or all are busy with other jobs"
+        description="In progress and untouched by any worker for a minute or more, or for 10 s or more "
+        "while no worker is online (GET /workers): no worker runs, none reaches this broker and database, "
+        "or all are busy with other jobs"
     )
     created_at: UtcDatetime
     started_at: UtcDatetime | None

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from nst.config import get_settings
 from nst.states import UNFINISHED_SHARD_STATES, JobState, ShardState
 from service import lifecycle
+from service.crud import workers
 from service.models import Item, ItemError, Job, Label, Shard, recorded_names, utcnow
 from service.pagination import cursor_page, offset_page
 
@@ -37,10 +38,14 @@ class JobProgress:
     eta_s: float | None
     inference_used: list[str]  # the modes its shards were labeled in, so far
     worker_idle_s: float | None  # see _worker_idle_s; None once the job has ended
+    no_worker_online: bool = False  # asked only of a job idle for NO_WORKER_AFTER_S or more
 
     @property
     def waiting_for_worker(self) -> bool:
-        return self.worker_idle_s is not None and self.worker_idle_s >= STALLED_AFTER_S
+        idle = self.worker_idle_s
+        if idle is None:
+            return False
+        return idle >= STALLED_AFTER_S or (self.no_worker_online and idle >= NO_WORKER_AFTER_S)
 
 
 # A running job's ETA follows its recent pace: the items of its last PACE_SHARDS finished shards
@@ -51,6 +56,9 @@ PACE_SHARDS = 8
 # A job in progress that no worker has touched for this long is shown as waiting for one: a
 # worker renews a running shard's lease every quarter of NST_LEASE_S (5 s by default).
 STALLED_AFTER_S = 60.0
+# With no worker online (service.crud.workers) a job waits for one sooner: nothing will touch it.
+# The grace covers a claim's round trip from a worker that started as the job was sent.
+NO_WORKER_AFTER_S = 10.0
 
 
 def create_job(
@@ -121,7 +129,7 @@ def progress_of(
     empty = (0, 0, 0, 0, 0, None, None, None, None, None)  # a job without shards (none of its items to label)
     states = {job.id: _state(job, totals.get(job.id, empty)) for job in jobs}
     paces = _recent_finishes(session, [i for i, state in states.items() if state in _IN_PROGRESS])
-    return {
+    found = {
         job.id: _progress(
             job,
             states[job.id],
@@ -133,6 +141,11 @@ def progress_of(
         )
         for job in jobs
     }
+    idle = [p for p in found.values() if NO_WORKER_AFTER_S <= (p.worker_idle_s or 0) < STALLED_AFTER_S]
+    if idle and not workers.any_online(session, now=now):
+        for p in idle:
+            p.no_worker_online = True
+    return found
 
 
 _IN_PROGRESS = (JobState.QUEUED, JobState.RUNNING)  # the states with an ETA

@@ -52,6 +52,12 @@ def state_of(worker: Worker, now: datetime) -> WorkerState:
     return WorkerState.ONLINE
 
 
+def any_online(session: Session, *, now: datetime | None = None) -> bool:
+    now = now or utcnow()
+    running = select(Worker).where(Worker.stopped_at.is_(None), Worker.last_seen_at >= now - FORGET_AFTER)
+    return any(state_of(w, now) == WorkerState.ONLINE for w in session.scalars(running))
+
+
 def list_workers(session: Session, *, now: datetime | None = None) -> list[WorkerStatus]:
     """Every worker heard from within ``FORGET_AFTER``, online ones first, then by name."""
     now = now or utcnow()

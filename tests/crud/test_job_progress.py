@@ -10,7 +10,8 @@ from sqlalchemy import update
 
 from nst.states import JobState, ShardState
 from service.core.db import session_scope
-from service.crud.jobs import PACE_SHARDS, STALLED_AFTER_S, create_job, progress
+from service.crud import workers
+from service.crud.jobs import NO_WORKER_AFTER_S, PACE_SHARDS, STALLED_AFTER_S, create_job, progress
 from service.models import Job, Shard, utcnow
 from tests.utils import synthetic
 from tests.utils.env import clear_caches
@@ -115,8 +116,16 @@ def _idle(job_id: int, now) -> tuple[float | None, bool]:
     return p.worker_idle_s, p.waiting_for_worker
 
 
+def _worker_reports(now, *, pid: int = 10) -> None:
+    with session_scope() as session:
+        workers.report(
+            session, name="w1@host", pid=pid, device="cpu", concurrency=1, heartbeat_s=5.0, now=now
+        )
+
+
 def test_a_job_no_worker_touches_is_waiting_for_one_from_its_last_send(migrated):
     now = utcnow()
+    _worker_reports(now)  # online, busy elsewhere: the job waits a minute before it says so
     job_id = _job(3)
     with session_scope() as session:
         _send(session, job_id, ago_s=STALLED_AFTER_S - 1, now=now)
@@ -135,6 +144,7 @@ def test_a_live_lease_is_a_worker_at_work_and_a_lapsed_one_counts_from_its_last_
     monkeypatch.setenv("NST_LEASE_S", "20")
     clear_caches()
     now = utcnow()
+    _worker_reports(now)
     job_id = _job(3)
     with session_scope() as session:
         _send(session, job_id, ago_s=3600, now=now)
@@ -151,6 +161,28 @@ def test_a_live_lease_is_a_worker_at_work_and_a_lapsed_one_counts_from_its_last_
     with session_scope() as session:  # a shard finished since
         _finish(session, job_id, 2, started_ago_s=50, finished_ago_s=10, now=now)
     assert _idle(job_id, now) == (pytest.approx(10), False)
+
+
+def test_with_no_worker_online_a_job_waits_for_one_after_seconds_not_a_minute(migrated):
+    now = utcnow()
+    job_id = _job(3)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=NO_WORKER_AFTER_S - 1, now=now)
+    # A worker's claim may be on its way.
+    assert _idle(job_id, now) == (pytest.approx(NO_WORKER_AFTER_S - 1), False)
+    with session_scope() as session:
+        _send(session, job_id, ago_s=NO_WORKER_AFTER_S, now=now)
+    assert _idle(job_id, now) == (pytest.approx(NO_WORKER_AFTER_S), True)  # none has ever reported
+
+    _worker_reports(now - timedelta(seconds=1))
+    assert _idle(job_id, now)[1] is False  # one online: the usual minute
+    with session_scope() as session:
+        workers.report_stopped(session, name="w1@host", pid=10, now=now)
+    assert _idle(job_id, now)[1] is True
+    _worker_reports(now - timedelta(seconds=16), pid=11)  # three heartbeats of 5 s missed: lost
+    assert _idle(job_id, now)[1] is True
+    _worker_reports(now, pid=11)
+    assert _idle(job_id, now)[1] is False
 
 
 def test_a_finished_job_waits_for_nothing(migrated):

@@ -93,8 +93,9 @@ export function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
-// How long a job in progress has waited for a worker, once none has touched it for a minute, and
-// how many workers are online (`workers`: GET /workers's answer, when the page read it).
+// How long a job in progress has waited for a worker, once none has touched it for a minute (10 s
+// while none is online), and how many workers are online (`workers`: GET /workers's answer, when
+// the page read it).
 export function waitingField(job, workers) {
   if (!job.waiting_for_worker) return "";  // not null: replaceChildren would show it as the text "null"
   const none = workers && workers.online === 0;
