@@ -506,6 +506,16 @@ def jobs_shards(ctx, job_id, states) -> None:
             )
 
 
+@jobs.command("errors")
+@click.argument("job_id", type=int)
+@click.pass_context
+def jobs_errors(ctx, job_id) -> None:
+    """The images a job could not label (unreadable or missing files): item ID, file and why."""
+    with _client(ctx) as client:
+        for e in client.item_errors(job_id):
+            click.echo(f"{e['item_id']:>10}  {e['uri']}  {e['message']}")
+
+
 @jobs.command("resume")
 @click.argument("job_id", type=int)
 @click.pass_context

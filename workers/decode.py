@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Sampler, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
@@ -77,13 +77,21 @@ class ImageFiles(TorchDataset):
                 pixels = transform(image if image is not None else Image.fromarray(array))
             return pixels, item_id, "", image_format
         except Exception as exc:  # any decode failure is recorded on the item
-            message = f"{type(exc).__name__}: {exc}"[:500]
+            message = _why(exc)
             return (
                 torch.zeros(image_format.shape, dtype=torch.uint8),
                 item_id,
                 TransientError(message) if is_transient(exc) else message,
                 image_format,
             )
+
+
+def _why(exc: Exception) -> str:
+    """An item error's message. Pillow's for a file it cannot read names the in-memory buffer
+    (``<_io.BytesIO object at 0x…>``), which says nothing; the item's URI says which file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "UnidentifiedImageError: not an image file Pillow can read"
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def _read(uri: str) -> bytes:

@@ -85,6 +85,19 @@ def test_jobs_list_and_stats_show_what_the_api_returns(run, client, job, tmp_pat
     assert chart.read_text().lstrip().startswith(("<?xml", "<svg"))
 
 
+def test_jobs_errors_lists_the_images_a_job_could_not_label(run, job):
+    from service.core.db import session_scope
+    from service.models import ItemError
+
+    with session_scope() as session:
+        session.add(ItemError(job_id=job.id, item_id=job.item_ids[4], message="cannot identify image file"))
+        session.add(ItemError(job_id=job.id, item_id=job.item_ids[1], message="No such file"))
+    lines = run("jobs", "errors", str(job.id)).splitlines()
+    assert [line.split()[0] for line in lines] == [str(job.item_ids[1]), str(job.item_ids[4])]
+    assert lines[0].endswith("  No such file") and lines[1].endswith("  cannot identify image file")
+    assert "/" in lines[0].split()[1]  # the file's URI
+
+
 def test_datasets_items_lists_every_item(run, job):
     lines = run("datasets", "items", str(job.dataset_id)).splitlines()
     assert [int(line.split()[0]) for line in lines] == job.item_ids

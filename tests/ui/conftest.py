@@ -4,6 +4,7 @@ over Fashion-MNIST, and headless Chromium (Debian's package) driven by Playwrigh
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -51,7 +52,14 @@ def world(tmp_path_factory, fmnist, teacher_file):
     set and the pool's labels; its student (teacher 1) labels the pool again."""
     tmp = tmp_path_factory.mktemp("ui-stack")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NST_")}
-    env |= {"NST_DATA_DIR": str(tmp / "nst"), "NST_DATA_ROOTS": str(fmnist.parent), "NST_API_TOKEN": TOKEN}
+    # Two images and a file that is not one: a job that cannot label everything.
+    broken = tmp / "broken"
+    broken.mkdir()
+    for image in sorted((fmnist / "unlabeled").rglob("*.png"))[:2]:
+        shutil.copy(image, broken / image.name)
+    (broken / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n and nothing after")
+    roots = f"{fmnist.parent},{broken}"
+    env |= {"NST_DATA_DIR": str(tmp / "nst"), "NST_DATA_ROOTS": roots, "NST_API_TOKEN": TOKEN}
     stack = Stack(tmp / "logs")
     stack.env = env | {"PYTHONUNBUFFERED": "1"}
     stack.client.close()
@@ -86,10 +94,14 @@ def world(tmp_path_factory, fmnist, teacher_file):
         student = client.wait_for_teacher(client.upload_teacher(student_file, gen1)["id"], timeout=120)
         student_job = client.create_job(teacher_id=student["id"], dataset_id=pool["id"], shard_size=100)
         assert client.wait_for_job(student_job["id"], timeout=300)["state"] == "succeeded", stack.logs()
+        odd = client.register_dataset(name="broken", kind="unlabeled", path=broken)
+        broken_job = client.create_job(teacher_id=teacher["id"], dataset_id=odd["id"])
+        broken_job = client.wait_for_job(broken_job["id"], timeout=120)
+        assert (broken_job["items_done"], broken_job["items_failed"]) == (2, 1), stack.logs()
         world = World(stack)
         world.stack, world.labeled, world.pool = stack, labeled, pool
         world.teacher, world.student, world.manifest = teacher, student, manifest
-        world.job, world.probe, world.student_job = job, probe, student_job
+        world.job, world.probe, world.student_job, world.broken_job = job, probe, student_job, broken_job
         yield world
         world.api.close()
     finally:

@@ -230,6 +230,26 @@ def test_a_jobs_shards_unfold_with_their_state_mode_and_worker(tab, world):
     assert tab.errors == []
 
 
+def test_a_job_that_could_not_label_some_images_lists_them_and_why(tab, world):
+    job_id = world.broken_job["id"]
+    (error,) = world.get(f"/jobs/{job_id}/errors")["data"]
+    tab.log_in(f"/ui/jobs/{job_id}")
+    page = tab.page
+    page.wait_for_selector("#item-errors:not([hidden])")
+    assert _field(page.locator("#item-errors"), "errors-count") == "1"
+    page.click("#item-errors summary")
+    page.wait_for_selector("#item-errors tbody tr")
+    row = page.locator(f'#item-errors tr[data-item-id="{error["item_id"]}"]')
+    assert (_field(row, "uri"), _field(row, "message")) == (error["uri"], error["message"])
+    assert error["uri"].endswith("truncated.png")
+    tab.screenshot("job-item-errors")
+
+    tab.open(f"/ui/jobs/{world.job['id']}")  # a job that labeled every image: nothing to unfold
+    page.wait_for_selector('#job-progress [data-field="state"]')
+    assert page.locator("#item-errors").is_hidden()
+    assert tab.errors == []
+
+
 def _browse(world, job_id: int, **params) -> dict:
     return world.get(f"/jobs/{job_id}/labels/browse", **{"limit": 100, **params})
 

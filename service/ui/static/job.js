@@ -33,44 +33,60 @@ function renderProgress(job, workers, teacher, dataset) {
     " · teacher ran in ",
     inferenceField(job),
   );
+  itemErrorPanel.hidden = job.items_failed === 0;
+  itemErrorPanel.querySelector('[data-field="errors-count"]').textContent = number(job.items_failed);
 }
 
-// A page of shards, read only while unfolded and, while the job runs, at most every
-// SHARDS_POLL_MS: a long job has hundreds of thousands.
-const SHARDS_POLL_MS = 10000;
-const shardPanel = document.getElementById("shards");
+// A table that folds out, a page at a time: read only while open, from its first page when it
+// opens, its page read again when polled (at most every FOLD_OUT_POLL_MS while the job runs: a
+// long job has hundreds of thousands of shards). Listened for before the page's first read: a
+// click while the page still loads fills it too.
+const FOLD_OUT_POLL_MS = 10000;
+
+function foldOut(panel, { fetchPage, row }) {
+  const table = panel.querySelector("table");
+  const pages = pager(panel, { fetchPage, show: (page) => fillTable(table, page.data.map(row)) });
+  table.before(pages.bar);
+  let readAt = 0;
+  async function read({ again = false, unlessWithin = 0 } = {}) {
+    if (!panel.open || Date.now() - readAt < unlessWithin) return;
+    readAt = Date.now();
+    await (again ? pages.refresh() : pages.reload());
+  }
+  panel.addEventListener("toggle", () => read().catch(showError));
+  return { bar: pages.bar, read };
+}
+
 const shardState = document.getElementById("shard-state");
-const shardPages = pager(shardPanel, {
+const shards = foldOut(document.getElementById("shards"), {
   fetchPage: (cursor, limit) => getJSON(`/jobs/${jobId}/shards`, { state: shardState.value, cursor, limit }),
-  show: (page) => fillTable(shardPanel.querySelector("table"), page.data.map(shardRow)),
+  row: (s) =>
+    Object.assign(
+      [
+        String(s.index),
+        `${number(s.start_ordinal)}–${number(s.end_ordinal - 1)}`,
+        el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state),
+        field("items_done", s.items_done, number(s.items_done)),
+        field("items_failed", s.items_failed, number(s.items_failed)),
+        field("attempts", s.attempts),
+        field("inference", s.inference.join(", "), s.inference.join(", ") || "–"),
+        field("workers", s.workers.join(", "), s.workers.join(", ") || "–"),
+        field("error", s.error, s.error ?? ""),
+      ],
+      { attributes: { "data-index": s.index } },
+    ),
 });
-shardPanel.querySelector("table").before(shardPages.bar);
-shardPages.bar.prepend(shardState.parentElement); // the filter beside its pages
-let shardsReadAt = 0;
+shards.bar.prepend(shardState.parentElement); // the filter beside its pages
+shardState.addEventListener("change", () => shards.read().catch(showError));
 
-function shardRow(s) {
-  return Object.assign(
-    [
-      String(s.index),
-      `${number(s.start_ordinal)}–${number(s.end_ordinal - 1)}`,
-      el("span", { class: `state ${s.state}`, "data-field": "state" }, s.state),
-      field("items_done", s.items_done, number(s.items_done)),
-      field("items_failed", s.items_failed, number(s.items_failed)),
-      field("attempts", s.attempts),
-      field("inference", s.inference.join(", "), s.inference.join(", ") || "–"),
-      field("workers", s.workers.join(", "), s.workers.join(", ") || "–"),
-      field("error", s.error, s.error ?? ""),
-    ],
-    { attributes: { "data-index": s.index } },
-  );
-}
-
-// The first page when unfolded or filtered; the page shown again when polled.
-async function renderShards({ again = false, unlessWithin = 0 } = {}) {
-  if (!shardPanel.open || Date.now() - shardsReadAt < unlessWithin) return;
-  shardsReadAt = Date.now();
-  await (again ? shardPages.refresh() : shardPages.reload());
-}
+const itemErrorPanel = document.getElementById("item-errors");
+const itemErrors = foldOut(itemErrorPanel, {
+  fetchPage: (cursor, limit) => getJSON(`/jobs/${jobId}/errors`, { cursor, limit }),
+  row: (e) =>
+    Object.assign([field("item_id", e.item_id), field("uri", e.uri), field("message", e.message)], {
+      attributes: { "data-item-id": e.item_id },
+    }),
+});
 
 async function renderSide(controls) {
   const threshold = document.getElementById("threshold").value || "0.3";
@@ -138,7 +154,8 @@ async function poll(teacher, dataset, refresh) {
     const [job, workers] = await readJob();
     renderProgress(job, workers, teacher, dataset);
     const running = ["queued", "running"].includes(job.state);
-    await renderShards({ again: true, unlessWithin: running ? SHARDS_POLL_MS : 0 });
+    const again = { again: true, unlessWithin: running ? FOLD_OUT_POLL_MS : 0 };
+    await Promise.all([shards.read(again), itemErrors.read(again)]);
     if (running) setTimeout(() => poll(teacher, dataset, refresh), POLL_MS);
     else refresh(); // the last labels arrived: show them all
   } catch (error) {
@@ -146,7 +163,4 @@ async function poll(teacher, dataset, refresh) {
   }
 }
 
-// Listened for before the first read: a click while the page still loads must fill the table.
-shardPanel.addEventListener("toggle", () => renderShards().catch(showError));
-shardState.addEventListener("change", () => renderShards().catch(showError));
 start(render);
