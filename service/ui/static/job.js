@@ -1,5 +1,6 @@
 // A job's labels: the grid, filtered and sorted, beside the class balance and the confidence
-// histogram of the selected class; above them its progress and, unfolded, its shards.
+// histogram of the selected class; above them its progress and, unfolded, its shards and the
+// images it could not read.
 import { api, definitions, duration, el, field, fillTable, fixed, getJSON, inferenceField, number, showError, start, Unauthorized, waitingField } from "./api.js";
 import { barChart } from "./charts.js";
 import { pager } from "./pager.js";
