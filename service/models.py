@@ -44,7 +44,7 @@ class Base(DeclarativeBase):
 
 
 # Tables whose IDs a client holds, or a message carries, never hand out a deleted row's ID
-# again on SQLite either (migration 0013). A migration that copies one of them (batch mode's
+# again on SQLite either (migrations 0013 and 0015). A migration that copies one of them (batch mode's
 # recreate) passes these as its table_kwargs, as SQLite's reflection does not read them back.
 NEVER_REUSED = {"sqlite_autoincrement": True}
 
@@ -69,7 +69,7 @@ class Dataset(Base):
 
 class Item(Base):
     __tablename__ = "items"
-    __table_args__ = (UniqueConstraint("dataset_id", "ordinal"),)
+    __table_args__ = (UniqueConstraint("dataset_id", "ordinal"), NEVER_REUSED)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))

@@ -263,6 +263,7 @@ def test_a_deleted_jobs_id_is_never_given_again(client):
     assert client.delete(f"/datasets/{newest.dataset_id}").status_code == 204
     after = synthetic.finished_job(teacher, [(1, 0.8)])
     assert after.id > newest.id and after.dataset_id > newest.dataset_id
+    assert min(after.item_ids) > max(newest.item_ids)  # a thumbnail a browser cached is not another's
     assert client.get(f"/jobs/{newest.id}").status_code == 404
 
 
