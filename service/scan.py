@@ -83,34 +83,53 @@ def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[s
     return _scan_list(path, roots, labeled=labeled, classes=classes)
 
 
-def _image_files(folder: Path, roots: list[Path], seen: dict[Path, str] | None = None) -> list[Path]:
-    """Every image under ``folder``, sorted; a symlink that leads outside the roots is an error,
-    and so is one that names an image found before (here or in ``seen``, shared by the class
-    folders of one dataset): an item is one image, once."""
+def _image_files(folder: Path, roots: list[Path], seen: dict[str, str] | None = None) -> list[str]:
+    """Every image under ``folder`` (real paths, in path order); a symlink that leads outside the
+    roots is an error, and so is one that names an image found before (here or in ``seen``,
+    shared by the class folders of one dataset): an item is one image, once. Only symlinks are
+    resolved (a folder's listing says which entries are): a million plain files cost a listing a
+    folder, not a path resolution each. Folders that cannot be listed are skipped."""
     seen = {} if seen is None else seen
-    found: list[Path] = []
-    seen_dirs: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real_dir = Path(dirpath).resolve()
-        _require_inside(real_dir, roots, shown=dirpath)
-        if real_dir in seen_dirs:  # a symlink loop
-            dirnames.clear()
+    found: list[str] = []
+    seen_dirs: set[str] = set()
+    pending = [str(folder)]
+    while pending:
+        dirpath = pending.pop()
+        real_dir = os.path.realpath(dirpath)
+        _require_inside(Path(real_dir), roots, shown=dirpath)
+        if real_dir in seen_dirs:  # a symlink loop, or a folder linked twice
             continue
         seen_dirs.add(real_dir)
-        for name in filenames:
-            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+        try:
+            entries = list(os.scandir(dirpath))
+        except OSError:
+            continue
+        for entry in entries:
+            if _is_dir(entry):
+                pending.append(entry.path)
                 continue
-            file_path = Path(dirpath) / name
-            real = file_path.resolve()
-            _require_inside(real, roots, shown=str(file_path))
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                _require_inside(Path(real), roots, shown=entry.path)
+            else:
+                real = os.path.join(real_dir, entry.name)
             if real in seen:
                 raise ScanError(
-                    f"{str(file_path)!r} and {seen[real]!r} are the same image {str(real)!r}; "
+                    f"{entry.path!r} and {seen[real]!r} are the same image {real!r}; "
                     "a dataset holds each image once"
                 )
-            seen[real] = str(file_path)
+            seen[real] = entry.path
             found.append(real)
-    return sorted(found)
+    return sorted(found, key=lambda path: path.split(os.sep))  # as pathlib orders them: by parts
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # through a symlink too
+    except OSError:
+        return False
 
 
 def _require_inside(real: Path, roots: list[Path], *, shown: str) -> None:
@@ -122,7 +141,7 @@ def _scan_tree(folder: Path, roots: list[Path]) -> ScanResult:
     files = _image_files(folder, roots)
     if not files:
         raise ScanError(f"folder {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ScanResult(folder, "folder", [str(f) for f in files], [None] * len(files))
+    return ScanResult(folder, "folder", files, [None] * len(files))
 
 
 def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[str] | None) -> ScanResult:
@@ -189,12 +208,12 @@ def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | Non
     subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     classes = _class_order(subfolders, classes, folder)
     result = ScanResult(folder, "folder", classes=list(classes))
-    seen: dict[Path, str] = {}
+    seen: dict[str, str] = {}
     for index, name in enumerate(classes):
         files = _image_files(folder / name, roots, seen)
         if not files:
             raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
-        result.uris.extend(str(f) for f in files)
+        result.uris.extend(files)
         result.labels.extend([index] * len(files))
     return result
 

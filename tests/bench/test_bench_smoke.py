@@ -15,8 +15,14 @@ SMALL = {
     + ["--threads", "1", "--model", "resnet10t"],
     "metrics_scrape": ["--labels", "2000", "--history-shards", "100", "--item-errors", "100"],
     "label_store": ["--labels", "5000", "--classes", "20", "--database", "sqlite"],
+    "dataset_register": ["--files", "2500", "--repeat", "1", "--database", "sqlite"],
 }
-PRINTS = {"label_profile": "ratio worker loop / bare:", "metrics_scrape": "target:", "label_store": "ratio"}
+PRINTS = {
+    "label_profile": "ratio worker loop / bare:",
+    "metrics_scrape": "target:",
+    "label_store": "ratio",
+    "dataset_register": "| scan |",
+}
 
 
 @pytest.mark.parametrize("bench", sorted(SMALL))

@@ -52,6 +52,24 @@ def test_register_unlabeled_tree_gives_stable_ordered_items(client, fmnist):
     assert uris == sorted(uris)
 
 
+def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, fmnist):
+    png = next((fmnist / "unlabeled").rglob("*.png")).read_bytes()
+    tree = _roots()[0] / "linked"
+    for folder in ("b", "b-c", "real"):  # "b-c" sorts before "b/" as text, after "b" by parts
+        (tree / folder).mkdir(parents=True)
+    for name in ("b/z.png", "b-c/a.png", "real/m.png", "real/readme.txt"):
+        (tree / name).write_bytes(png)
+    elsewhere = _roots()[0] / "elsewhere.png"  # outside the tree, inside the roots: the item is it
+    elsewhere.write_bytes(png)
+    (tree / "b" / "via-link.png").symlink_to(elsewhere)
+    (tree / "b-c" / "loop").symlink_to(tree, target_is_directory=True)  # followed once, not forever
+    body = _register(client, kind="unlabeled", path=str(tree)).json()
+    items = client.get(f"/datasets/{body['id']}/items").json()["data"]
+    expected = sorted([tree / "b" / "z.png", tree / "b-c" / "a.png", tree / "real" / "m.png", elsewhere])
+    assert [i["uri"] for i in items] == [str(p) for p in expected]
+    assert [i["ordinal"] for i in items] == [0, 1, 2, 3]
+
+
 def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
     root = _roots()[0]
     pngs = sorted((fmnist / "labeled").rglob("*.png"))[:30]

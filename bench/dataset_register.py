@@ -1,0 +1,111 @@
+"""Dataset registration on a large folder: the scan against a bare directory walk, and the whole
+``POST /datasets`` (scan, pixel statistics of a sample, every item inserted and committed).
+
+    .venv/bin/python -m bench.dataset_register                      # 100,000 files, PostgreSQL
+    .venv/bin/python -m bench.dataset_register --database sqlite --files 1000000
+
+The folder holds ``--files`` hard links of one Fashion-MNIST-sized PNG in folders of 1,000: each
+a file of its own to the scan, none costing disk. The bare walk is ``os.walk`` collecting and
+sorting the paths: what any registration has to do at least. Medians of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.common import median_time, postgres_database, print_table
+
+PER_FOLDER = 1000
+
+
+def make_tree(root: Path, files: int) -> Path:
+    """``files`` hard links of one 28 px PNG under ``root/pool``, ``PER_FOLDER`` a folder."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
+    original = root / "original.png"
+    original.write_bytes(buffer.getvalue())
+    pool = root / "pool"
+    for start in range(0, files, PER_FOLDER):
+        folder = pool / f"{start // PER_FOLDER:05d}"
+        folder.mkdir(parents=True)
+        for i in range(start, min(start + PER_FOLDER, files)):
+            os.link(original, folder / f"{i:07d}.png")
+    return pool
+
+
+def bare_walk(folder: Path) -> list[str]:
+    return sorted(os.path.join(d, name) for d, _, names in os.walk(folder) for name in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="nst-bench-register-")).resolve()
+    os.environ["NST_DATA_DIR"] = str(root / "nst")
+    os.environ["NST_DATA_ROOTS"] = str(root)
+    try:
+        pool = make_tree(root, args.files)
+        with postgres_database() if args.database == "postgresql" else nullcontext() as url:
+            os.environ["NST_DATABASE_URL"] = url or f"sqlite:///{root}/bench.db"
+            _run(pool, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(pool: Path, args) -> None:
+    from fastapi.testclient import TestClient
+
+    from nst.config import get_settings
+    from service.main import create_app
+    from service.scan import scan
+
+    roots = get_settings().data_roots
+    walk, walked = median_time(lambda: bare_walk(pool), args.repeat)
+    scanned, result = median_time(
+        lambda: scan(str(pool), labeled=False, roots=roots, classes=None), args.repeat
+    )
+    assert len(result.uris) == len(walked) == args.files, (len(result.uris), len(walked))
+
+    names = iter(range(args.repeat))
+    with TestClient(create_app(), base_url="http://localhost") as client:  # a host NST_ALLOWED_HOSTS allows
+
+        def register() -> dict:
+            response = client.post(
+                "/datasets", json={"name": f"pool-{next(names)}", "kind": "unlabeled", "path": str(pool)}
+            )
+            response.raise_for_status()
+            return response.json()
+
+        registered, body = median_time(register, args.repeat)
+    assert body["item_count"] == args.files
+
+    print(f"{args.database}, {args.files:,} files in folders of {PER_FOLDER:,}\n")
+    print_table(
+        ["measurement", "seconds", "bare walk (s)", "ratio"],
+        [
+            ["scan", f"{scanned:.2f}", f"{walk:.2f}", f"{scanned / walk:.2f}"],
+            [
+                "POST /datasets (scan, pixel statistics, insert, commit)",
+                f"{registered:.2f}",
+                f"{walk:.2f}",
+                f"{registered / walk:.2f}",
+            ],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
