@@ -20,6 +20,7 @@ def _count_datasets(client) -> int:
     return client.get("/datasets").json()["count"]
 
 
+@pytest.mark.usefixtures("backend")  # items are copied in by the driver: COPY on PostgreSQL
 def test_register_image_folder_counts_every_class(client, fmnist):
     response = _register(client, kind="labeled", split="train", path=str(fmnist / "labeled"))
     assert response.status_code == 201, response.text
@@ -39,6 +40,7 @@ def test_register_keeps_the_given_class_order(client, fmnist):
     assert all(Path(i["uri"]).parent.name == CLASSES[i["label"]] for i in items["data"])
 
 
+@pytest.mark.usefixtures("backend")
 def test_register_unlabeled_tree_gives_stable_ordered_items(client, fmnist):
     body = _register(client, kind="unlabeled", path=str(fmnist / "unlabeled")).json()
     assert body["item_count"] == 300 and body["classes"] is None
@@ -52,6 +54,7 @@ def test_register_unlabeled_tree_gives_stable_ordered_items(client, fmnist):
     assert uris == sorted(uris)
 
 
+@pytest.mark.usefixtures("backend")
 def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, fmnist):
     png = next((fmnist / "unlabeled").rglob("*.png")).read_bytes()
     tree = _roots()[0] / "linked"
@@ -70,6 +73,7 @@ def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, 
     assert [i["ordinal"] for i in items] == [0, 1, 2, 3]
 
 
+@pytest.mark.usefixtures("backend")
 def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
     root = _roots()[0]
     pngs = sorted((fmnist / "labeled").rglob("*.png"))[:30]
