@@ -104,17 +104,18 @@ def _image_files(folder: Path, roots: list[Path], seen: dict[str, str] | None = 
             entries = list(os.scandir(dirpath))
         except OSError:
             continue
+        inside = real_dir.rstrip(os.sep) + os.sep
         for entry in entries:
             if _is_dir(entry):
                 pending.append(entry.path)
                 continue
-            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+            if _suffix(entry.name).lower() not in IMAGE_SUFFIXES:
                 continue
             if entry.is_symlink():
                 real = os.path.realpath(entry.path)
                 _require_inside(Path(real), roots, shown=entry.path)
             else:
-                real = os.path.join(real_dir, entry.name)
+                real = inside + entry.name
             if real in seen:
                 raise ScanError(
                     f"{entry.path!r} and {seen[real]!r} are the same image {real!r}; "
@@ -122,7 +123,15 @@ def _image_files(folder: Path, roots: list[Path], seen: dict[str, str] | None = 
                 )
             seen[real] = entry.path
             found.append(real)
-    return sorted(found, key=lambda path: path.split(os.sep))  # as pathlib orders them: by parts
+    # In pathlib's order, by path components: a separator sorts before any character of a name.
+    return sorted(found, key=lambda path: path.replace(os.sep, "\0"))
+
+
+def _suffix(name: str) -> str:
+    """``Path(name).suffix``, without making a Path: ".png" of "a.png" and of "..png", none of
+    ".png" or "a."."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

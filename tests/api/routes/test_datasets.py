@@ -73,6 +73,13 @@ def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, 
     assert [i["ordinal"] for i in items] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("name", ["a.png", "..png", ".png", "a.", "a", "a.b.PNG", ".a.jpg", "...", "x.."])
+def test_a_file_is_an_image_by_pathlibs_suffix(name):
+    from service.scan import _suffix
+
+    assert _suffix(name) == Path(name).suffix
+
+
 @pytest.mark.usefixtures("backend")
 def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
     root = _roots()[0]
