@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
+from sqlalchemy.exc import IntegrityError
 
 from nst.config import get_settings
 
@@ -18,6 +19,22 @@ from nst.config import get_settings
 # documented way, as a transport option, because the transport hands every option on to
 # create_engine; the class attribute is the setting.
 kombu_sqlalchemy.Transport.polling_interval = 0.05
+
+_kombu_get_or_create = kombu_sqlalchemy.Channel._get_or_create
+
+
+def _get_or_create_across_processes(channel, queue: str):
+    # kombu guards a new queue's row with a lock of its own process only: two workers started
+    # together on a new embedded broker both inserted it, and the UNIQUE violation ended the
+    # slower one ("Unrecoverable error"). The row the other process wrote is the queue.
+    try:
+        return _kombu_get_or_create(channel, queue)
+    except IntegrityError:
+        channel.session.rollback()
+        return channel.session.query(channel.queue_cls).filter(channel.queue_cls.name == queue).one()
+
+
+kombu_sqlalchemy.Channel._get_or_create = _get_or_create_across_processes
 
 LABEL_SHARD = "workers.tasks.label_shard"
 VALIDATE_TEACHER = "workers.tasks.validate_teacher"

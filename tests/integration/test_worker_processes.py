@@ -166,7 +166,8 @@ def test_workers_report_online_then_stopped_after_a_warm_shutdown_or_lost_after_
     stopping.terminate()  # Celery's warm shutdown
     assert stopping.wait(timeout=60) == 0, stack.logs()
     found = _workers_by_pid(stack.client, lambda f: f[stopping.pid]["state"] == "stopped", timeout=5)
-    assert found[killed.pid]["state"] == "online" and found[stopping.pid]["stopped_at"] is not None
+    assert found[killed.pid]["state"] == "online", (found, stack.logs())
+    assert found[stopping.pid]["stopped_at"] is not None
     stack.kill_worker(killed)  # no goodbye: silent for three heartbeats, it is lost
     found = _workers_by_pid(stack.client, lambda f: f[killed.pid]["state"] == "lost", timeout=10)
     assert found[killed.pid]["stopped_at"] is None and stack.client.workers()["online"] == 0
