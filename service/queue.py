@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from nst.config import get_settings
 
@@ -20,13 +20,25 @@ from nst.config import get_settings
 # create_engine; the class attribute is the setting.
 kombu_sqlalchemy.Transport.polling_interval = 0.05
 
+# kombu guards the broker's first use with a lock of its own process only, so workers started
+# together on a new embedded broker raced: one creating the tables another had just created
+# ("table kombu_queue already exists"), or inserting a new queue's row another had just inserted
+# (a UNIQUE violation). Either ended the slower worker ("Unrecoverable error"). What the other
+# process made is what this one wanted.
+_kombu_open = kombu_sqlalchemy.Channel._open
 _kombu_get_or_create = kombu_sqlalchemy.Channel._get_or_create
 
 
+def _open_across_processes(channel):
+    try:
+        return _kombu_open(channel)
+    except OperationalError as exc:
+        if "already exists" not in str(exc):
+            raise
+        return _kombu_open(channel)  # the tables are there now: the check before creating finds them
+
+
 def _get_or_create_across_processes(channel, queue: str):
-    # kombu guards a new queue's row with a lock of its own process only: two workers started
-    # together on a new embedded broker both inserted it, and the UNIQUE violation ended the
-    # slower one ("Unrecoverable error"). The row the other process wrote is the queue.
     try:
         return _kombu_get_or_create(channel, queue)
     except IntegrityError:
@@ -34,6 +46,7 @@ def _get_or_create_across_processes(channel, queue: str):
         return channel.session.query(channel.queue_cls).filter(channel.queue_cls.name == queue).one()
 
 
+kombu_sqlalchemy.Channel._open = _open_across_processes
 kombu_sqlalchemy.Channel._get_or_create = _get_or_create_across_processes
 
 LABEL_SHARD = "workers.tasks.label_shard"
