@@ -29,13 +29,15 @@ _kombu_open = kombu_sqlalchemy.Channel._open
 _kombu_get_or_create = kombu_sqlalchemy.Channel._get_or_create
 
 
-def _open_across_processes(channel):
-    try:
-        return _kombu_open(channel)
-    except OperationalError as exc:
-        if "already exists" not in str(exc):
-            raise
-        return _kombu_open(channel)  # the tables are there now: the check before creating finds them
+def _open_across_processes(channel, attempts: int = 10):
+    for attempt in range(attempts):
+        try:
+            return _kombu_open(channel)
+        except OperationalError as exc:
+            # Each table another process created is found by the next try's check before
+            # creating; the next table may race again (two tables, any number of processes).
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
 
 
 def _get_or_create_across_processes(channel, queue: str):
