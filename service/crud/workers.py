@@ -53,9 +53,7 @@ def state_of(worker: Worker, now: datetime) -> WorkerState:
 
 
 def any_online(session: Session, *, now: datetime | None = None) -> bool:
-    now = now or utcnow()
-    running = select(Worker).where(Worker.stopped_at.is_(None), Worker.last_seen_at >= now - FORGET_AFTER)
-    return any(state_of(w, now) == WorkerState.ONLINE for w in session.scalars(running))
+    return any(s.state == WorkerState.ONLINE for s in list_workers(session, now=now))
 
 
 def list_workers(session: Session, *, now: datetime | None = None) -> list[WorkerStatus]:
