@@ -38,7 +38,9 @@ def test_paused_stops_every_process_of_the_stack_and_continues_them(tmp_path):
         child = None
         for _ in range(100):
             children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
-            if children:
+            # Only once the child runs sleep: before its exec, Python's vfork holds the parent in
+            # the kernel, where a SIGSTOP stops the child and leaves the parent waiting on it.
+            if children and Path(f"/proc/{children[0]}/comm").read_text().strip() == "sleep":
                 child = int(children[0])
                 break
             time.sleep(0.05)
