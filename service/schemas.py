@@ -334,7 +334,8 @@ class ItemErrorPublic(BaseModel):
 
 class ItemErrorsPage(BaseModel):
     data: list[ItemErrorPublic]
-    next_cursor: int | None
+    next_cursor: int | None = Field(description="The next page's first item ID; null on the last page")
+    count: int = Field(description="How many items of the job failed, on every page")
 
 
 # --- statistics -----------------------------------------------------------------------------

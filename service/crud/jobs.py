@@ -320,8 +320,11 @@ def labels_page(
 
 def errors_page(
     session: Session, *, job_id: int, cursor: int | None, limit: int
-) -> tuple[list[tuple[ItemError, str]], int | None]:
+) -> tuple[list[tuple[ItemError, str]], int | None, int]:
+    """A job's item errors in item order with each item's file, the next cursor and how many
+    there are in all."""
     query = (
         select(ItemError, Item.uri).join(Item, Item.id == ItemError.item_id).where(ItemError.job_id == job_id)
     )
-    return cursor_page(session, query, key=ItemError.item_id, cursor=cursor, limit=limit)
+    count = session.scalar(select(func.count()).where(ItemError.job_id == job_id)) or 0
+    return *cursor_page(session, query, key=ItemError.item_id, cursor=cursor, limit=limit), count

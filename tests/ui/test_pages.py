@@ -242,6 +242,7 @@ def test_a_job_that_could_not_label_some_images_lists_them_and_why(tab, world):
     row = page.locator(f'#item-errors tr[data-item-id="{error["item_id"]}"]')
     assert (_field(row, "uri"), _field(row, "message")) == (error["uri"], error["message"])
     assert error["uri"].endswith("truncated.png")
+    assert page.locator("#item-errors .page-info").text_content() == "1–1 of 1"
     tab.screenshot("job-item-errors")
 
     tab.open(f"/ui/jobs/{world.job['id']}")  # a job that labeled every image: nothing to unfold

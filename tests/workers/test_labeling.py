@@ -481,7 +481,16 @@ def test_corrupt_images_are_item_errors_not_shard_failures(backend, client, enqu
     assert [r.state for r in _run_enqueued(enqueued)] == ["succeeded"]
     done = client.get(f"/jobs/{job['id']}").json()
     assert (done["state"], done["items_done"], done["items_failed"]) == ("succeeded", 20, 2)
-    errors = client.get(f"/jobs/{job['id']}/errors").json()["data"]
+    first = client.get(f"/jobs/{job['id']}/errors", params={"limit": 1}).json()
+    second = client.get(
+        f"/jobs/{job['id']}/errors", params={"limit": 1, "cursor": first["next_cursor"]}
+    ).json()
+    assert (first["count"], second["count"], second["next_cursor"]) == (
+        2,
+        2,
+        None,
+    )  # the whole, on every page
+    errors = first["data"] + second["data"]
     messages = sorted((Path(e["uri"]).name, e["message"]) for e in errors)
     assert messages == [
         ("zz-corrupt.png", "OSError: Truncated File Read"),

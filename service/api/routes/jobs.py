@@ -287,7 +287,9 @@ def get_item_errors(
     cursor: Cursor = None,
     limit: PageLimit = 1000,
 ) -> ItemErrorsPage:
+    """The images the job could not read, in item order, with each one's file and why, a page at
+    a time, and how many there are."""
     get_or_404(session, Job, job_id)
-    rows, next_cursor = crud.errors_page(session, job_id=job_id, cursor=cursor, limit=limit)
+    rows, next_cursor, count = crud.errors_page(session, job_id=job_id, cursor=cursor, limit=limit)
     data = [ItemErrorPublic(item_id=e.item_id, uri=uri, message=e.message) for e, uri in rows]
-    return ItemErrorsPage(data=data, next_cursor=next_cursor)
+    return ItemErrorsPage(data=data, next_cursor=next_cursor, count=count)
