@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service import lifecycle
@@ -25,6 +25,17 @@ def create_teacher(
     teacher = Teacher(id=sha, file_path=str(path), size_bytes=size, **fields)
     lifecycle.add_teacher(session, teacher=teacher)
     return teacher, True
+
+
+def hold(session: Session, sha: str) -> Teacher | None:
+    """The teacher ``sha``, kept from any delete until the session's transaction ends (a no-op
+    update: PostgreSQL locks its row, SQLite takes the database's writer), or None with nothing
+    kept. A delete under way is waited for, and its teacher is then gone."""
+    kept = session.execute(update(Teacher).where(Teacher.id == sha).values(name=Teacher.name))
+    if kept.rowcount == 0:
+        session.rollback()  # SQLite's writer is not kept through what the caller does next
+        return None
+    return session.get(Teacher, sha, populate_existing=True)
 
 
 def is_registered(session: Session, sha: str) -> bool:

@@ -48,11 +48,15 @@ def _register(
     store_dir = storage.join(settings.artifact_dir, "teachers")
     try:
         with checkpoints.received(chunks, name=name, store_dir=store_dir) as upload:
-            existing = session.get(Teacher, upload.sha)
+            # The same file registered before: held until the answer, so that a delete cannot
+            # remove the teacher or its file between this look and the 200 that vouches for both.
+            existing = crud.hold(session, upload.sha)
             if existing is None:  # checked before the file is stored: a refusal leaves nothing
                 metadata = metadata or _embedded(upload.header)
                 _require_parent(session, metadata)
-            path = checkpoints.put(upload, store_dir)
+                path = checkpoints.put(upload, store_dir)
+            elif not _stored(path := storage.location(existing.file_path)):
+                storage.write_file(upload.file, path)  # lost from the store: the same bytes put back
     except checkpoints.CheckpointError as exc:
         raise HTTPException(UNPROCESSABLE, detail=f"file: {exc}") from None
     except storage.StorageError as exc:  # the artifact store refused or did not answer
@@ -60,7 +64,9 @@ def _register(
     teacher, created = (existing, False) if existing is not None else _insert(session, upload, path, metadata)
     if not created:  # the same file registered before, or by a concurrent upload
         response.status_code = status.HTTP_200_OK
-        return TeacherPublic.model_validate(teacher)
+        answer = TeacherPublic.model_validate(teacher)
+        session.commit()  # lets a delete waiting on the held teacher go on
+        return answer
     try:
         enqueue_teacher_validation(teacher.id)
     except QueueUnavailable as exc:
@@ -70,6 +76,13 @@ def _register(
             f"retry with POST /teachers/{teacher.id}/validate",
         ) from None
     return TeacherPublic.model_validate(teacher)
+
+
+def _stored(path: storage.Location) -> bool:
+    try:
+        return storage.info(path)["type"] == "file"
+    except storage.ObjectMissing:
+        return False
 
 
 def _require_parent(session, metadata: TeacherMetadata) -> None:

@@ -245,6 +245,48 @@ def test_a_re_upload_during_a_delete_never_leaves_a_teacher_without_its_file(
         assert download.status_code == 404
 
 
+def test_an_upload_that_found_its_teacher_holds_it_against_a_delete_until_it_answers(
+    backend, client, teacher_file, monkeypatch
+):
+    """A re-upload of a registered teacher whose file was lost puts the file back; a delete that
+    arrives meanwhile waits for the upload's answer, then removes both. Never a 200 for a teacher
+    a delete has already removed, nor a file left behind by it."""
+    from nst import storage
+
+    teacher = _upload(client, teacher_file).json()
+    [stored] = _stored_files()
+    stored.unlink()  # lost from the store
+    write_file = storage.write_file
+    delete: dict = {}
+
+    def delete_meanwhile(source, where):
+        thread = threading.Thread(
+            target=lambda: delete.update(response=client.delete(f"/teachers/{teacher['id']}"))
+        )
+        thread.start()
+        thread.join(timeout=2)  # held by the upload: it waits
+        delete.update(thread=thread, ended_first=not thread.is_alive())
+        write_file(source, where)
+
+    monkeypatch.setattr(storage, "write_file", delete_meanwhile)
+    again = _upload(client, teacher_file)
+    delete["thread"].join(timeout=30)
+    assert (again.status_code, delete["response"].status_code) == (200, 204), again.text
+    assert not delete["ended_first"]
+    assert _stored_files() == []  # nothing orphaned
+    assert client.get(f"/teachers/{teacher['id']}").status_code == 404
+
+
+def test_a_re_upload_puts_back_a_teacher_file_lost_from_the_store(client, teacher_file):
+    teacher = _upload(client, teacher_file).json()
+    [stored] = _stored_files()
+    stored.unlink()
+    assert client.get(f"/teachers/{teacher['id']}/checkpoint").status_code == 404
+    assert _upload(client, teacher_file).status_code == 200
+    download = client.get(f"/teachers/{teacher['id']}/checkpoint")
+    assert download.status_code == 200 and download.content == teacher_file.read_bytes()
+
+
 def test_a_refusal_on_a_store_that_refuses_deletes_is_its_own_422_and_stores_nothing(
     client, teacher_file, tmp_path, monkeypatch
 ):
