@@ -5,7 +5,7 @@ read through ``nst.storage``: local files and objects in a store alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -14,6 +14,28 @@ from nst import storage
 
 SAMPLE = 256
 MIN_STD = 1e-3  # a blank sample still gives a usable divisor
+
+
+class EvenSample:
+    """At most ``size`` URIs spread evenly over rows that pass through ``watch``, however many
+    there turn out to be, keeping at most twice ``size`` at a time: every ``stride``-th row is
+    kept, and when the keep is full every other one goes and the stride doubles."""
+
+    def __init__(self, size: int = SAMPLE) -> None:
+        self.size, self.stride, self._kept = size, 1, []
+
+    def watch(self, rows: Iterable[tuple]) -> Iterator[tuple]:
+        for ordinal, row in enumerate(rows):
+            if ordinal % self.stride == 0:
+                self._kept.append(row[0])
+                if len(self._kept) == 2 * self.size:
+                    del self._kept[1::2]
+                    self.stride *= 2
+            yield row
+
+    @property
+    def uris(self) -> list[str]:
+        return self._kept[:: max(1, -(-len(self._kept) // self.size))]
 
 
 def measure(uris: Sequence[str], sample: int = SAMPLE) -> dict | None:

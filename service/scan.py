@@ -4,7 +4,9 @@ the data roots.
 Pure functions: they read the file system or list the object store (``nst.storage``; objects are
 listed, never downloaded) and return rows or raise ``ScanError`` whose message names the
 problem, or ``storage.StorageUnavailable`` when the store does not answer (a later attempt may
-succeed); they never touch the database, so a failed scan leaves nothing behind.
+succeed); they never touch the database. A folder's rows come as they are walked, so that a
+million images are never all in memory: a problem found on the way raises from the rows, inside
+the caller's transaction, which then leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +34,34 @@ class ScanError(ValueError):
 class ScanResult:
     source_path: Location
     source_format: str  # folder | csv | jsonl | list
-    uris: list[str] = field(default_factory=list)
-    labels: list[int | None] = field(default_factory=list)
+    rows: Iterable[tuple[str, int | None]]  # (uri, class index or None), in item order, read once
     classes: list[str] | None = None
+
+
+@dataclass
+class _Seen:
+    """What a walk has met, to refuse an image met twice without keeping every path: the real
+    folders walked (each once, as the path it was reached by) and the image each link leads to.
+    A plain file is only met again through a link, so only links are remembered."""
+
+    folders: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+
+    def plain(self, real: str) -> None:
+        if real in self.links:
+            raise _same_image(self.links[real], real, real)
+
+    def link(self, path: str, real: str) -> None:
+        folder, name = os.path.split(real)
+        if real in self.links:
+            raise _same_image(path, self.links[real], real)
+        if folder in self.folders and _suffix(name).lower() in IMAGE_SUFFIXES:  # walked, or being walked
+            raise _same_image(path, os.path.join(self.folders[folder], name), real)
+        self.links[real] = path
+
+
+def _same_image(path: str, other: str, real: str) -> ScanError:
+    return ScanError(f"{path!r} and {other!r} are the same image {real!r}; a dataset holds each image once")
 
 
 def resolve_under_roots(raw: str, roots: list[Location], *, what: str = "path") -> Location:
@@ -83,48 +111,49 @@ def scan(raw_path: str, *, labeled: bool, roots: list[Location], classes: list[s
     return _scan_list(path, roots, labeled=labeled, classes=classes)
 
 
-def _image_files(folder: Path, roots: list[Path], seen: dict[str, str] | None = None) -> list[str]:
-    """Every image under ``folder`` (real paths, in path order); a symlink that leads outside the
-    roots is an error, and so is one that names an image found before (here or in ``seen``,
-    shared by the class folders of one dataset): an item is one image, once. Only symlinks are
-    resolved (a folder's listing says which entries are): a million plain files cost a listing a
-    folder, not a path resolution each. Folders that cannot be listed are skipped."""
-    seen = {} if seen is None else seen
-    found: list[str] = []
-    seen_dirs: set[str] = set()
-    pending = [str(folder)]
-    while pending:
-        dirpath = pending.pop()
-        real_dir = os.path.realpath(dirpath)
-        _require_inside(Path(real_dir), roots, shown=dirpath)
-        if real_dir in seen_dirs:  # a symlink loop, or a folder linked twice
-            continue
-        seen_dirs.add(real_dir)
-        try:
-            entries = list(os.scandir(dirpath))
-        except OSError:
-            continue
-        inside = real_dir.rstrip(os.sep) + os.sep
-        for entry in entries:
-            if _is_dir(entry):
-                pending.append(entry.path)
-                continue
-            if _suffix(entry.name).lower() not in IMAGE_SUFFIXES:
-                continue
+def _image_files(folder: Path, roots: list[Path], seen: _Seen | None = None) -> Iterator[str]:
+    """Every image under ``folder`` (real paths), as the tree is walked in pathlib's order (by path
+    components; a link's image where the link is); a symlink that leads outside the roots is an
+    error, and so is one that names an image met before (here or in ``seen``, shared by the class
+    folders of one dataset): an item is one image, once. Only symlinks are resolved (a folder's
+    listing says which entries are): a million plain files cost a listing a folder, not a path
+    resolution each. Folders that cannot be listed are skipped."""
+    seen = _Seen() if seen is None else seen
+    stack = [walking] if (walking := _walk_into(str(folder), roots, seen)) else []
+    while stack:
+        inside, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+        elif _is_dir(entry):
+            if walking := _walk_into(entry.path, roots, seen):
+                stack.append(walking)
+        elif _suffix(entry.name).lower() in IMAGE_SUFFIXES:
             if entry.is_symlink():
                 real = os.path.realpath(entry.path)
                 _require_inside(Path(real), roots, shown=entry.path)
+                seen.link(entry.path, real)
             else:
                 real = inside + entry.name
-            if real in seen:
-                raise ScanError(
-                    f"{entry.path!r} and {seen[real]!r} are the same image {real!r}; "
-                    "a dataset holds each image once"
-                )
-            seen[real] = entry.path
-            found.append(real)
-    # In pathlib's order, by path components: a separator sorts before any character of a name.
-    return sorted(found, key=lambda path: path.replace(os.sep, "\0"))
+                seen.plain(real)
+            yield real
+
+
+def _walk_into(path: str, roots: list[Path], seen: _Seen):
+    """(the folder's real path with a trailing separator, its entries in pathlib's order), or None
+    for a folder walked before (a symlink loop, a folder linked twice) or that cannot be listed."""
+    real = os.path.realpath(path)
+    _require_inside(Path(real), roots, shown=path)
+    if real in seen.folders:
+        return None
+    seen.folders[real] = path
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return None
+    # A folder's name sorts as its paths do: its separator before any character of a name.
+    entries.sort(key=lambda entry: entry.name + "\0" if _is_dir(entry) else entry.name)
+    return real.rstrip(os.sep) + os.sep, iter(entries)
 
 
 def _suffix(name: str) -> str:
@@ -147,10 +176,17 @@ def _require_inside(real: Path, roots: list[Path], *, shown: str) -> None:
 
 
 def _scan_tree(folder: Path, roots: list[Path]) -> ScanResult:
-    files = _image_files(folder, roots)
-    if not files:
-        raise ScanError(f"folder {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return ScanResult(folder, "folder", files, [None] * len(files))
+    def rows() -> Iterator[tuple[str, None]]:
+        found = False
+        for real in _image_files(folder, roots):
+            found = True
+            yield real, None
+        if not found:
+            raise ScanError(
+                f"folder {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+
+    return ScanResult(folder, "folder", rows())
 
 
 def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[str] | None) -> ScanResult:
@@ -167,17 +203,15 @@ def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[s
     if not images:
         raise ScanError(f"prefix {url!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not labeled:
-        return ScanResult(url, "folder", images, [None] * len(images))
+        return ScanResult(url, "folder", [(image, None) for image in images])
     by_class: dict[str, list[str]] = {}
     for image in images:
         first, _, rest = image[len(url) + 1 :].partition("/")
         if rest:
             by_class.setdefault(first, []).append(image)
-    result = ScanResult(url, "folder", classes=_class_order(sorted(by_class), classes, url))
-    for index, name in enumerate(result.classes):
-        result.uris.extend(by_class[name])
-        result.labels.extend([index] * len(by_class[name]))
-    return result
+    classes = _class_order(sorted(by_class), classes, url)
+    rows = [(image, index) for index, name in enumerate(classes) for image in by_class[name]]
+    return ScanResult(url, "folder", rows, classes)
 
 
 def _listing(prefix: str, *, recursive: bool = True) -> list[str]:
@@ -216,15 +250,18 @@ def _class_order(subfolders: list[str], classes: list[str] | None, folder: Locat
 def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | None) -> ScanResult:
     subfolders = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
     classes = _class_order(subfolders, classes, folder)
-    result = ScanResult(folder, "folder", classes=list(classes))
-    seen: dict[str, str] = {}
-    for index, name in enumerate(classes):
-        files = _image_files(folder / name, roots, seen)
-        if not files:
-            raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
-        result.uris.extend(files)
-        result.labels.extend([index] * len(files))
-    return result
+
+    def rows() -> Iterator[tuple[str, int]]:
+        seen = _Seen()
+        for index, name in enumerate(classes):
+            found = False
+            for real in _image_files(folder / name, roots, seen):
+                found = True
+                yield real, index
+            if not found:
+                raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
+
+    return ScanResult(folder, "folder", rows(), list(classes))
 
 
 def _scan_list(
@@ -249,8 +286,7 @@ def _scan_list(
         if classes is None:
             classes = sorted({label for _, _, label in rows})
     index_of = {name: i for i, name in enumerate(classes or [])}
-    result = ScanResult(list_path, {"csv": "csv", "jsonl": "jsonl"}.get(suffix[1:], "list"))
-    result.classes = list(classes) if labeled else None
+    items: list[tuple[str, int | None]] = []
     listed: dict[str, set[str]] = {}  # a URL entry's parent prefix: its objects, listed once
     line_of: dict[Location, int] = {}
     for line, raw, label in rows:
@@ -265,9 +301,9 @@ def _scan_list(
         line_of[real] = line
         if labeled and label not in index_of:
             raise ScanError(f"list {list_name} line {line}: unknown class {label!r} (classes: {classes})")
-        result.uris.append(str(real))
-        result.labels.append(index_of[label] if labeled else None)
-    return result
+        items.append((str(real), index_of[label] if labeled else None))
+    source_format = {"csv": "csv", "jsonl": "jsonl"}.get(suffix[1:], "list")
+    return ScanResult(list_path, source_format, items, list(classes) if labeled else None)
 
 
 def _list_entry(raw: str, list_path: Location, roots: list[Location], where: str) -> Location:

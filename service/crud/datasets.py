@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,9 +20,9 @@ def create_dataset(
     split: str | None,
     modality: str,
     scan: ScanResult,
-    pixel_stats: dict | None = None,
 ) -> Dataset:
-    """Insert the dataset and all its items in the caller's transaction (all or nothing)."""
+    """Insert the dataset and all its items in the caller's transaction (all or nothing), the
+    scan's rows read once, as they come."""
     dataset = Dataset(
         name=name,
         kind=kind,
@@ -29,34 +31,44 @@ def create_dataset(
         source_path=str(scan.source_path),
         source_format=scan.source_format,
         classes=scan.classes,
-        item_count=len(scan.uris),
-        pixel_stats=pixel_stats,
+        item_count=0,
     )
     session.add(dataset)
     session.flush()
-    _insert_items(session, dataset.id, scan)
+    dataset.item_count = _insert_items(session, dataset.id, scan.rows)
     return dataset
 
 
 _ITEM_COLUMNS = "dataset_id, ordinal, uri, label"
 
 
-def _insert_items(session: Session, dataset_id: int, scan: ScanResult) -> None:
-    """Every item, in the session's transaction, straight to the driver: a million rows through
-    the ORM's insert took most of a registration (PostgreSQL by COPY, SQLite by executemany)."""
-    rows = (
-        (dataset_id, ordinal, uri, label)
-        for ordinal, (uri, label) in enumerate(zip(scan.uris, scan.labels, strict=True))
-    )
+def _insert_items(session: Session, dataset_id: int, items: Iterable[tuple[str, int | None]]) -> int:
+    """Every item, in the session's transaction, straight to the driver as it comes: a million
+    rows through the ORM's insert took most of a registration (PostgreSQL by COPY, SQLite by
+    executemany). Returns how many."""
+    count = 0
+
+    def rows() -> Iterator[tuple[int, int, str, int | None]]:
+        nonlocal count
+        for ordinal, (uri, label) in enumerate(items):
+            count = ordinal + 1
+            yield dataset_id, ordinal, uri, label
+
     connection = session.connection()
+    driver = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
         copying = f"COPY {Item.__tablename__} ({_ITEM_COLUMNS}) FROM STDIN"
-        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(copying) as copy:
-            for row in rows:
+        with driver.cursor() as cursor, cursor.copy(copying) as copy:
+            for row in rows():
                 copy.write_row(row)
     else:
         inserting = f"INSERT INTO {Item.__tablename__} ({_ITEM_COLUMNS}) VALUES (?, ?, ?, ?)"
-        connection.exec_driver_sql(inserting, list(rows))
+        cursor = driver.cursor()  # sqlite3's executemany takes an iterator; SQLAlchemy's wants a list
+        try:
+            cursor.executemany(inserting, rows())
+        finally:
+            cursor.close()
+    return count
 
 
 def class_counts(session: Session, *, dataset: Dataset) -> dict[str, int] | None:

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Response, status
@@ -32,23 +33,27 @@ def _public(session, dataset: Dataset) -> DatasetPublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=responses(*BODY, 503))
 def register_dataset(body: DatasetCreate, session: SessionDep, settings: SettingsDep) -> DatasetPublic:
+    sample = pixel_stats.EvenSample()
     try:
         result = scan(
             body.path, labeled=body.kind == "labeled", roots=settings.data_roots, classes=body.classes
         )
+        # A folder's rows are walked as they are inserted: a problem met on the way is still a 422.
+        dataset = crud.create_dataset(
+            session,
+            name=body.name,
+            kind=body.kind,
+            split=body.split,
+            modality=body.modality,
+            scan=replace(result, rows=sample.watch(result.rows)),
+        )
     except ScanError as exc:
+        session.rollback()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"path: {exc}") from None
     except storage.StorageUnavailable as exc:  # the store did not answer; a retry may succeed
+        session.rollback()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"path: {exc}") from None
-    dataset = crud.create_dataset(
-        session,
-        name=body.name,
-        kind=body.kind,
-        split=body.split,
-        modality=body.modality,
-        scan=result,
-        pixel_stats=pixel_stats.measure(result.uris),
-    )
+    dataset.pixel_stats = pixel_stats.measure(sample.uris)
     session.commit()
     return _public(session, dataset)
 

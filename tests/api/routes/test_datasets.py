@@ -56,6 +56,8 @@ def test_register_unlabeled_tree_gives_stable_ordered_items(client, fmnist):
 
 @pytest.mark.usefixtures("backend")
 def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, fmnist):
+    """Items in pathlib's order of the tree as walked (by parts); a link's item is the image it
+    leads to, in the link's place."""
     png = next((fmnist / "unlabeled").rglob("*.png")).read_bytes()
     tree = _roots()[0] / "linked"
     for folder in ("b", "b-c", "real"):  # "b-c" sorts before "b/" as text, after "b" by parts
@@ -64,11 +66,11 @@ def test_a_tree_with_links_registers_each_real_image_once_in_path_order(client, 
         (tree / name).write_bytes(png)
     elsewhere = _roots()[0] / "elsewhere.png"  # outside the tree, inside the roots: the item is it
     elsewhere.write_bytes(png)
-    (tree / "b" / "via-link.png").symlink_to(elsewhere)
+    (tree / "b" / "zz-link.png").symlink_to(elsewhere)
     (tree / "b-c" / "loop").symlink_to(tree, target_is_directory=True)  # followed once, not forever
     body = _register(client, kind="unlabeled", path=str(tree)).json()
     items = client.get(f"/datasets/{body['id']}/items").json()["data"]
-    expected = sorted([tree / "b" / "z.png", tree / "b-c" / "a.png", tree / "real" / "m.png", elsewhere])
+    expected = [tree / "b" / "z.png", elsewhere, tree / "b-c" / "a.png", tree / "real" / "m.png"]
     assert [i["uri"] for i in items] == [str(p) for p in expected]
     assert [i["ordinal"] for i in items] == [0, 1, 2, 3]
 
@@ -123,6 +125,12 @@ def test_register_csv_and_jsonl_lists(client, fmnist, tmp_path):
         ("same_file_twice_in_list", "line 2: file"),
         ("same_image_in_two_classes", "are the same image"),
         ("same_image_twice_unlabeled", "are the same image"),
+        # A link met before its image (later in its folder, or in a class folder walked later).
+        ("link_before_its_image", "are the same image"),
+        ("link_before_its_class_folder", "are the same image"),
+        ("two_links_to_one_image", "are the same image"),
+        # Found after images were inserted: the whole registration is undone.
+        ("symlink_out_after_images", "symlink that leads outside"),
         # A class name is a string or an integer, never JSON's other values or control characters.
         ("label_object", "line 1: label {'x': [1]} is not a class name"),
         ("label_bool", "line 1: label True is not a class name"),
@@ -184,6 +192,30 @@ def test_bad_dataset_paths_get_422_and_register_nothing(client, fmnist, tmp_path
         (root / "pool" / "x.png").write_bytes(png.read_bytes())
         (root / "pool" / "y.png").symlink_to(root / "pool" / "x.png")
         body = {"kind": "unlabeled", "path": str(root / "pool")}
+    elif case == "link_before_its_image":
+        (root / "pool").mkdir()
+        (root / "pool" / "z.png").write_bytes(png.read_bytes())
+        (root / "pool" / "a.png").symlink_to(root / "pool" / "z.png")
+        body = {"kind": "unlabeled", "path": str(root / "pool")}
+    elif case == "link_before_its_class_folder":
+        for name in ("a", "b"):
+            (root / "two" / name).mkdir(parents=True)
+        (root / "two" / "b" / "x.png").write_bytes(png.read_bytes())
+        (root / "two" / "a" / "y.png").symlink_to(root / "two" / "b" / "x.png")
+        body["path"] = str(root / "two")
+    elif case == "two_links_to_one_image":
+        (root / "pool").mkdir()
+        (root / "elsewhere.png").write_bytes(png.read_bytes())
+        for name in ("a.png", "b.png"):
+            (root / "pool" / name).symlink_to(root / "elsewhere.png")
+        body = {"kind": "unlabeled", "path": str(root / "pool")}
+    elif case == "symlink_out_after_images":
+        (root / "pool").mkdir()
+        for i in range(20):
+            (root / "pool" / f"{i:02d}.png").write_bytes(png.read_bytes())
+        (root / "pool" / "zz.png").symlink_to(tmp_path.parent / "elsewhere.png")
+        (tmp_path.parent / "elsewhere.png").write_bytes(png.read_bytes())
+        body = {"kind": "unlabeled", "path": str(root / "pool")}
     elif case.startswith("label_") and case != "label_control_csv":
         label = {"label_object": {"x": [1]}, "label_bool": True, "label_empty": " "}.get(case, "a\u0001b")
         (root / "l.jsonl").write_text(json.dumps({"path": str(png), "label": label}) + "\n")
@@ -212,6 +244,24 @@ def test_delete_dataset_and_unknown_ids(client, fmnist):
     assert client.delete(f"/datasets/{body['id']}").status_code == 204
     assert client.get(f"/datasets/{body['id']}").status_code == 404
     assert client.delete(f"/datasets/{body['id']}").status_code == 404
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 255, 256, 257, 511, 512, 513, 1000, 4097, 100_000])
+def test_an_even_sample_spreads_over_rows_of_any_count_keeping_little(count):
+    from service.pixel_stats import EvenSample
+
+    sample = EvenSample(size=256)
+    most = 0
+    for _ in sample.watch((str(i), None) for i in range(count)):
+        most = max(most, len(sample._kept))
+    chosen = [int(uri) for uri in sample.uris]
+    assert most <= 2 * 256
+    if count <= 256:
+        assert chosen == list(range(count))  # every row
+        return
+    steps = {b - a for a, b in zip(chosen, chosen[1:], strict=False)}
+    assert len(steps) == 1 and chosen[0] == 0  # evenly spaced from the first row
+    assert 128 <= len(chosen) <= 256 and count - chosen[-1] <= 2 * steps.pop()  # over all the rows
 
 
 def test_registration_measures_the_pixel_mean_and_std(client, fmnist):
