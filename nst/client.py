@@ -136,6 +136,14 @@ class Client:
         response = self._request(method, path, **kwargs)
         return None if response.status_code == 204 else response.json()
 
+    def _until_done(self) -> httpx.Timeout:
+        """For a request whose answer is work done within it (a folder of millions scanned and
+        inserted, a manifest of millions built, a checkpoint hashed): no limit on the wait for the
+        answer, which a timeout would give up on while the server goes on and commits; the
+        client's limits for connecting and sending stay."""
+        limits = self._http.timeout
+        return httpx.Timeout(connect=limits.connect, read=None, write=limits.write, pool=limits.pool)
+
     def _listing(self, path: str, params: dict, page_size: int = 1000) -> list[dict]:
         """Every row of a registry list (``{data, count}``, paged by offset), not only the first page."""
         rows: list[dict] = []
@@ -222,7 +230,7 @@ class Client:
         body = {"name": name, "kind": kind, "path": str(path), "split": split}
         if classes is not None:
             body["classes"] = classes
-        return self._json("POST", "/datasets", json=body)
+        return self._json("POST", "/datasets", json=body, timeout=self._until_done())
 
     def dataset(self, dataset_id: int) -> dict:
         return self._json("GET", f"/datasets/{dataset_id}")
@@ -240,14 +248,16 @@ class Client:
 
     def register_teacher(self, path: str | Path, metadata: dict | None = None) -> dict:
         """Register a safetensors file that lies under a data root (by path)."""
-        return self._json("POST", "/teachers", json={"path": str(path), "metadata": metadata})
+        return self._json(
+            "POST", "/teachers", json={"path": str(path), "metadata": metadata}, timeout=self._until_done()
+        )
 
     def upload_teacher(self, path: str | Path, metadata: dict | None = None) -> dict:
         path = Path(path)
         data = {"metadata": json.dumps(metadata)} if metadata else {}
         with path.open("rb") as handle:
             files = {"file": (path.name, handle, "application/octet-stream")}
-            return self._json("POST", "/teachers/upload", files=files, data=data)
+            return self._json("POST", "/teachers/upload", files=files, data=data, timeout=self._until_done())
 
     def teacher(self, teacher_id: str) -> dict:
         return self._json("GET", f"/teachers/{teacher_id}")
@@ -395,7 +405,7 @@ class Client:
 
     def create_manifest(self, **body) -> dict:
         """Build (201) or find (200) the manifest for these inputs; see ``ManifestCreate``."""
-        return self._json("POST", "/manifests", json=body)
+        return self._json("POST", "/manifests", json=body, timeout=self._until_done())
 
     def delete_manifest(self, manifest_id: str) -> None:
         """Delete a manifest and its entries (409 while a teacher's lineage names it)."""
