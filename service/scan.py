@@ -146,11 +146,11 @@ def _walk_into(path: str, roots: list[Path], seen: _Seen):
     _require_inside(Path(real), roots, shown=path)
     if real in seen.folders:
         return None
-    seen.folders[real] = path
     try:
         entries = list(os.scandir(path))
-    except OSError:
+    except OSError:  # not remembered: a link may still reach an image inside it
         return None
+    seen.folders[real] = path
     # A folder's name sorts as its paths do: its separator before any character of a name.
     entries.sort(key=lambda entry: entry.name + "\0" if _is_dir(entry) else entry.name)
     return real.rstrip(os.sep) + os.sep, iter(entries)
@@ -176,17 +176,21 @@ def _require_inside(real: Path, roots: list[Path], *, shown: str) -> None:
 
 
 def _scan_tree(folder: Path, roots: list[Path]) -> ScanResult:
-    def rows() -> Iterator[tuple[str, None]]:
-        found = False
-        for real in _image_files(folder, roots):
-            found = True
-            yield real, None
-        if not found:
-            raise ScanError(
-                f"folder {str(folder)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    images = _not_none(
+        _image_files(folder, roots), f"folder {str(folder)!r} holds no image files ({suffixes})"
+    )
+    return ScanResult(folder, "folder", ((image, None) for image in images))
 
-    return ScanResult(folder, "folder", rows())
+
+def _not_none(images: Iterator[str], problem: str) -> Iterator[str]:
+    """``images`` as they come, and a ``ScanError`` saying ``problem`` at their end if there was none."""
+    found = False
+    for image in images:
+        found = True
+        yield image
+    if not found:
+        raise ScanError(problem)
 
 
 def _scan_url(url: str, roots: list[Location], *, labeled: bool, classes: list[str] | None) -> ScanResult:
@@ -254,12 +258,9 @@ def _scan_image_folder(folder: Path, roots: list[Path], classes: list[str] | Non
     def rows() -> Iterator[tuple[str, int]]:
         seen = _Seen()
         for index, name in enumerate(classes):
-            found = False
-            for real in _image_files(folder / name, roots, seen):
-                found = True
-                yield real, index
-            if not found:
-                raise ScanError(f"class folder {name!r} in {str(folder)!r} holds no image files")
+            problem = f"class folder {name!r} in {str(folder)!r} holds no image files"
+            for image in _not_none(_image_files(folder / name, roots, seen), problem):
+                yield image, index
 
     return ScanResult(folder, "folder", rows(), list(classes))
 

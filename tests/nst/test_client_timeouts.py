@@ -11,7 +11,7 @@ import pytest
 
 from nst.client import Client
 
-WORK_S = 1.5  # the server's work on every request, three times the client's timeout below
+WORK_S = 0.75  # the server's work on every request, three times the client's timeout below
 
 
 class _SlowService(BaseHTTPRequestHandler):
@@ -36,7 +36,7 @@ def slow_client():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowService)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    with Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.5) as client:
+    with Client(f"http://127.0.0.1:{server.server_address[1]}", timeout=0.25) as client:
         yield client
     server.shutdown()
     server.server_close()
