@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     worker_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # Decode processes per pool process; auto: its share of the cores (workers/cores.py).
     decode_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    # A validated teacher prepared for labeling on the worker that validated it (workers/tasks.py).
+    prepare_teachers: bool = True
     # Shard messages a worker process holds: the one it labels and the next, so the hand-off
     # between shards skips a broker round trip (about 50 ms a shard on the embedded broker,
     # bench/label_throughput.py). 1 holds no spare message, for very long shards across many workers.

@@ -7,3 +7,6 @@ from __future__ import annotations
 MODES = ("eager", "bf16", "compile", "openvino")
 # What a job may ask for: a mode, or auto (the worker's default for its device).
 SETTINGS = ("auto", *MODES)
+# A job's images per forward pass unless it says otherwise; a teacher is prepared for it ahead of
+# its first job (workers/tasks.py).
+DEFAULT_BATCH_SIZE = 64

@@ -180,7 +180,7 @@ class JobCreate(BaseModel):
 
     teacher_id: Text = Field(min_length=1, max_length=64)
     dataset_id: RowId
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(inference.DEFAULT_BATCH_SIZE, ge=1, le=4096)
     temperature: float | Literal["calibrated"] = Field(
         1.0,
         description='softmax(logits / T), T in [0.01, 100]; "calibrated": the teacher\'s '

@@ -24,6 +24,9 @@ def _fresh_settings(tmp_path, monkeypatch, shared_root):
     monkeypatch.setenv("NST_DATA_DIR", str(data_dir))
     monkeypatch.setenv("NST_DATA_ROOTS", f"{roots},{shared_root}")
     monkeypatch.setenv("NST_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")  # TestClient's and the stacks'
+    # Each test's teachers are new to its data folder: preparing every one ahead of a job that may
+    # never come, in another mode or batch, doubled the labeling tests' time. Its own tests set it.
+    monkeypatch.setenv("NST_PREPARE_TEACHERS", "false")
     clear_caches()
     yield
     clear_caches()

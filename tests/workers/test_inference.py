@@ -174,3 +174,56 @@ def test_a_teachers_openvino_graph_is_converted_once_per_host(
         return sorted((row["uri"], row["predicted"], row["confidence"]) for row in rows)
 
     assert labels(second) == labels(first)
+
+
+def _prepared_on_validation(client, teacher_file, monkeypatch, prepare: str) -> tuple[dict, list]:
+    from nst.config import get_settings
+
+    monkeypatch.setenv("NST_PREPARE_TEACHERS", prepare)
+    get_settings.cache_clear()
+    teacher = factories.ready_teacher(client, teacher_file)
+    graphs = get_settings().data_dir / "cache" / "graphs"
+    return teacher, [p for p in graphs.iterdir() if p.is_dir()] if graphs.exists() else []
+
+
+def test_a_validated_teacher_is_prepared_before_its_first_job(
+    client, enqueued, teacher_file, pool, monkeypatch
+):
+    """The worker that validates a teacher converts its graph for a job with the default
+    settings; the first such job's worker (a process that never saw the teacher) reads it."""
+    import torch
+
+    from workers.teacher_model import cached_teacher
+
+    teacher, graphs = _prepared_on_validation(client, teacher_file, monkeypatch, "true")
+    assert teacher["status"] == "ready" and len(graphs) == 1
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("converted in the job")
+
+    cached_teacher.cache_clear()
+    monkeypatch.setattr(torch.export, "export", no_export)  # a conversion would fall back to eager
+    job = factories.job(client, teacher, pool, shard_size=150)  # auto, the default batch
+    settings = labeling.LabelingSettings("cpu", decode_workers=0, commit_rows=1024, commit_seconds=1.0)
+    results = [labeling.label_shard(arg, settings) for name, arg in enqueued if name == LABEL]
+    assert [r.state for r in results] == ["succeeded"] * 2
+    assert client.get(f"/jobs/{job['id']}").json()["inference_used"] == ["openvino"]
+
+
+def test_a_teacher_is_ready_whether_its_preparation_is_off_or_fails(
+    client, teacher_file, monkeypatch, caplog
+):
+    from workers import tasks
+
+    teacher, graphs = _prepared_on_validation(client, teacher_file, monkeypatch, "false")
+    assert teacher["status"] == "ready" and graphs == []
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no memory left")
+
+    monkeypatch.setattr(tasks, "cached_teacher", fails)
+    client.delete(f"/teachers/{teacher['id']}")
+    with caplog.at_level(logging.WARNING):
+        teacher, graphs = _prepared_on_validation(client, teacher_file, monkeypatch, "true")
+    assert teacher["status"] == "ready" and graphs == []
+    assert "not prepared ahead of its first job" in caplog.text
