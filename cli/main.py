@@ -561,8 +561,8 @@ def jobs_list(ctx) -> None:
 @click.pass_context
 def workers_list(ctx) -> None:
     """The worker processes heard from in the last day, online ones first: name, process,
-    state (online, stopped, or lost: silent for three heartbeats), device, concurrency, and
-    how long since each last reported."""
+    state (online, stopped, or lost: silent for three heartbeats), device, concurrency, how
+    long since each last reported and what it runs; and where the online ones differ in that."""
     with _client(ctx) as client:
         found = client.workers()
     for w in found["data"]:
@@ -570,7 +570,12 @@ def workers_list(ctx) -> None:
             f"{w['name']:<32} pid {w['pid']:<7} {w['state']:<8} {w['device']:<8} "
             f"x{w['concurrency']:<3} last seen {_duration(w['silent_s'])} ago"
         )
+        if w["software"]:
+            click.echo("    " + ", ".join(f"{name} {installed}" for name, installed in w["software"].items()))
     click.echo(f"{found['online']} of {found['count']} online")
+    for package, versions in found["software_differs"].items():
+        each = "; ".join(f"{installed} on {', '.join(names)}" for installed, names in versions.items())
+        click.echo(f"the online workers run different {package}: {each}")
     if not found["online"]:
         click.echo("start one with `nst worker`, against this service's database and broker")
 

@@ -147,6 +147,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime)  # a clean shutdown's moment
+    # What it runs, {"nst": "0.1.0", "torch": "2.14.1", ...}; None from a worker older than this.
+    software: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class Shard(Base):

@@ -269,12 +269,20 @@ class WorkerPublic(BaseModel):
     started_at: UtcDatetime
     last_seen_at: UtcDatetime
     stopped_at: UtcDatetime | None
+    software: dict[str, str] | None = Field(
+        description="What it runs, each with its version (nst, python, torch, timm, openvino, ...); "
+        "null from a worker that does not report it"
+    )
 
 
 class WorkersPublic(BaseModel):
     data: list[WorkerPublic] = Field(description="Workers heard from in the last day, online ones first")
     count: int
     online: int
+    software_differs: dict[str, dict[str, list[str]]] = Field(
+        description="Each package the online workers run in more than one version: "
+        "{package: {version: [worker names]}}; empty when they agree"
+    )
 
 
 class ShardPublic(_Public):

@@ -1,5 +1,5 @@
 """Each worker's main process reports itself every ``NST_HEARTBEAT_S`` (its node name, process,
-device and concurrency; ``service.crud.workers``), and that it stopped when it shuts down
+device, concurrency and software; ``service.crud.workers``), and that it stopped when it shuts down
 cleanly, so the service can list the workers that are up (``GET /workers``) and a waiting job
 can say that none is. A report that fails (the database away) is logged and the next one tries
 again; until then the service counts the worker as up for three heartbeats."""
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
 from celery import bootsteps
 
@@ -17,6 +19,21 @@ from service.crud import workers as crud
 from workers.teacher_model import resolve_device
 
 logger = logging.getLogger(__name__)
+
+
+# What makes a worker's labels what they are, or decides how it runs: a fleet should agree on these.
+SOFTWARE = ("nst", "torch", "torchvision", "timm", "openvino", "pillow", "numpy", "celery")
+
+
+def software() -> dict[str, str]:
+    """This process's Python and the installed version of each of ``SOFTWARE`` it has."""
+    found = {"python": platform.python_version()}
+    for name in SOFTWARE:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # OpenVINO is optional on a GPU host
+            continue
+    return found
 
 
 class Heartbeat(bootsteps.StartStopStep):
@@ -35,6 +52,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "device": str(resolve_device(settings.worker_device)),
             "concurrency": worker.concurrency or 1,
             "heartbeat_s": settings.heartbeat_s,
+            "software": software(),
         }
         self.beat()
         self.timer_ref = worker.timer.call_repeatedly(settings.heartbeat_s, self.beat, priority=10)

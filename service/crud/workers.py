@@ -24,11 +24,25 @@ class WorkerStatus:
 
 
 def report(
-    session: Session, *, name: str, pid: int, device: str, concurrency: int, heartbeat_s: float, now=None
+    session: Session,
+    *,
+    name: str,
+    pid: int,
+    device: str,
+    concurrency: int,
+    heartbeat_s: float,
+    software: dict[str, str] | None = None,
+    now=None,
 ) -> None:
     """Record that the worker process (``name``, ``pid``) is up, and forget long-gone ones."""
     now = now or utcnow()
-    seen = {"device": device, "concurrency": concurrency, "heartbeat_s": heartbeat_s, "last_seen_at": now}
+    seen = {
+        "device": device,
+        "concurrency": concurrency,
+        "heartbeat_s": heartbeat_s,
+        "software": software,
+        "last_seen_at": now,
+    }
     found = session.execute(
         update(Worker).where(Worker.name == name, Worker.pid == pid).values(stopped_at=None, **seen)
     ).rowcount
@@ -66,3 +80,16 @@ def list_workers(session: Session, *, now: datetime | None = None) -> list[Worke
         )
     ]
     return sorted(found, key=lambda s: s.state != WorkerState.ONLINE)
+
+
+def software_differences(statuses: list[WorkerStatus]) -> dict[str, dict[str, list[str]]]:
+    """Among the online workers that report their software, each package they run in more than
+    one version: {package: {version: [worker names]}}. Workers that differ may label the same
+    images differently in the last digits (docs/BENCHMARKS.md), so an operator should know."""
+    seen: dict[str, dict[str, list[str]]] = {}
+    for status in statuses:
+        if status.state != WorkerState.ONLINE or not status.worker.software:
+            continue
+        for package, installed in status.worker.software.items():
+            seen.setdefault(package, {}).setdefault(installed, []).append(status.worker.name)
+    return {package: versions for package, versions in sorted(seen.items()) if len(versions) > 1}

@@ -326,3 +326,13 @@ def test_workers_lists_each_with_its_state_and_counts_those_online(run):
     assert first.split()[:6] == ["w1@host", "pid", "10", "online", "cpu", "x2"]
     assert second.split()[:4] == ["w2@host", "pid", "11", "lost"] and "last seen 3m0" in second
     assert total == "1 of 2 online"
+
+    with session_scope() as session:  # two online on different torch, and what each runs
+        for name, pid, torch in (("w1@host", 10, "2.14.1"), ("w3@host", 12, "2.13.0")):
+            software = {"python": "3.11.2", "nst": "0.1.0", "torch": torch}
+            workers.report(
+                session, name=name, pid=pid, device="cpu", concurrency=1, heartbeat_s=5, software=software
+            )
+    lines = run("workers").splitlines()
+    assert lines[1] == "    python 3.11.2, nst 0.1.0, torch 2.14.1"
+    assert lines[-1] == "the online workers run different torch: 2.14.1 on w1@host; 2.13.0 on w3@host"

@@ -89,3 +89,28 @@ def test_get_workers_lists_them_with_their_state_and_the_online_count(client):
     assert online["concurrency"] == 2 and online["stopped_at"] is None
     assert (lost["name"], lost["state"]) == ("old@host", "lost") and 299 < lost["silent_s"] < 310
     assert online["last_seen_at"].endswith("+00:00")
+
+
+def test_each_worker_says_what_it_runs_and_the_online_ones_that_differ_are_named(client):
+    now = utcnow()
+    runs = {"python": "3.11.2", "nst": "0.1.0", "torch": "2.14.1", "openvino": "2025.3.0"}
+    with session_scope() as session:
+        crud.report(session, name="a@host", pid=1, now=now, software=runs, **WORKER)
+        crud.report(session, name="b@host", pid=2, now=now, software=runs | {"torch": "2.13.0"}, **WORKER)
+        crud.report(
+            session, name="c@host", pid=3, now=now, software=runs | {"openvino": "2024.6.0"}, **WORKER
+        )
+        crud.report(session, name="old@host", pid=4, now=now - timedelta(minutes=5), software={}, **WORKER)
+        crud.report(session, name="quiet@host", pid=5, now=now, **WORKER)  # reports no software
+    body = client.get("/workers").json()
+    by_name = {w["name"]: w["software"] for w in body["data"]}
+    assert by_name["a@host"] == runs and by_name["quiet@host"] is None
+    # Only online workers count, and only packages in more than one version.
+    assert body["software_differs"] == {
+        "openvino": {"2025.3.0": ["a@host", "b@host"], "2024.6.0": ["c@host"]},
+        "torch": {"2.14.1": ["a@host", "c@host"], "2.13.0": ["b@host"]},
+    }
+    with session_scope() as session:  # the odd ones stop: nothing differs
+        crud.report_stopped(session, name="b@host", pid=2)
+        crud.report_stopped(session, name="c@host", pid=3)
+    assert client.get("/workers").json()["software_differs"] == {}

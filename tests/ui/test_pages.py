@@ -119,12 +119,33 @@ def test_overview_shows_what_the_api_lists(tab, world):
         == (worker["state"], worker["device"])
     )
     assert _field(row, "concurrency") == str(worker["concurrency"])
+    software = worker["software"]  # what the real worker reported of itself
+    assert (
+        _field(row, "software")
+        == f"nst {software['nst']} · torch {software['torch']} · openvino {software['openvino']}"
+    )
     assert _field(page, "workers-online") == "1 of 1 online"
+    assert page.locator("#software-differs").is_hidden()
     for manifest in world.get("/manifests")["data"]:
         row = page.locator(f'#manifests tr[data-id="{manifest["id"]}"]')
         assert _field(row, "entries") == f"{manifest['totals']['entries']:,}"
         assert _field(row, "samples") == f"{manifest['totals']['samples']:,}"
     tab.screenshot("overview")
+    assert tab.errors == []
+
+
+def test_the_overview_says_when_the_online_workers_run_different_software(tab, world):
+    def two_torches(route) -> None:
+        response = route.fetch()
+        differs = {"torch": {"2.14.1": ["a@host"], "2.13.0": ["b@host", "c@host"]}}
+        route.fulfill(response=response, json=response.json() | {"software_differs": differs})
+
+    tab.page.route(f"{world.url}/workers", two_torches)
+    tab.log_in("/ui/")
+    tab.page.wait_for_selector("#software-differs:not([hidden])")
+    assert tab.page.locator("#software-differs").text_content() == (
+        "The online workers run different software: torch 2.14.1 on a@host; 2.13.0 on b@host, c@host"
+    )
     assert tab.errors == []
 
 

@@ -11,7 +11,8 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 @router.get("")
 def list_workers(session: SessionDep) -> WorkersPublic:
     """The worker processes that reported in the last day (each reports every `NST_HEARTBEAT_S`):
-    which are up, and since when a silent one has been gone."""
+    which are up, since when a silent one has been gone, what each runs, and where the online
+    ones differ in it."""
     found = crud.list_workers(session)
     data = [
         WorkerPublic(
@@ -24,7 +25,13 @@ def list_workers(session: SessionDep) -> WorkersPublic:
             started_at=s.worker.started_at,
             last_seen_at=s.worker.last_seen_at,
             stopped_at=s.worker.stopped_at,
+            software=s.worker.software,
         )
         for s in found
     ]
-    return WorkersPublic(data=data, count=len(data), online=sum(s.state == WorkerState.ONLINE for s in found))
+    return WorkersPublic(
+        data=data,
+        count=len(data),
+        online=sum(s.state == WorkerState.ONLINE for s in found),
+        software_differs=crud.software_differences(found),
+    )

@@ -37,11 +37,28 @@ function renderWorkers(workers) {
           field("device", w.device),
           field("concurrency", w.concurrency),
           field("last_seen", w.silent_s, `${duration(w.silent_s)} ago`),
+          software(w.software),
         ],
         { attributes: { "data-name": w.name, "data-pid": w.pid } },
       ),
     ),
   );
+  // Online workers on different versions may label the same images differently in the last digits.
+  const differs = Object.entries(workers.software_differs).map(
+    ([name, versions]) =>
+      `${name} ${Object.entries(versions).map(([version, names]) => `${version} on ${names.join(", ")}`).join("; ")}`,
+  );
+  const notice = document.getElementById("software-differs");
+  notice.hidden = differs.length === 0;
+  notice.textContent = differs.length ? `The online workers run different software: ${differs.join(" | ")}` : "";
+}
+
+// nst, torch and OpenVINO in the cell (what decides the labels), every package in its title.
+function software(found) {
+  if (!found) return field("software", null);
+  const all = Object.entries(found).map(([name, version]) => `${name} ${version}`);
+  const shown = ["nst", "torch", "openvino"].filter((name) => name in found).map((name) => `${name} ${found[name]}`);
+  return Object.assign(field("software", all.join(", "), shown.join(" · ")), { title: all.join("\n") });
 }
 
 function renderJobs(jobs, workers, teachers, datasets) {
