@@ -4,13 +4,14 @@
     .venv/bin/python -m bench.dataset_register                      # 100,000 files, PostgreSQL
     .venv/bin/python -m bench.dataset_register --database sqlite --files 1000000
 
-The folder holds ``--files`` Fashion-MNIST-sized PNGs in folders of 1,000, hard links of one per
-folder: each a file of its own to the scan, and little disk. The bare walk is ``os.walk`` collecting and
-sorting the paths: what any registration has to do at least. Medians of ``--repeat`` runs. The
-first ``POST /datasets`` runs before anything else in the process, so the growth of the process's
-peak resident memory (``ru_maxrss``) across it is the registration's own: its bare baseline is the
-paths alone, a list of the walk's strings, measured after it. ``--post-only``: the POSTs alone,
-through HTTP only (so a checkout of any age can be measured with this file).
+The folder holds ``--files`` Fashion-MNIST-sized PNGs in folders of ``--per-folder`` (1,000),
+hard links of a few: each a file of its own to the scan, and little disk. The bare walk is
+``os.walk`` collecting and sorting the paths: what any registration has to do at least. Medians
+of ``--repeat`` runs. The first ``POST /datasets`` runs before anything else in the process, so
+the growth of the process's peak resident memory (``ru_maxrss``) across it is the registration's
+own: its bare baseline is the paths alone, a list of the walk's strings, measured after it.
+``--post-only``: the POSTs alone, through HTTP only (so a checkout of any age can be measured with
+this file).
 """
 
 from __future__ import annotations
@@ -30,23 +31,24 @@ from PIL import Image
 
 from bench.common import median_time, postgres_database, print_table
 
-PER_FOLDER = 1000
+LINKS_PER_FILE = 30_000  # a file system allows some tens of thousands of hard links to one file
 
 
-def make_tree(root: Path, files: int) -> Path:
-    """``files`` copies of one 28 px PNG under ``root/pool``, ``PER_FOLDER`` a folder: each
-    folder's first file, and the rest hard links to it (a file system allows some tens of
-    thousands of links to one file)."""
+def make_tree(root: Path, files: int, per_folder: int = 1000) -> Path:
+    """``files`` copies of one 28 px PNG under ``root/pool``, ``per_folder`` a folder: a file
+    written, then hard links to it, a new one every ``LINKS_PER_FILE``."""
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
     pool = root / "pool"
-    for start in range(0, files, PER_FOLDER):
-        folder = pool / f"{start // PER_FOLDER:05d}"
+    for start in range(0, files, per_folder):
+        folder = pool / f"{start // per_folder:05d}"
         folder.mkdir(parents=True)
-        first = folder / f"{start:07d}.png"
-        first.write_bytes(buffer.getvalue())
-        for i in range(start + 1, min(start + PER_FOLDER, files)):
-            os.link(first, folder / f"{i:07d}.png")
+        for i in range(start, min(start + per_folder, files)):
+            if (i - start) % LINKS_PER_FILE == 0:
+                first = folder / f"{i:07d}.png"
+                first.write_bytes(buffer.getvalue())
+            else:
+                os.link(first, folder / f"{i:07d}.png")
     return pool
 
 
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--per-folder", type=int, default=1000, help="files a folder (= --files: one folder)")
     parser.add_argument("--post-only", action="store_true", help="time and measure the POSTs alone")
     args = parser.parse_args()
 
@@ -66,7 +69,7 @@ def main() -> None:
     os.environ["NST_DATA_DIR"] = str(root / "nst")
     os.environ["NST_DATA_ROOTS"] = str(root)
     try:
-        pool = make_tree(root, args.files)
+        pool = make_tree(root, args.files, args.per_folder)
         with postgres_database() if args.database == "postgresql" else nullcontext() as url:
             os.environ["NST_DATABASE_URL"] = url or f"sqlite:///{root}/bench.db"
             _run(pool, args)
@@ -101,7 +104,7 @@ def _run(pool: Path, args) -> None:
             times.append(took)
         registered = statistics.median(times)
     assert body["item_count"] == args.files
-    print(f"{args.database}, {args.files:,} files in folders of {PER_FOLDER:,}\n")
+    print(f"{args.database}, {args.files:,} files in folders of {args.per_folder:,}\n")
     if args.post_only:
         print(f"POST /datasets: {registered:.2f} s; peak memory grown by the first: {grown:.0f} MB")
         return

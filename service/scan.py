@@ -121,39 +121,55 @@ def _image_files(folder: Path, roots: list[Path], seen: _Seen | None = None) -> 
     seen = _Seen() if seen is None else seen
     stack = [walking] if (walking := _walk_into(str(folder), roots, seen)) else []
     while stack:
-        inside, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
+        path, inside, names, links = stack[-1]
+        name = next(names, None)
+        if name is None:
             stack.pop()
-        elif _is_dir(entry):
-            if walking := _walk_into(entry.path, roots, seen):
+        elif name.endswith(_FOLDER):
+            if walking := _walk_into(os.path.join(path, name[:-1]), roots, seen):
                 stack.append(walking)
-        elif _suffix(entry.name).lower() in IMAGE_SUFFIXES:
-            if entry.is_symlink():
-                real = os.path.realpath(entry.path)
-                _require_inside(Path(real), roots, shown=entry.path)
-                seen.link(entry.path, real)
-            else:
-                real = inside + entry.name
-                seen.plain(real)
+        elif name in links:
+            link = os.path.join(path, name)
+            real = os.path.realpath(link)
+            _require_inside(Path(real), roots, shown=link)
+            seen.link(link, real)
+            yield real
+        else:
+            real = inside + name
+            seen.plain(real)
             yield real
 
 
+# Marks a sub-folder's name in a folder's sorted names; sorting before any character of a name, it
+# also puts the folder where its paths sort by components (``b/z.png`` before ``b-c/a.png``).
+_FOLDER = "\0"
+
+
 def _walk_into(path: str, roots: list[Path], seen: _Seen):
-    """(the folder's real path with a trailing separator, its entries in pathlib's order), or None
-    for a folder walked before (a symlink loop, a folder linked twice) or that cannot be listed."""
+    """(the folder's path, its real path with a trailing separator, the names of its image files
+    and sub-folders in pathlib's order, which of them are symlinks), or None for a folder walked
+    before (a symlink loop, a folder linked twice) or that cannot be listed. Names only, not the
+    listing's entries: a folder of a million images costs a million short strings."""
     real = os.path.realpath(path)
     _require_inside(Path(real), roots, shown=path)
     if real in seen.folders:
         return None
+    names: list[str] = []
+    links: set[str] = set()
     try:
-        entries = list(os.scandir(path))
+        with os.scandir(path) as listing:
+            for entry in listing:
+                if _is_dir(entry):
+                    names.append(entry.name + _FOLDER)
+                elif _suffix(entry.name).lower() in IMAGE_SUFFIXES:
+                    names.append(entry.name)
+                    if entry.is_symlink():
+                        links.add(entry.name)
     except OSError:  # not remembered: a link may still reach an image inside it
         return None
     seen.folders[real] = path
-    # A folder's name sorts as its paths do: its separator before any character of a name.
-    entries.sort(key=lambda entry: entry.name + "\0" if _is_dir(entry) else entry.name)
-    return real.rstrip(os.sep) + os.sep, iter(entries)
+    names.sort()
+    return path, real.rstrip(os.sep) + os.sep, iter(names), links
 
 
 def _suffix(name: str) -> str:
