@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
 
 from sqlalchemy import func, select
@@ -9,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.models import Dataset, Item, Job
 from service.pagination import cursor_page, offset_page
-from service.scan import ScanResult
+from service.scan import ScanError, ScanResult
 
 
 def create_dataset(
@@ -22,7 +23,10 @@ def create_dataset(
     scan: ScanResult,
 ) -> Dataset:
     """Insert the dataset and all its items in the caller's transaction (all or nothing), the
-    scan's rows read once, as they come."""
+    scan's rows read once, as they come; on SQLite the whole walk first, into a spool file, since
+    its one writer, taken by the first insert, would otherwise wait on the walk (a cold network
+    share's, minutes) with every worker's commit waiting behind it."""
+    rows = _spooled(scan.rows) if session.get_bind().dialect.name == "sqlite" else scan.rows
     dataset = Dataset(
         name=name,
         kind=kind,
@@ -35,8 +39,40 @@ def create_dataset(
     )
     session.add(dataset)
     session.flush()
-    dataset.item_count = _insert_items(session, dataset.id, scan.rows)
+    dataset.item_count = _insert_items(session, dataset.id, rows)
     return dataset
+
+
+# Ends each field in the spool: no image's path or URL holds a NUL.
+_END = "\0"
+
+
+def _spooled(rows: Iterable[tuple[str, int | None]]) -> Iterator[tuple[str, int | None]]:
+    """``rows`` read to their end now, kept in a temporary file rather than in memory, and given
+    back from it as they were."""
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115 (_read_back closes it)
+    try:
+        for uri, label in rows:
+            if _END in uri:  # no file can be named so; refused rather than misread
+                raise ScanError(f"{uri!r} holds a NUL character")
+            spool.write(f"{uri}{_END}{'' if label is None else label}{_END}")
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    return _read_back(spool)
+
+
+def _read_back(spool) -> Iterator[tuple[str, int | None]]:
+    with spool:
+        fields: list[str] = []
+        tail = ""
+        while chunk := spool.read(1 << 20):
+            *complete, tail = (tail + chunk).split(_END)
+            fields += complete
+            for i in range(0, len(fields) - 1, 2):
+                yield fields[i], int(fields[i + 1]) if fields[i + 1] else None
+            fields = fields[len(fields) - len(fields) % 2 :]
 
 
 _ITEM_COLUMNS = "dataset_id, ordinal, uri, label"

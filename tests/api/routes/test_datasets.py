@@ -246,6 +246,54 @@ def test_delete_dataset_and_unknown_ids(client, fmnist):
     assert client.delete(f"/datasets/{body['id']}").status_code == 404
 
 
+def test_on_sqlite_a_folder_is_walked_before_the_databases_writer_is_taken(client, fmnist, monkeypatch):
+    """SQLite has one writer, which every worker's commit waits for: a registration holds it
+    for its insert only, not for its walk (minutes, on a cold network share)."""
+    import sqlite3
+    from dataclasses import replace
+
+    from nst.config import get_settings
+    from service.api.routes import datasets as route
+
+    database = get_settings().database_url.removeprefix("sqlite:///")
+    held: list[bool] = []
+
+    def writer_held() -> bool:
+        other = sqlite3.connect(database, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+            return False
+        except sqlite3.OperationalError:  # database is locked
+            return True
+        finally:
+            other.close()
+
+    def watched(rows):
+        for row in rows:
+            held.append(writer_held())
+            yield row
+
+    scan = route.scan
+    monkeypatch.setattr(
+        route, "scan", lambda *a, **k: replace(result := scan(*a, **k), rows=watched(result.rows))
+    )
+    body = _register(client, kind="unlabeled", path=str(fmnist / "unlabeled")).json()
+    assert body["item_count"] == len(held) == 300 and not any(held)
+
+
+def test_a_spool_gives_back_its_rows_as_they_were():
+    from service.crud.datasets import _spooled
+    from service.scan import ScanError
+
+    odd = ["/data/a b.png", "/data/tab\there.png", "/data/new\nline.png", "/data/ünï.png", "s3://b/k%20.png"]
+    rows = [(f"{odd[i % 5]}-{i:07d}-" + "x" * (i % 300), None if i % 3 else i % 7) for i in range(20_000)]
+    assert list(_spooled(iter(rows))) == rows  # more than one 1 MiB chunk, fields split across them
+    assert list(_spooled([])) == []
+    with pytest.raises(ScanError, match="NUL"):
+        _spooled([("/data/a\0b.png", None)])
+
+
 @pytest.mark.parametrize("count", [0, 1, 5, 255, 256, 257, 511, 512, 513, 1000, 4097, 100_000])
 def test_an_even_sample_spreads_over_rows_of_any_count_keeping_little(count):
     from service.pixel_stats import EvenSample
