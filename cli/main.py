@@ -562,7 +562,8 @@ def jobs_list(ctx) -> None:
 def workers_list(ctx) -> None:
     """The worker processes heard from in the last day, online ones first: name, process,
     state (online, stopped, or lost: silent for three heartbeats), device, concurrency, how
-    long since each last reported and what it runs; and where the online ones differ in that."""
+    long since each last reported and what it runs; and where the online ones and the API differ
+    in that."""
     with _client(ctx) as client:
         found = client.workers()
     for w in found["data"]:
@@ -575,7 +576,7 @@ def workers_list(ctx) -> None:
     click.echo(f"{found['online']} of {found['count']} online")
     for package, versions in found["software_differs"].items():
         each = "; ".join(f"{installed} on {', '.join(names)}" for installed, names in versions.items())
-        click.echo(f"the online workers run different {package}: {each}")
+        click.echo(f"different {package} online: {each}")
     if not found["online"]:
         click.echo("start one with `nst worker`, against this service's database and broker")
 

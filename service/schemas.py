@@ -280,8 +280,8 @@ class WorkersPublic(BaseModel):
     count: int
     online: int
     software_differs: dict[str, dict[str, list[str]]] = Field(
-        description="Each package the online workers run in more than one version: "
-        "{package: {version: [worker names]}}; empty when they agree"
+        description="Each package the API and the online workers run in more than one version: "
+        '{package: {version: ["API" or worker names]}}; empty when they agree'
     )
 
 

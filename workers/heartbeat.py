@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-from importlib.metadata import PackageNotFoundError, version
 
 from celery import bootsteps
 
+from nst import software
 from nst.config import get_settings
 from service.core.db import session_scope
 from service.crud import workers as crud
 from workers.teacher_model import resolve_device
 
 logger = logging.getLogger(__name__)
-
-
-# What makes a worker's labels what they are, or decides how it runs: a fleet should agree on these.
-SOFTWARE = ("nst", "torch", "torchvision", "timm", "openvino", "pillow", "numpy", "celery")
-
-
-def software() -> dict[str, str]:
-    """This process's Python and the installed version of each of ``SOFTWARE`` it has."""
-    found = {"python": platform.python_version()}
-    for name in SOFTWARE:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:  # OpenVINO is optional on a GPU host
-            continue
-    return found
 
 
 class Heartbeat(bootsteps.StartStopStep):
@@ -52,7 +36,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "device": str(resolve_device(settings.worker_device)),
             "concurrency": worker.concurrency or 1,
             "heartbeat_s": settings.heartbeat_s,
-            "software": software(),
+            "software": software.installed(),
         }
         self.beat()
         self.timer_ref = worker.timer.call_repeatedly(settings.heartbeat_s, self.beat, priority=10)

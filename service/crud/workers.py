@@ -82,14 +82,23 @@ def list_workers(session: Session, *, now: datetime | None = None) -> list[Worke
     return sorted(found, key=lambda s: s.state != WorkerState.ONLINE)
 
 
-def software_differences(statuses: list[WorkerStatus]) -> dict[str, dict[str, list[str]]]:
-    """Among the online workers that report their software, each package they run in more than
-    one version: {package: {version: [worker names]}}. Workers that differ may label the same
-    images differently in the last digits (docs/BENCHMARKS.md), so an operator should know."""
+API = "API"  # how the service itself is named among the workers it is compared with
+
+
+def software_differences(
+    statuses: list[WorkerStatus], api: dict[str, str]
+) -> dict[str, dict[str, list[str]]]:
+    """Among the API (its software ``api``) and the online workers that report theirs, each
+    package run in more than one version: {package: {version: [API or worker names]}}. Workers
+    that differ may label the same images differently in the last digits (docs/BENCHMARKS.md),
+    and an API that differs from them builds manifests with other code: an operator should know."""
     seen: dict[str, dict[str, list[str]]] = {}
-    for status in statuses:
-        if status.state != WorkerState.ONLINE or not status.worker.software:
-            continue
-        for package, installed in status.worker.software.items():
-            seen.setdefault(package, {}).setdefault(installed, []).append(status.worker.name)
+    running = [(API, api)] + [
+        (s.worker.name, s.worker.software)
+        for s in statuses
+        if s.state == WorkerState.ONLINE and s.worker.software
+    ]
+    for name, software in running:
+        for package, installed in software.items():
+            seen.setdefault(package, {}).setdefault(installed, []).append(name)
     return {package: versions for package, versions in sorted(seen.items()) if len(versions) > 1}

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from nst import software
 from service.crud import workers
 from tests.utils import synthetic
 from tests.utils.transport import in_process_client
@@ -300,7 +301,7 @@ def test_a_job_no_worker_has_touched_for_minutes_says_it_waits_for_one(run, fail
     assert lines[waiting.id].endswith("s (1 online)")
 
 
-def test_workers_lists_each_with_its_state_and_counts_those_online(run):
+def test_workers_lists_each_with_its_state_and_counts_those_online(run, monkeypatch):
     from datetime import timedelta
 
     from service.core.db import session_scope
@@ -327,12 +328,19 @@ def test_workers_lists_each_with_its_state_and_counts_those_online(run):
     assert second.split()[:4] == ["w2@host", "pid", "11", "lost"] and "last seen 3m0" in second
     assert total == "1 of 2 online"
 
+    api = {"python": "3.11.2", "nst": "0.1.0", "torch": "2.14.1"}  # what the API runs, here
+    monkeypatch.setattr(software, "installed", lambda: api)
     with session_scope() as session:  # two online on different torch, and what each runs
         for name, pid, torch in (("w1@host", 10, "2.14.1"), ("w3@host", 12, "2.13.0")):
-            software = {"python": "3.11.2", "nst": "0.1.0", "torch": torch}
             workers.report(
-                session, name=name, pid=pid, device="cpu", concurrency=1, heartbeat_s=5, software=software
+                session,
+                name=name,
+                pid=pid,
+                device="cpu",
+                concurrency=1,
+                heartbeat_s=5,
+                software=api | {"torch": torch},
             )
     lines = run("workers").splitlines()
     assert lines[1] == "    python 3.11.2, nst 0.1.0, torch 2.14.1"
-    assert lines[-1] == "the online workers run different torch: 2.14.1 on w1@host; 2.13.0 on w3@host"
+    assert lines[-1] == "different torch online: 2.14.1 on API, w1@host; 2.13.0 on w3@host"

@@ -91,9 +91,12 @@ def test_get_workers_lists_them_with_their_state_and_the_online_count(client):
     assert online["last_seen_at"].endswith("+00:00")
 
 
-def test_each_worker_says_what_it_runs_and_the_online_ones_that_differ_are_named(client):
+def test_each_worker_says_what_it_runs_and_the_online_ones_that_differ_are_named(client, monkeypatch):
+    from nst import software
+
     now = utcnow()
     runs = {"python": "3.11.2", "nst": "0.1.0", "torch": "2.14.1", "openvino": "2025.3.0"}
+    monkeypatch.setattr(software, "installed", lambda: runs)  # the API runs what a@host does
     with session_scope() as session:
         crud.report(session, name="a@host", pid=1, now=now, software=runs, **WORKER)
         crud.report(session, name="b@host", pid=2, now=now, software=runs | {"torch": "2.13.0"}, **WORKER)
@@ -105,12 +108,16 @@ def test_each_worker_says_what_it_runs_and_the_online_ones_that_differ_are_named
     body = client.get("/workers").json()
     by_name = {w["name"]: w["software"] for w in body["data"]}
     assert by_name["a@host"] == runs and by_name["quiet@host"] is None
-    # Only online workers count, and only packages in more than one version.
+    # The API and the online workers count, and only packages in more than one version.
     assert body["software_differs"] == {
-        "openvino": {"2025.3.0": ["a@host", "b@host"], "2024.6.0": ["c@host"]},
-        "torch": {"2.14.1": ["a@host", "c@host"], "2.13.0": ["b@host"]},
+        "openvino": {"2025.3.0": ["API", "a@host", "b@host"], "2024.6.0": ["c@host"]},
+        "torch": {"2.14.1": ["API", "a@host", "c@host"], "2.13.0": ["b@host"]},
     }
     with session_scope() as session:  # the odd ones stop: nothing differs
         crud.report_stopped(session, name="b@host", pid=2)
         crud.report_stopped(session, name="c@host", pid=3)
     assert client.get("/workers").json()["software_differs"] == {}
+    monkeypatch.setattr(software, "installed", lambda: runs | {"nst": "0.2.0"})  # the API upgraded alone
+    assert client.get("/workers").json()["software_differs"] == {
+        "nst": {"0.2.0": ["API"], "0.1.0": ["a@host"]}
+    }

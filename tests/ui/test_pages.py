@@ -134,7 +134,7 @@ def test_overview_shows_what_the_api_lists(tab, world):
     assert tab.errors == []
 
 
-def test_the_overview_says_when_the_online_workers_run_different_software(tab, world):
+def test_the_overview_says_when_the_api_and_the_online_workers_run_different_software(tab, world):
     def two_torches(route) -> None:
         response = route.fetch()
         differs = {"torch": {"2.14.1": ["a@host"], "2.13.0": ["b@host", "c@host"]}}
@@ -144,7 +144,8 @@ def test_the_overview_says_when_the_online_workers_run_different_software(tab, w
     tab.log_in("/ui/")
     tab.page.wait_for_selector("#software-differs:not([hidden])")
     assert tab.page.locator("#software-differs").text_content() == (
-        "The online workers run different software: torch 2.14.1 on a@host; 2.13.0 on b@host, c@host"
+        "Different software online (the API and the workers): "
+        "torch 2.14.1 on a@host; 2.13.0 on b@host, c@host"
     )
     assert tab.errors == []
 

@@ -1,5 +1,6 @@
 from fastapi import APIRouter
 
+from nst import software
 from nst.states import WorkerState
 from service.api.deps import SessionDep
 from service.crud import workers as crud
@@ -12,7 +13,7 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 def list_workers(session: SessionDep) -> WorkersPublic:
     """The worker processes that reported in the last day (each reports every `NST_HEARTBEAT_S`):
     which are up, since when a silent one has been gone, what each runs, and where the online
-    ones differ in it."""
+    ones and the API differ in it."""
     found = crud.list_workers(session)
     data = [
         WorkerPublic(
@@ -33,5 +34,5 @@ def list_workers(session: SessionDep) -> WorkersPublic:
         data=data,
         count=len(data),
         online=sum(s.state == WorkerState.ONLINE for s in found),
-        software_differs=crud.software_differences(found),
+        software_differs=crud.software_differences(found, api=software.installed()),
     )

@@ -43,14 +43,14 @@ function renderWorkers(workers) {
       ),
     ),
   );
-  // Online workers on different versions may label the same images differently in the last digits.
+  // Workers on different versions may label the same images differently in the last digits.
   const differs = Object.entries(workers.software_differs).map(
     ([name, versions]) =>
       `${name} ${Object.entries(versions).map(([version, names]) => `${version} on ${names.join(", ")}`).join("; ")}`,
   );
   const notice = document.getElementById("software-differs");
   notice.hidden = differs.length === 0;
-  notice.textContent = differs.length ? `The online workers run different software: ${differs.join(" | ")}` : "";
+  notice.textContent = differs.length ? `Different software online (the API and the workers): ${differs.join(" | ")}` : "";
 }
 
 // nst, torch and OpenVINO in the cell (what decides the labels), every package in its title.
