@@ -38,16 +38,16 @@ class EvenSample:
         return self._kept[:: max(1, -(-len(self._kept) // self.size))]
 
 
-def measure(uris: Sequence[str], sample: int = SAMPLE) -> dict | None:
-    """``{"L": {"mean", "std"}, "RGB": {"mean", "std"}, "sample": n}`` over at most ``sample``
-    images, pixels in [0, 1]; None when none of them decodes (labeling then records why)."""
+def measure(uris: Sequence[str]) -> dict | None:
+    """``{"L": {"mean", "std"}, "RGB": {"mean", "std"}, "sample": n}`` over the images of
+    ``uris`` (an ``EvenSample``'s), pixels in [0, 1]; None when none of them decodes (labeling
+    then records why)."""
     if not uris:
         return None
-    chosen = uris[:: max(1, len(uris) // sample)][:sample]
     sums = {"L": np.zeros(1), "RGB": np.zeros(3)}
     squares = {"L": np.zeros(1), "RGB": np.zeros(3)}
     pixels = decoded = 0
-    for uri in chosen:
+    for uri in uris:
         try:
             with Image.open(storage.openable(uri)) as image:
                 image.load()
